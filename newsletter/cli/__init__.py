@@ -1,0 +1,22 @@
+"""The `newsletter` command line: thin typer commands over the library.
+
+Each area registers its commands from its own module (`issue_cmds`, `store_cmds`,
+…) on the shared `app`; the helpers here turn `NewsletterError` into exit code 1
+with a readable message on stderr and no traceback.
+"""
+
+from __future__ import annotations
+
+from newsletter.cli.common import app, main
+
+# Importing the command modules registers their commands on `app`.
+from newsletter.cli import (  # noqa: F401  isort: skip
+    build_cmds,
+    issue_cmds,
+    preview_cmds,
+    send_cmds,
+    serve_cmds,
+    store_cmds,
+)
+
+__all__ = ["app", "main"]

@@ -1,0 +1,108 @@
+"""Commands about issue files: init, new, validate, schema."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from newsletter import scaffold
+from newsletter.cli.common import app, console, err_console, fail, user_errors
+from newsletter.errors import NewsletterError, Problem
+from newsletter.model import Issue
+from newsletter.validate import load_issue
+
+
+@app.command()
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="Issue files to check.", show_default=False)],
+    strict: Annotated[bool, typer.Option("--strict", help="Treat warnings as errors.")] = False,
+) -> None:
+    """Check issue files; print every problem as FILE:LINE:COL: field: message.
+
+    Example: [bold]newsletter validate issues/*.yaml[/bold]
+    """
+    failed = False
+    for file in files:
+        try:
+            loaded = load_issue(file, strict=strict)
+        except NewsletterError as error:
+            failed = True
+            for line in error.lines():
+                err_console.print(line, markup=False, soft_wrap=True)
+            continue
+        for warning in loaded.warnings:
+            err_console.print(warning.format(), markup=False, soft_wrap=True)
+        issue = loaded.issue
+        items = sum(_count_items(section) for section in issue.sections)
+        console.print(
+            f"{file}: ok — “{issue.subject}”, {issue.date:%d.%m.%Y}, "
+            f"{len(issue.sections)} sections, {items} items",
+            markup=False, soft_wrap=True,
+        )
+    if failed:
+        raise typer.Exit(1)
+
+
+def _count_items(section: object) -> int:
+    for name in ("items", "events", "links", "blocks"):
+        value = getattr(section, name, None)
+        if isinstance(value, list):
+            return len(value)
+    return 1
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the issue format (for editor autocompletion).
+
+    Example: [bold]newsletter schema > issue.schema.json[/bold]
+    """
+    print(json.dumps(issue_json_schema(), ensure_ascii=False, indent=2))
+
+
+def issue_json_schema() -> dict:
+    data = Issue.model_json_schema()
+    data["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    data["title"] = "newsletter issue"
+    return data
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Where to create the project.")] = Path("."),
+) -> None:
+    """Create a newsletter project: newsletter.toml, an example issue, templates/, subscribers/.
+
+    Example: [bold]newsletter init mein-newsletter[/bold]
+    """
+    with user_errors():
+        created = scaffold.init_project(directory)
+    for path in created:
+        console.print(f"created {path}", markup=False)
+    console.print(f"Next: cd {directory} && newsletter validate issues/*.yaml", markup=False)
+
+
+@app.command()
+def new(
+    on: Annotated[
+        str | None,
+        typer.Option("--date", help="Publication date (2026-03-01); default: today.", show_default=False),
+    ] = None,
+    directory: Annotated[Path, typer.Option("--dir", help="Where to put the file.")] = Path("issues"),
+) -> None:
+    """Start a new issue file from a skeleton, named after its date.
+
+    Example: [bold]newsletter new --date 2026-03-01[/bold]
+    """
+    try:
+        when = date.fromisoformat(on) if on else date.today()
+    except ValueError:
+        message = f"`{on}` is not a date like 2026-03-01"
+        fail(NewsletterError(problems=[Problem("--date", None, None, "", message)]))
+    with user_errors():
+        path = scaffold.new_issue(directory, when)
+    console.print(f"created {path}", markup=False)

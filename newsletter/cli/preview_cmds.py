@@ -1,0 +1,1 @@
+"""CLI commands: preview (filled in by its issue)."""

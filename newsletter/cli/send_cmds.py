@@ -1,0 +1,1 @@
+"""CLI commands: send (filled in by its issue)."""

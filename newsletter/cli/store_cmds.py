@@ -1,0 +1,1 @@
+"""CLI commands: store (filled in by its issue)."""

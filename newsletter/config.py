@@ -1,0 +1,305 @@
+"""Project settings: `newsletter.toml`, overridden by `NEWSLETTER_<SECTION>__<KEY>`.
+
+Secrets (SMTP password, token secret, DKIM key path) are read only from the
+environment or from the project's git-ignored `.env` file; putting them into
+`newsletter.toml` is an error, so they never end up in the repository.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from newsletter.errors import ConfigError, Problem, ProjectNotFound
+
+CONFIG_NAME = "newsletter.toml"
+ENV_PREFIX = "NEWSLETTER_"
+
+
+def _no_control_chars(value: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain line breaks or control characters")
+    return value
+
+
+def _base_url(value: str) -> str:
+    value = _no_control_chars(value.strip()).rstrip("/")
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError(f"`{value}` must be an absolute URL such as https://newsletter.example.org")
+    return value
+
+
+HeaderText = Annotated[str, AfterValidator(_no_control_chars)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NewsletterSettings(Section):
+    title: HeaderText = "Newsletter"
+    language: str = Field("de", description="language of the email (`lang`) and locale of dates")
+    base_url: Annotated[str, AfterValidator(_base_url)] = Field(
+        "http://127.0.0.1:8000", description="public URL where `newsletter serve` answers"
+    )
+    from_: HeaderText = Field(
+        "Newsletter <newsletter@example.org>", alias="from", description="From: header"
+    )
+    reply_to: HeaderText | None = None
+    list_id: HeaderText | None = Field(None, description="List-Id; default derived from base_url")
+    timezone: str = "Europe/Berlin"
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ImprintSettings(Section):
+    """The legally required provider identification (§ 5 DDG)."""
+
+    name: str = "Musterstadt – Stabsstelle Digitalisierung"
+    address: str = "Rathausplatz 1, 12345 Musterstadt"
+    represented_by: str | None = None
+    email: str | None = "newsletter@example.org"
+    phone: str | None = None
+    url: str | None = None
+    privacy_url: str | None = None
+    text: str | None = Field(None, description="extra lines for the footer")
+
+
+class ThemeSettings(Section):
+    primary_color: str = "#005f87"
+    text_color: str = "#1a1a1a"
+    background_color: str = "#f2f4f5"
+    link_color: str = "#005f87"
+    font_family: str = "Helvetica, Arial, sans-serif"
+    logo_url: str | None = None
+    logo_alt: str | None = None
+    logo_width: int = 160
+    logo_height: int | None = None
+
+
+class SmtpSettings(Section):
+    host: str | None = Field(None, description="no host: deliver into the local outbox/ Maildir")
+    port: int = 587
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    username: str | None = None
+    password: SecretStr | None = Field(None, description="only from the environment / .env")
+    timeout: float = 30.0
+
+
+class DeliverySettings(Section):
+    concurrency: int = Field(4, ge=1, le=100)
+    rate: float = Field(0, ge=0, description="messages per second across all connections; 0 = unlimited")
+    retries: int = Field(5, ge=0)
+    max_policy_failures: int = Field(10, ge=1, description="pause the send after this many 5.7.x in a row")
+
+
+class DatabaseSettings(Section):
+    url: str = Field("sqlite:///subscribers/newsletter.db",
+                     description="SQLAlchemy URL; relative SQLite paths are relative to the project")
+
+
+class ServeSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    consent_text: str = (
+        "Ich möchte den Newsletter per E-Mail erhalten. Die Einwilligung kann ich jederzeit "
+        "über den Abmeldelink in jeder Ausgabe widerrufen."
+    )
+    consent_version: str = "1"
+    confirm_days: int = Field(7, ge=1)
+    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1"])
+
+
+class SecretSettings(Section):
+    token: SecretStr | None = Field(None, description="HMAC key for unsubscribe/confirm tokens")
+    old_tokens: list[SecretStr] = Field(default_factory=list, description="previous keys, still accepted")
+    dkim_key_file: str | None = None
+    dkim_selector: str | None = None
+
+
+class Settings(BaseSettings):
+    """All settings of one project."""
+
+    newsletter: NewsletterSettings = NewsletterSettings()
+    imprint: ImprintSettings = ImprintSettings()
+    theme: ThemeSettings = ThemeSettings()
+    smtp: SmtpSettings = SmtpSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    database: DatabaseSettings = DatabaseSettings()
+    serve: ServeSettings = ServeSettings()
+    secret: SecretSettings = SecretSettings()
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", case_sensitive=False
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats .env beats newsletter.toml (passed as init values).
+        return (env_settings, dotenv_settings, init_settings)
+
+
+# Keys that must never be written into newsletter.toml.
+SECRET_KEYS = {("smtp", "password"), ("secret", "token"), ("secret", "old_tokens")}
+
+
+@dataclass
+class Project:
+    """A newsletter project directory and its settings."""
+
+    root: Path
+    settings: Settings
+
+    @property
+    def issues_dir(self) -> Path:
+        return self.root / "issues"
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.root / "templates"
+
+    @property
+    def subscribers_dir(self) -> Path:
+        return self.root / "subscribers"
+
+    @property
+    def dist_dir(self) -> Path:
+        return self.root / "dist"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.root / "outbox"
+
+    @property
+    def database_url(self) -> str:
+        """The database URL with a relative SQLite path made absolute against the root."""
+        url = self.settings.database.url
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+            return prefix + str((self.root / url[len(prefix):]).resolve())
+        return url
+
+
+def find_project_root(start: Path | None = None) -> Path:
+    """The nearest directory at or above `start` that holds newsletter.toml."""
+    here = (start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / CONFIG_NAME).is_file():
+            return candidate
+    raise ProjectNotFound(
+        f"no {CONFIG_NAME} found in {here} or any parent directory; "
+        "run `newsletter init` to create a project, or pass --project DIR"
+    )
+
+
+def load_project(root: Path | None = None, *, search: bool = True) -> Project:
+    """Load the project at `root` (or found upwards from the current directory)."""
+    if root is None or search:
+        root = find_project_root(root)
+    root = root.resolve()
+    return Project(root=root, settings=load_settings(root / CONFIG_NAME))
+
+
+def load_settings(path: Path) -> Settings:
+    """Read newsletter.toml (if present), apply .env and environment overrides, validate."""
+    file = str(path)
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
+        line, col = (int(m.group(1)), int(m.group(2))) if m else (None, None)
+        message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+        raise ConfigError(problems=[Problem(file, line, col, "", f"TOML syntax error: {message}")]) from None
+    problems = [
+        Problem(file, *_toml_position(text, (section, key)), f"{section}.{key}",
+                f"secrets do not belong in {CONFIG_NAME} (it is committed to git); set "
+                f"{ENV_PREFIX}{section.upper()}__{key.upper()} in the environment or in .env")
+        for section, key in SECRET_KEYS
+        if isinstance(data.get(section), dict) and key in data[section]
+    ]
+    if problems:
+        raise ConfigError(problems=problems)
+    env_file = path.parent / ".env"
+    try:
+        settings = Settings(_env_file=env_file if env_file.is_file() else None, **data)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise ConfigError(problems=_config_problems(exc, text, file, data)) from None
+    return settings
+
+
+def _config_problems(exc: ValidationError, text: str, file: str, data: dict[str, Any]) -> list[Problem]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(str(p) for p in err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        in_file = _get_path(data, loc) is not _MISSING
+        env_name = ENV_PREFIX + "__".join(p.upper() for p in loc)
+        if err["type"] == "extra_forbidden":
+            names = _known_keys(loc[:-1])
+            match = difflib.get_close_matches(loc[-1], names, n=1)
+            message = f"unknown key `{loc[-1]}`" + (f", did you mean `{match[0]}`?" if match else "")
+        if in_file or err["type"] == "extra_forbidden":
+            line, col = _toml_position(text, loc)
+            problems.append(Problem(file, line, col, ".".join(loc), message))
+        elif env_name in os.environ or env_name.lower() in {k.lower() for k in os.environ}:
+            problems.append(Problem(f"environment {env_name}", None, None, ".".join(loc), message))
+        else:
+            problems.append(Problem(file, None, None, ".".join(loc), message))
+    return problems
+
+
+_MISSING = object()
+
+
+def _get_path(data: Any, loc: tuple[str, ...]) -> Any:
+    for part in loc:
+        if not isinstance(data, dict) or part not in data:
+            return _MISSING
+        data = data[part]
+    return data
+
+
+def _known_keys(loc: tuple[str, ...]) -> list[str]:
+    if not loc:
+        return list(Settings.model_fields)
+    field = Settings.model_fields.get(loc[0])
+    annotation = field.annotation if field else None
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [f.alias or name for name, f in annotation.model_fields.items()]
+    return []
+
+
+def _toml_position(text: str, loc: tuple[str, ...]) -> tuple[int | None, int | None]:
+    """Line and column of `section.key` in TOML text (tomllib keeps no positions)."""
+    lines = text.splitlines()
+    section, key = (loc[0], loc[1]) if len(loc) >= 2 else ("", loc[0] if loc else "")
+    current = ""
+    for number, line in enumerate(lines, start=1):
+        stripped = line.strip()
+        if m := re.match(r"^\[\s*([^\]]+?)\s*\]", stripped):
+            current = m.group(1)
+            if current == section and not key:
+                return number, 1
+            continue
+        if current == section and (m := re.match(rf"^(\s*){re.escape(key)}\s*=\s*", line)):
+            return number, m.end() + 1
+    for number, line in enumerate(lines, start=1):
+        if re.match(rf"^\s*\[\s*{re.escape(section)}\s*\]", line):
+            return number, 1
+    return None, None
