@@ -92,6 +92,7 @@ class SmtpSettings(Section):
     username: str | None = None
     password: SecretStr | None = Field(None, description="only from the environment / .env")
     timeout: float = 30.0
+    ca_file: str | None = Field(None, description="extra CA certificates (PEM) to trust for TLS")
 
 
 class DeliverySettings(Section):
@@ -99,6 +100,7 @@ class DeliverySettings(Section):
     rate: float = Field(0, ge=0, description="messages per second across all connections; 0 = unlimited")
     retries: int = Field(5, ge=0)
     max_policy_failures: int = Field(10, ge=1, description="pause the send after this many 5.7.x in a row")
+    retry_delay: float = Field(2.0, ge=0, description="first retry after a 4xx, in seconds; doubles each time")
 
 
 class DatabaseSettings(Section):
@@ -116,6 +118,9 @@ class ServeSettings(Section):
     consent_version: str = "1"
     confirm_days: int = Field(7, ge=1)
     trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1"])
+    signups_per_ip: int = Field(10, ge=1, description="sign-ups per client IP within signup_window")
+    signup_window: int = Field(3600, ge=1, description="seconds of the per-IP sign-up rate limit window")
+    max_body_bytes: int = Field(16384, ge=1024, description="largest accepted request body")
 
 
 class SecretSettings(Section):
@@ -254,11 +259,14 @@ def _config_problems(exc: ValidationError, text: str, file: str, data: dict[str,
             names = _known_keys(loc[:-1])
             match = difflib.get_close_matches(loc[-1], names, n=1)
             message = f"unknown key `{loc[-1]}`" + (f", did you mean `{match[0]}`?" if match else "")
-        if in_file or err["type"] == "extra_forbidden":
-            line, col = _toml_position(text, loc)
-            problems.append(Problem(file, line, col, ".".join(loc), message))
-        elif env_name in os.environ or env_name.lower() in {k.lower() for k in os.environ}:
+        elif err["type"] in ("int_parsing", "float_parsing"):
+            message = f"expected a number, not `{err['input']}`"
+        # The environment wins over the file, so a bad value set there is named first.
+        if env_name.lower() in {k.lower() for k in os.environ}:
             problems.append(Problem(f"environment {env_name}", None, None, ".".join(loc), message))
+        elif in_file or err["type"] == "extra_forbidden":
+            line, col = _toml_position(text, loc, at_key=err["type"] == "extra_forbidden")
+            problems.append(Problem(file, line, col, ".".join(loc), message))
         else:
             problems.append(Problem(file, None, None, ".".join(loc), message))
     return problems
@@ -285,8 +293,11 @@ def _known_keys(loc: tuple[str, ...]) -> list[str]:
     return []
 
 
-def _toml_position(text: str, loc: tuple[str, ...]) -> tuple[int | None, int | None]:
-    """Line and column of `section.key` in TOML text (tomllib keeps no positions)."""
+def _toml_position(
+    text: str, loc: tuple[str, ...], *, at_key: bool = False
+) -> tuple[int | None, int | None]:
+    """Line and column of the value (or with `at_key`, the key) of `section.key` in TOML
+    text (tomllib keeps no positions)."""
     lines = text.splitlines()
     section, key = (loc[0], loc[1]) if len(loc) >= 2 else ("", loc[0] if loc else "")
     current = ""
@@ -298,7 +309,7 @@ def _toml_position(text: str, loc: tuple[str, ...]) -> tuple[int | None, int | N
                 return number, 1
             continue
         if current == section and (m := re.match(rf"^(\s*){re.escape(key)}\s*=\s*", line)):
-            return number, m.end() + 1
+            return number, (m.end(1) if at_key else m.end()) + 1
     for number, line in enumerate(lines, start=1):
         if re.match(rf"^\s*\[\s*{re.escape(section)}\s*\]", line):
             return number, 1

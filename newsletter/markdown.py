@@ -2,8 +2,9 @@
 
 Paragraphs, **bold**, *italics*, [links](https://…) and bullet lists (plus numbered
 lists and line breaks). Parsed by markdown-it-py with raw HTML switched off; anything
-outside the subset is reported by `markdown_problems` so the editor learns about it
-at `validate` time instead of seeing it mangled in the email.
+outside the subset (headings, raw HTML, code, images, relative links …) is reported
+by `markdown_problems` so the editor learns about it at `validate` time instead of
+seeing it mangled in the email.
 """
 
 from __future__ import annotations
@@ -36,40 +37,66 @@ def parser() -> MarkdownIt:
     return MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
 
 
+@cache
+def _checker() -> MarkdownIt:
+    # Same grammar but with HTML recognised, so `<b>` is reported instead of being
+    # shown to readers as literal text.
+    return MarkdownIt("commonmark", {"html": True, "linkify": False, "typographer": False})
+
+
 def parse(text: str) -> list[Token]:
     return parser().parse(text)
 
 
+SUBSET = "paragraphs, **bold**, *italics*, [links](https://…) and bullet lists"
+
+
 def markdown_problems(text: str) -> list[str]:
-    """Messages for everything in `text` outside the supported subset."""
-    problems: list[str] = []
+    """One message for everything in `text` outside the supported subset (or none)."""
+    problems = located_markdown_problems(text)
+    return [summarize(problems)] if problems else []
+
+
+def summarize(problems: list[tuple[int, str]]) -> str:
+    """All problems of one text as one message, with the hint on what is allowed."""
+    message = "; ".join(message for _, message in problems)
+    if any("cannot be used" in m for _, m in problems):
+        message += f" (use {SUBSET})"
+    return message
+
+
+def located_markdown_problems(text: str) -> list[tuple[int, str]]:
+    """Like `markdown_problems`, each with the 0-based line of `text` it is on."""
+    problems: list[tuple[int, str]] = []
     seen: set[str] = set()
 
-    def report(kind: str) -> None:
+    def report(kind: str, line: int) -> None:
         name = _NAMES.get(kind, kind.removesuffix("_open"))
         if name not in seen:
             seen.add(name)
-            problems.append(
-                f"{name} are not supported here; use paragraphs, **bold**, *italics*, "
-                "[links](https://…) and bullet lists"
-            )
+            problems.append((line, f"{name} cannot be used here"))
 
-    for token in parse(text):
+    for token in _checker().parse(text):
         if token.type.endswith("_close"):
             continue
+        first = token.map[0] if token.map else 0
         if token.type not in _ALLOWED_BLOCKS:
-            report(token.type)
+            report(token.type, first)
             continue
+        line = first
         for child in token.children or []:
+            if child.type in ("softbreak", "hardbreak"):
+                line += 1
             if child.type.endswith("_close"):
                 continue
             if child.type not in _ALLOWED_INLINE:
-                report(child.type)
+                report(child.type, line)
             elif child.type == "link_open":
                 href = str(child.attrs.get("href", ""))
                 if not is_absolute_link(href):
                     problems.append(
-                        f"link target `{href}` must be an absolute http(s) URL or a mailto: address"
+                        (line, f"link target `{href}` must be an absolute http(s) URL "
+                         "(https://…) or a mailto: address")
                     )
     return problems
 

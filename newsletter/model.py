@@ -3,8 +3,9 @@
 Pydantic v2 models. Every model forbids unknown keys (the loader suggests the
 closest known key). Scalars arrive from the YAML loader as text and are converted
 here, so the YAML 1.1 traps (`18:00`, `no`, `2026-02-31`) cannot corrupt content.
-Checks that need more than one field (end before start, …) live in
-`newsletter.validate`, which can point at the exact offending value.
+Checks that need more than one field (end before start, …) are model validators
+raising `_field_error`, which names the field so `newsletter.validate` can point at
+the exact offending value; only warnings (long subject, …) live in `validate`.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from pydantic import (
     Field,
     Tag,
     WithJsonSchema,
+    model_validator,
 )
+from pydantic_core import PydanticCustomError
 
-from newsletter.markdown import is_absolute_link, markdown_problems
+from newsletter.markdown import is_absolute_link, located_markdown_problems, summarize
 
 # --------------------------------------------------------------------------- scalars
 
@@ -36,11 +39,21 @@ def _text(value: str) -> str:
     return value
 
 
+def _field_error(field: str, message: str) -> PydanticCustomError:
+    """An error about one field, raised by a model validator (see validate.py)."""
+    # The message travels in the context so braces in user text are not formatted.
+    return PydanticCustomError("field_check", "{message}", {"message": message, "field": field})
+
+
 def _markdown(value: str) -> str:
+    # Lines stripped off the front, so a problem's line counts from the raw value.
+    skipped = value[: len(value) - len(value.lstrip())].count("\n")
     value = _text(value)
-    problems = markdown_problems(value)
+    problems = located_markdown_problems(value)
     if problems:
-        raise ValueError("; ".join(problems))
+        raise PydanticCustomError(
+            "markdown", "{message}", {"message": summarize(problems), "line": skipped + problems[0][0]}
+        )
     return value
 
 
@@ -72,6 +85,16 @@ def _date(value: Any) -> Any:
         return date(year, month, day)
     except ValueError:
         raise ValueError(f"`{text}` is not a valid date (no such day)") from None
+
+
+_FILE_NAME = re.compile(r"^[\w\-.]+\.(?:jpe?g|png|gif|webp|svg|avif|tiff?|bmp|heic)$", re.IGNORECASE)
+
+
+def _alt(value: str) -> str:
+    value = _text(value)
+    if _FILE_NAME.match(value):
+        raise ValueError(f"alt text `{value}` is a file name; describe what the image shows")
+    return value
 
 
 _TIME = re.compile(r"^(\d{1,2})[:.](\d{2})(?:\s*Uhr)?$")
@@ -125,12 +148,24 @@ class Image(Model):
     """An image shown in the email; the file stays on your web server."""
 
     url: Url = Field(description="absolute https:// URL of the image file")
-    alt: Text = Field(description="what the image shows, for screen readers and blocked images")
+    alt: Annotated[str, AfterValidator(_alt)] = Field(
+        description="what the image shows, for screen readers and blocked images"
+    )
     caption: Markdown | None = None
     credit: Text | None = Field(None, description="e.g. `wal_172619 / pixabay` or `©Stadt Jena`")
     link: Url | None = Field(None, description="where a click on the image leads")
     width: Pixels | None = Field(None, description="width of the image file in pixels")
     height: Pixels | None = Field(None, description="height of the image file in pixels")
+
+    @model_validator(mode="after")
+    def _both_sizes(self) -> Image:
+        if (self.width is None) != (self.height is None):
+            missing = "height" if self.height is None else "width"
+            raise _field_error(
+                "width" if missing == "height" else "height",
+                f"give both `width` and `height` of the image, or neither (`{missing}` is missing)",
+            )
+        return self
 
 
 class Link(Model):
@@ -172,6 +207,12 @@ class DigestItem(Model):
     entries: list[Entry] = Field(default_factory=list)
     links: list[Link] = Field(default_factory=list, description="calls to action, shown as `→ label`")
 
+    @model_validator(mode="after")
+    def _not_empty(self) -> DigestItem:
+        if not (self.headline or self.body):
+            raise ValueError("an item needs a `headline` or a `body`")
+        return self
+
 
 class Event(Model):
     title: Text
@@ -189,6 +230,24 @@ class Event(Model):
         None, description="e.g. `Die Teilnahme ist kostenfrei, die Plätze sind begrenzt.`"
     )
     link: Link | None = Field(None, description="more information")
+
+    @model_validator(mode="after")
+    def _in_order(self) -> Event:
+        if self.end is not None and self.end < self.date:
+            raise _field_error(
+                "end", f"the event ends ({self.end:%d.%m.%Y}) before it starts ({self.date:%d.%m.%Y})"
+            )
+        if self.end_time is not None and self.time is None:
+            raise _field_error("end_time", "an `end_time` needs a start `time`")
+        if (
+            self.end_time is not None and self.time is not None
+            and (self.end is None or self.end == self.date) and self.end_time <= self.time
+        ):
+            raise _field_error(
+                "end_time",
+                f"the event ends ({self.end_time:%H:%M}) before it starts ({self.time:%H:%M})",
+            )
+        return self
 
 
 class LinkItem(Model):

@@ -1,8 +1,10 @@
 """Load an issue file and validate it, reporting every problem with FILE:LINE:COL.
 
 `load_issue` is the one entry point: YAML (via `yamlsource`, positions kept) →
-pydantic models (`model`) → semantic checks that span fields (end before start,
-alt text that is a file name, …) → warnings (long subject, …).
+pydantic models (`model`, including the checks that span fields such as end before
+start) → warnings (long subject, …). Pydantic's error locations are mapped back to
+the YAML keys, so each problem points at the offending value (or, for an unknown
+key, at the key) and an unknown key gets the closest key allowed at that place.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
@@ -77,10 +80,9 @@ def _position(p: Problem) -> tuple[int, int]:
 
 # --------------------------------------------------------------------------- pydantic errors
 
-_ALL_MODELS: list[type[BaseModel]] = [
-    obj for obj in vars(model).values()
-    if isinstance(obj, type) and issubclass(obj, BaseModel) and obj.model_fields
-]
+# Lists whose items are a discriminated union: pydantic puts the chosen tag into
+# the error location right after the item index.
+_TAGGED_LISTS = {"sections": lambda node: node.get("kind"), "blocks": model._block_kind}
 
 
 def _data_loc(raw: tuple[Any, ...], data: Any) -> Loc:
@@ -88,46 +90,127 @@ def _data_loc(raw: tuple[Any, ...], data: Any) -> Loc:
     (union member names, discriminator tags, validator names)."""
     loc: list[str | int] = []
     node = data
-    after_index = False
+    tag_of = None
     for part in raw:
-        if after_index and isinstance(node, dict) and part == _tag_of(node):
-            after_index = False  # the discriminator tag pydantic inserts after a list index
+        if tag_of is not None and isinstance(node, dict) and part == tag_of(node):
+            tag_of = None
             continue
-        after_index = False
+        tag_of = None
         if isinstance(node, dict) and isinstance(part, str) and part in node:
             loc.append(part)
             node = node[part]
         elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            tag_of = _TAGGED_LISTS.get(str(loc[-1])) if loc else None
             loc.append(part)
             node = node[part]
-            after_index = True
-        elif isinstance(node, dict) and isinstance(part, str) and not _is_internal(part):
-            loc.append(part)  # a missing or unknown key: keep it, it names the field
+        elif isinstance(node, dict) and isinstance(part, str) and _is_field(part, tuple(loc), data):
+            loc.append(part)  # a missing key: keep it, it names the field
             node = None
     return tuple(loc)
 
 
-def _tag_of(node: dict[str, Any]) -> str | None:
+def _is_field(part: str, loc: Loc, data: Any) -> bool:
+    """Whether `part` of an error location is a key of the model at `loc` (and not
+    a union member or validator name pydantic puts into locations)."""
+    m = _model_at(loc, data)
+    if m is None:
+        return "[" not in part
+    return part in m.model_fields or part in _keys(m)
+
+
+def _resolve(tp: Any, node: Any) -> Any:
+    """Strip Annotated/Optional from a type; pick the union member the data means."""
+    while True:
+        origin = get_origin(tp)
+        if origin is Annotated:
+            tp = get_args(tp)[0]
+        elif origin in (Union, UnionType):
+            members = [_resolve(a, node) for a in get_args(tp) if a is not type(None)]
+            if len(members) == 1:
+                return members[0]
+            models = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
+            return _pick(models, node)
+        else:
+            return tp
+
+
+def _pick(models: list[type[BaseModel]], node: Any) -> type[BaseModel] | None:
+    if not models or not isinstance(node, dict):
+        return None
     kind = node.get("kind")
-    return kind if isinstance(kind, str) else model._block_kind(node)
+    for m in models:
+        field = m.model_fields.get("kind")
+        if field is not None and kind in get_args(field.annotation):
+            return m
+    return max(models, key=lambda m: len(set(node) & set(_keys(m))))
 
 
-def _is_internal(part: str) -> bool:
-    return "[" in part or part in ("str", "int", "date", "time", "none", "function-after",
-                                   "function-before")
+def _keys(m: type[BaseModel]) -> list[str]:
+    """The YAML keys of a model (aliases where they differ from the field name)."""
+    return [f.alias or name for name, f in m.model_fields.items()]
 
 
-def _closest_key(key: str, siblings: dict[str, Any]) -> str | None:
-    """The most likely intended key: compare with the fields of the model that best
-    matches the other keys given beside it."""
-    present = set(siblings) - {key}
-    best = max(_ALL_MODELS, key=lambda m: len(present & set(m.model_fields)), default=None)
-    names = list(best.model_fields) if best is not None and present & set(best.model_fields) else []
-    if not names:
-        names = sorted({n for m in _ALL_MODELS for n in m.model_fields})
-    candidates = [n for n in names if n not in present]
+def _model_at(loc: Loc, data: Any) -> type[BaseModel] | None:
+    """The model class that validates the mapping at `loc` of the raw data."""
+    tp: Any = Issue
+    node = data
+    for part in loc:
+        tp = _resolve(tp, node)
+        if isinstance(part, int):
+            if get_origin(tp) is not list:
+                return None
+            tp = get_args(tp)[0]
+        else:
+            if not (isinstance(tp, type) and issubclass(tp, BaseModel)):
+                return None
+            field = next((f for name, f in tp.model_fields.items() if part in (name, f.alias)), None)
+            if field is None:
+                return None
+            tp = field.annotation
+        node = _get(node, (part,))
+    tp = _resolve(tp, node)
+    return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
+
+
+# German words and near-synonyms an editor may try, with the key meant.
+_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "title": ("subject", "heading", "headline"), "titel": ("title", "subject", "heading", "headline"),
+    "betreff": ("subject",), "datum": ("date",), "bild": ("image",), "text": ("body",),
+    "inhalt": ("body",), "beschreibung": ("body", "teaser"), "description": ("body", "teaser"),
+    "überschrift": ("headline", "heading"), "ueberschrift": ("headline", "heading"),
+    "ort": ("venue", "address"), "adresse": ("address",), "ende": ("end",), "bis": ("end",),
+    "zeit": ("time",), "uhrzeit": ("time",), "anmeldung": ("register",), "registration": ("register",),
+    "bildunterschrift": ("caption",), "quelle": ("credit",), "copyright": ("credit",),
+    "autor": ("author",), "href": ("url",), "link": ("url",), "alttext": ("alt",),
+    "untertitel": ("preheader", "kicker"), "subtitle": ("preheader", "kicker"), "typ": ("kind",),
+    "type": ("kind",), "hinweis": ("note",), "zitat": ("quote",), "von": ("by",),
+}
+
+
+def _closest_key(key: str, candidates: list[str]) -> str | None:
+    """The most likely intended key among the keys allowed (and not yet given) here."""
     match = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    if match:
+        return match[0]
+    for synonym in _SYNONYMS.get(key.lower(), ()):
+        if synonym in candidates:
+            return synonym
+    match = difflib.get_close_matches(key.lower(), candidates, n=1, cutoff=0.6)
     return match[0] if match else None
+
+
+def _unknown_key(key: str, parent: Loc, data: Any) -> tuple[str, str | None]:
+    """Message for an unknown key, and the key it probably means."""
+    siblings = _get(data, parent) or {}
+    m = _model_at(parent, data)
+    if m is None:
+        return f"unknown key `{key}`", None
+    candidates = [k for k in _keys(m) if k not in siblings]
+    suggestion = _closest_key(key, candidates)
+    if suggestion:
+        return f"unknown key `{key}`, did you mean `{suggestion}`?", suggestion
+    allowed = ", ".join(f"`{k}`" for k in _keys(m))
+    return f"unknown key `{key}`; the keys allowed here are {allowed}", None
 
 
 def _get(data: Any, loc: Loc) -> Any:
@@ -141,44 +224,54 @@ def _get(data: Any, loc: Loc) -> Any:
 
 def _pydantic_problems(exc: ValidationError, data: Any, smap: SourceMap) -> list[Problem]:
     problems: dict[tuple[Loc, str], Problem] = {}
+    meant: set[Loc] = set()  # keys an unknown key probably stands for
     for err in exc.errors(include_url=False):
         loc = _data_loc(err["loc"], data)
         kind = err["type"]
+        ctx = err.get("ctx") or {}
         message = err["msg"].removeprefix("Value error, ")
         line, col = smap.locate(loc)
         if kind == "extra_forbidden":
-            key = str(loc[-1])
-            message = f"unknown key `{key}`"
-            suggestion = _closest_key(key, _get(data, loc[:-1]) or {})
+            message, suggestion = _unknown_key(str(loc[-1]), loc[:-1], data)
             if suggestion:
-                message += f", did you mean `{suggestion}`?"
+                meant.add((*loc[:-1], suggestion))
             line, col = smap.locate(loc, key=True)
         elif kind == "missing":
             message = f"missing required key `{loc[-1]}`"
+        elif kind == "field_check":
+            loc = (*loc, ctx["field"])
+            line, col = smap.locate(loc)
+        elif kind == "markdown":
+            line, col = smap.locate_in_text(loc, ctx["line"])
         elif kind == "union_tag_invalid":
-            tag = err["ctx"]["tag"]
-            expected = err["ctx"]["expected_tags"].replace("'", "")
+            tag = ctx["tag"]
             loc = (*loc, "kind")
             line, col = smap.locate(loc)
             match = difflib.get_close_matches(tag, model.SECTION_KINDS, n=1)
             message = f"unknown section kind `{tag}`" + (
-                f", did you mean `{match[0]}`?" if match else f"; use one of {expected}"
+                f", did you mean `{match[0]}`?" if match else f"; use one of {', '.join(model.SECTION_KINDS)}"
             )
         elif kind == "union_tag_not_found":
             message = f"missing `kind`: one of {', '.join(model.SECTION_KINDS)}"
-        elif kind == "model_type" or kind == "dict_type":
+        elif kind in ("model_type", "dict_type", "model_attributes_type"):
             message = "expected a mapping of keys here (`key: value`), not " + _describe(_get(data, loc))
         elif kind == "list_type":
             message = "expected a list here (lines starting with `- `), not " + _describe(_get(data, loc))
         elif kind == "string_type":
             message = "expected text here, not " + _describe(_get(data, loc))
+        elif kind == "int_parsing":
+            message = "expected a whole number here, not " + _describe(_get(data, loc))
         elif kind == "too_short" and isinstance(_get(data, loc), list):
             message = "the list must not be empty"
         elif kind == "string_pattern_mismatch" and loc[-1:] == ("slug",):
-            message = "use lower-case letters, digits and dashes only, e.g. `2026-02`"
+            message = (f"`{_get(data, loc)}` is not a valid slug; use lower-case letters, digits "
+                       "and dashes only, e.g. `2026-02`")
         key = (loc, message)
         problems.setdefault(key, Problem(smap.file, line, col, dotted(loc), message))
-    return sorted(problems.values(), key=_position)
+    # "unknown key `titel`, did you mean `title`?" already says what "missing `title`" would.
+    result = [p for (loc, message), p in problems.items()
+              if not (loc in meant and message.startswith("missing required key"))]
+    return sorted(result, key=_position)
 
 
 def _describe(value: Any) -> str:
@@ -191,57 +284,36 @@ def _describe(value: Any) -> str:
     return f"the text `{value}`"
 
 
-# --------------------------------------------------------------------------- semantic checks
-
-_FILE_NAME = re.compile(r"^[\w\-.]+\.(?:jpe?g|png|gif|webp|svg|avif|tiff?)$", re.IGNORECASE)
+# --------------------------------------------------------------------------- warnings
 
 
 def _walk(obj: Any, loc: Loc = ()) -> Iterator[tuple[Loc, Any]]:
     yield loc, obj
     if isinstance(obj, BaseModel):
-        for name in type(obj).model_fields:
-            yield from _walk(getattr(obj, name), (*loc, name))
+        for name, info in type(obj).model_fields.items():
+            yield from _walk(getattr(obj, name), (*loc, info.alias or name))
     elif isinstance(obj, list):
         for i, item in enumerate(obj):
             yield from _walk(item, (*loc, i))
 
 
 def _semantic_problems(issue: Issue, smap: SourceMap) -> Iterator[Problem]:
-    def problem(loc: Loc, message: str, severity: str = "error") -> Problem:
+    """Warnings about a valid issue. (Errors that span fields are model validators.)"""
+
+    def problem(loc: Loc, message: str, severity: str = "warning") -> Problem:
         line, col = smap.locate(loc)
         return Problem(smap.file, line, col, dotted(loc), message, severity)  # type: ignore[arg-type]
 
     if len(issue.subject) > SUBJECT_MAX:
         yield problem(("subject",), f"the subject has {len(issue.subject)} characters; mail "
-                      f"clients cut it off after about {SUBJECT_MAX}", "warning")
+                      f"clients cut it off after about {SUBJECT_MAX}")
     if issue.preheader is None:
         yield problem(("subject",), "no `preheader`: mail clients will show the first text "
-                      "of the email as the preview line instead", "warning")
+                      "of the email as the preview line instead")
     elif len(issue.preheader) > PREHEADER_MAX:
         yield problem(("preheader",), f"the preheader has {len(issue.preheader)} characters; "
-                      f"only about {PREHEADER_MAX} are shown", "warning")
+                      f"only about {PREHEADER_MAX} are shown")
     for loc, obj in _walk(issue):
-        if isinstance(obj, Image):
-            if _FILE_NAME.match(obj.alt):
-                yield problem((*loc, "alt"), f"alt text `{obj.alt}` is a file name; describe "
-                              "what the image shows")
-            if (obj.width is None) != (obj.height is None):
-                yield problem((*loc, "width" if obj.width else "height"),
-                              "give both `width` and `height` of the image, or neither")
-            elif obj.width is None:
-                yield problem((*loc, "url"), "image without `width` and `height`: the layout may "
-                              "jump while it loads", "warning")
-        elif isinstance(obj, model.Event):
-            if obj.end is not None and obj.end < obj.date:
-                yield problem((*loc, "end"), f"the event ends ({obj.end:%d.%m.%Y}) before it "
-                              f"starts ({obj.date:%d.%m.%Y})")
-            if obj.end_time is not None and obj.time is None:
-                yield problem((*loc, "end_time"), "an `end_time` needs a start `time`")
-            elif (
-                obj.end_time is not None and obj.time is not None
-                and (obj.end is None or obj.end == obj.date) and obj.end_time <= obj.time
-            ):
-                yield problem((*loc, "end_time"), f"the event ends ({obj.end_time:%H:%M}) before "
-                              f"it starts ({obj.time:%H:%M})")
-        elif isinstance(obj, model.DigestItem) and not (obj.headline or obj.body):
-            yield problem(loc, "an item needs a `headline` or a `body`")
+        if isinstance(obj, Image) and obj.width is None:
+            yield problem((*loc, "url"), "image without `width` and `height`: the layout may "
+                          "jump while it loads")

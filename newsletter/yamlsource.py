@@ -35,6 +35,24 @@ class SourceMap:
     file: str
     values: dict[Loc, tuple[int, int]] = field(default_factory=dict)
     keys: dict[Loc, tuple[int, int]] = field(default_factory=dict)
+    # Literal block scalars (`|`): their text maps line by line onto the file.
+    literal: set[Loc] = field(default_factory=set)
+    lines: list[str] = field(default_factory=list)
+
+    def locate_in_text(self, loc: Loc, line_in_value: int) -> tuple[int | None, int | None]:
+        """Position of line `line_in_value` (0-based) inside the text value at `loc`.
+
+        Exact for literal blocks (`body: |`); anything else folds lines, so it
+        falls back to the value's own position.
+        """
+        line, col = self.locate(loc)
+        if loc not in self.literal or line is None:
+            return line, col
+        number = line + 1 + line_in_value  # the text starts on the line after `|`
+        if number > len(self.lines):
+            return line, col
+        text = self.lines[number - 1]
+        return number, len(text) - len(text.lstrip()) + 1
 
     def locate(self, loc: Loc, *, key: bool = False) -> tuple[int | None, int | None]:
         """Best position for `loc`: the exact node, else its nearest existing parent."""
@@ -56,6 +74,8 @@ def _convert(node: yaml.Node, loc: Loc, smap: SourceMap, problems: list[Problem]
     if isinstance(node, yaml.ScalarNode):
         if node.style is None and _NULL.match(node.value):
             return None
+        if node.style == "|":
+            smap.literal.add(loc)
         return node.value
     if isinstance(node, yaml.SequenceNode):
         return [_convert(item, (*loc, i), smap, problems) for i, item in enumerate(node.value)]
@@ -103,6 +123,28 @@ def _dotted(loc: Loc) -> str:
 dotted = _dotted
 
 
+def _syntax_problem(exc: yaml.MarkedYAMLError) -> tuple[int | None, int | None, str]:
+    """Where a YAML syntax error is and what to do about it, in an editor's words."""
+    mark = exc.problem_mark or exc.context_mark
+    problem = exc.problem or "invalid YAML"
+    context = exc.context or ""
+    if "quoted scalar" in context and "end of stream" in problem and exc.context_mark:
+        mark = exc.context_mark  # point at where the unclosed quote was opened
+        message = "the quote opened here is never closed; add the closing quote"
+    elif "tab" in problem or "\t" in problem or "\\t" in problem:
+        message = "a tab character here; indent with spaces, not tabs"
+    elif "mapping values are not allowed" in problem:
+        message = ("unexpected `:` here; check this line's indentation, or put text "
+                   "that contains `: ` in quotes")
+    elif "expected key" in problem or "expected <block end>" in problem or "expected '-'" in problem:
+        message = (f"{context}, {problem}: check the indentation (keys of one mapping and "
+                   "the `- ` items of one list must start in the same column)")
+    else:
+        message = f"{context}, {problem}" if context else problem
+    line, col = (mark.line + 1, mark.column + 1) if mark else (None, None)
+    return line, col, message
+
+
 def read_yaml(path: Path, text: str | None = None) -> tuple[Any, SourceMap]:
     """Parse one YAML document into plain dicts/lists/strings plus its `SourceMap`.
 
@@ -118,23 +160,17 @@ def read_yaml(path: Path, text: str | None = None) -> tuple[Any, SourceMap]:
         try:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
+            line_start = raw.rfind(b"\n", 0, exc.start) + 1
             line = raw[: exc.start].count(b"\n") + 1
-            raise IssueInvalid(
-                problems=[Problem(file, line, None, "", "file is not UTF-8 encoded; save it as UTF-8")]
-            ) from None
-    smap = SourceMap(file)
+            col = len(raw[line_start : exc.start].decode("utf-8", errors="replace")) + 1
+            message = (f"the file is not UTF-8 encoded (byte 0x{raw[exc.start]:02x} here); "
+                       "save it as UTF-8")
+            raise IssueInvalid(problems=[Problem(file, line, col, "", message)]) from None
+    smap = SourceMap(file, lines=text.splitlines())
     try:
         nodes = list(yaml.compose_all(text, Loader=_Loader))
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        if exc.context_mark and "end of stream" in (exc.problem or ""):
-            mark = exc.context_mark  # an unclosed quote: point at where it was opened
-        message = exc.problem or "invalid YAML"
-        if exc.context:
-            message = f"{exc.context}, {message}"
-        if "\t" in message or "'\\t'" in message or "tab" in message:
-            message += " (indent with spaces, not tabs)"
-        line, col = (mark.line + 1, mark.column + 1) if mark else (None, None)
+        line, col, message = _syntax_problem(exc)
         raise IssueInvalid(problems=[Problem(file, line, col, "", f"YAML syntax error: {message}")]) from None
     except yaml.YAMLError as exc:  # e.g. a reader error for control characters
         raise IssueInvalid(problems=[Problem(file, None, None, "", f"YAML error: {exc}")]) from None

@@ -65,9 +65,11 @@ def schema() -> None:
 
 
 def issue_json_schema() -> dict:
-    data = Issue.model_json_schema()
-    data["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    data["title"] = "newsletter issue"
+    """The JSON Schema of an issue file, as `newsletter schema` prints it."""
+    # Draft-07: the version the yaml-language-server (VS Code's Red Hat YAML)
+    # fully supports; pydantic's `$defs` references resolve in it as JSON pointers.
+    data = {"$schema": "http://json-schema.org/draft-07/schema#", "title": "newsletter issue"}
+    data.update({k: v for k, v in Issue.model_json_schema().items() if k != "title"})
     return data
 
 

@@ -1,1 +1,237 @@
-"""CLI commands: send (filled in by its issue)."""
+"""CLI commands: `send` (test send, dry run, send to a list / resume) and `sends ls|show`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from newsletter.cli.common import (
+    JsonOption,
+    ProjectOption,
+    app,
+    console,
+    err_console,
+    get_project,
+    print_json,
+    user_errors,
+)
+from newsletter.errors import NewsletterError
+from newsletter.journal import Journal
+from newsletter.send import Progress as SendProgress
+from newsletter.send import SendPlan, SendReport, dry_run, plan_send, run_send, send_test
+from newsletter.store import open_store
+
+sends_app = typer.Typer(help="History of sends: per recipient status and SMTP replies.",
+                        no_args_is_help=True, rich_markup_mode="rich")
+app.add_typer(sends_app, name="sends")
+
+
+@app.command()
+def send(
+    file: Annotated[Path, typer.Argument(help="The issue YAML file.", show_default=False)],
+    to: Annotated[list[str] | None, typer.Option(
+        "--to", help="Test send to this address (repeatable): subject prefixed [TEST], no journal.",
+        show_default=False)] = None,
+    list_name: Annotated[str | None, typer.Option(
+        "--list", "-l", help="Send to the subscribed members of this list (re-run to resume).",
+        show_default=False)] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    dry_run_flag: Annotated[bool, typer.Option(
+        "--dry-run", help="Write the personalised messages as .eml files instead of sending.")] = False,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Directory for --dry-run (default dist/<slug>/dry-run/).", show_default=False)] = None,
+    concurrency: Annotated[int | None, typer.Option(
+        "--concurrency", min=1, max=100, help="SMTP connections (default delivery.concurrency).",
+        show_default=False)] = None,
+    rate: Annotated[float | None, typer.Option(
+        "--rate", min=0, help="Messages per second across all connections, 0 = unlimited "
+        "(default delivery.rate).", show_default=False)] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Resume even though the issue changed since the send started.")] = False,
+    project: ProjectOption = None,
+) -> None:
+    """Send an issue: a test send (--to), a dry run, or to a list (re-running resumes).
+
+    Example: [bold]newsletter send issues/2026-02.yaml --list news[/bold]
+    """
+    proj = get_project(project)
+    if bool(to) == bool(list_name):
+        err_console.print("give either --to ADDR (test send) or --list NAME")
+        raise typer.Exit(2)
+    with user_errors():
+        if to:
+            replies = send_test(proj, file, to)
+            failed = [(a, r) for a, r in replies if not r.ok]
+            for address, reply in replies:
+                mark = "[green]sent[/green]" if reply.ok else "[red]refused[/red]"
+                console.print(f"{mark} {escape(address)}: {escape(str(reply))}")
+            if failed:
+                raise typer.Exit(1)
+            return
+        assert list_name is not None
+        plan = plan_send(proj, file, list_name, concurrency=concurrency, rate=rate)
+        try:
+            if dry_run_flag:
+                directory, count = dry_run(plan, out)
+                console.print(f"Wrote {count} personalised message(s) to {escape(str(directory))}; "
+                              "nothing was sent.")
+                return
+            _summary(plan)
+            if not yes and not typer.confirm("Send now?", default=False):
+                console.print("Nothing sent.")
+                raise typer.Exit(1)
+            report = _send_with_progress(plan, force)
+        finally:
+            plan.store.close()
+    _final_report(report)
+    if report.status == "paused":
+        raise typer.Exit(1)
+    if report.status == "interrupted":
+        raise typer.Exit(130)
+
+
+def _summary(plan: SendPlan) -> None:
+    mailing_list = plan.mailing_list
+    title = f" ({mailing_list.title})" if mailing_list.title else ""
+    console.print(f"[bold]Subject:[/bold]    {escape(plan.rendered.subject)}")
+    console.print(f"[bold]List:[/bold]       {escape(mailing_list.name + title)}")
+    console.print(f"[bold]Recipients:[/bold] {plan.recipients} subscribed")
+    rate = f"{plan.rate:g}/s" if plan.rate else "unlimited"
+    console.print(f"[bold]Transport:[/bold]  {escape(plan.transport.description)} — "
+                  f"{plan.concurrency} connection(s), rate {rate}")
+    existing = plan.existing
+    if existing is not None:
+        c = existing.counts
+        console.print(
+            f"[yellow]Resuming send #{existing.id} ({existing.status}):[/yellow] {c['sent']} already "
+            f"sent and not sent again, {c['pending'] + c['failed_temporary']} to (re)try"
+            + (f", {c['sending']} in flight at the interruption (sent again; may be duplicated)"
+               if c["sending"] else ""))
+        if existing.content_hash != plan.content_hash:
+            console.print("[red]The issue changed since this send started[/red] (use --force to "
+                          "send the new version to the rest).")
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.0f} msg/s" if speed else "– msg/s", style="progress.data.speed")
+
+
+def _send_with_progress(plan: SendPlan, force: bool) -> SendReport:
+    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(),
+               MofNCompleteColumn(), _RateColumn(), TimeElapsedColumn(), TextColumn("ETA"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("Sending", total=None)
+
+        def update(p: SendProgress) -> None:
+            extra = f" ({p.failed} failed, {p.skipped} skipped, {p.retrying} retrying)" if (
+                p.failed or p.skipped or p.retrying) else ""
+            bar.update(task, total=p.total, completed=p.done, description="Sending" + extra)
+
+        return run_send(plan, force=force, progress=update)
+
+
+def _final_report(report: SendReport) -> None:
+    color = {"finished": "green", "paused": "yellow", "interrupted": "yellow"}[report.status]
+    console.print(f"[{color}]Send #{report.send_id} {report.status}[/{color}] in {report.seconds:.1f} s: "
+                  f"{report.sent} sent, {report.failed_permanent} failed permanently "
+                  f"({report.bounced} bounced), {report.failed_temporary} failed temporarily, "
+                  f"{report.skipped} skipped (no longer subscribed), {report.pending} pending.")
+    if report.reason:
+        err_console.print(escape(report.reason))
+    if report.possibly_duplicated:
+        console.print(f"{len(report.possibly_duplicated)} recipient(s) were in flight at an "
+                      "interruption and may have got the issue twice: "
+                      + escape(", ".join(report.possibly_duplicated)))
+    if report.failed_temporary or report.pending:
+        console.print("Re-run the same command to retry the rest; nobody gets the issue twice.")
+
+
+@sends_app.command("ls")
+def sends_ls(json: JsonOption = False, project: ProjectOption = None) -> None:
+    """List every send with its counts.
+
+    Example: [bold]newsletter sends ls[/bold]
+    """
+    proj = get_project(project)
+    with user_errors():
+        store = open_store(proj)
+        try:
+            infos = Journal(store).all()
+        finally:
+            store.close()
+    if json:
+        print_json([i.as_dict() for i in infos])
+        return
+    if not infos:
+        console.print("No sends yet.")
+        return
+    table = Table("ID", "Issue", "List", "Status", "Sent", "Failed", "Skipped", "Open", "Started (UTC)")
+    for i in infos:
+        c = i.counts
+        table.add_row(str(i.id), escape(i.issue_slug), escape(i.list_name), i.status,
+                      f"{c['sent']}/{c['total']}", str(c["failed_permanent"] + c["failed_temporary"]),
+                      str(c["skipped"]), str(c["pending"] + c["sending"]),
+                      f"{i.created_at:%Y-%m-%d %H:%M}")
+    console.print(table)
+
+
+@sends_app.command("show")
+def sends_show(
+    send_id: Annotated[int, typer.Argument(help="The send's ID (see `sends ls`).", show_default=False)],
+    json: JsonOption = False,
+    project: ProjectOption = None,
+) -> None:
+    """Show one send: counts, and per recipient status, SMTP reply and time.
+
+    Example: [bold]newsletter sends show 1 --json[/bold]
+    """
+    proj = get_project(project)
+    with user_errors():
+        store = open_store(proj)
+        try:
+            journal = Journal(store)
+            info = journal.get(send_id)
+            if info is None:
+                raise NewsletterError(f"no send with ID {send_id}; see `newsletter sends ls`")
+            rows = journal.deliveries(send_id)
+        finally:
+            store.close()
+    duplicated = [r.email for r in rows if r.possibly_duplicated or r.status == "sending"]
+    if json:
+        print_json({**info.as_dict(), "possibly_duplicated": duplicated,
+                    "deliveries": [r.as_dict() for r in rows]})
+        return
+    c = info.counts
+    console.print(f"[bold]Send #{info.id}[/bold] {escape(info.issue_slug)} → {escape(info.list_name)}: "
+                  f"{info.status}, via {escape(info.transport)}")
+    console.print(f"Subject: {escape(info.subject)}")
+    console.print(f"{c['total']} recipients: {c['sent']} sent, {c['failed_permanent']} failed "
+                  f"permanently, {c['failed_temporary']} failed temporarily, {c['skipped']} skipped, "
+                  f"{c['pending']} pending, {c['sending']} in flight")
+    if duplicated:
+        console.print("[yellow]Possibly duplicated[/yellow] (in flight at an interruption): "
+                      + escape(", ".join(duplicated)))
+    table = Table("Recipient", "Status", "Attempts", "SMTP reply", "Time (UTC)")
+    for r in rows:
+        reply = r.as_dict()["smtp_reply"] or ""
+        table.add_row(escape(r.email), r.status + (" *" if r.possibly_duplicated else ""),
+                      str(r.attempts), escape(reply), f"{r.updated_at:%Y-%m-%d %H:%M:%S}")
+    console.print(table)

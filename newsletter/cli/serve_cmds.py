@@ -1,1 +1,39 @@
-"""CLI commands: serve (filled in by its issue)."""
+"""CLI command: serve — the public endpoint (subscribe, confirm, unsubscribe, archive)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from newsletter.cli.common import ProjectOption, app, console, get_project, user_errors
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default: serve.host).",
+                                             show_default=False)] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: serve.port, 8000).",
+                                             show_default=False)] = None,
+    proxy_headers: Annotated[bool, typer.Option(
+        "--proxy-headers/--no-proxy-headers",
+        help="Trust X-Forwarded-For/-Proto from the addresses in serve.trusted_proxies "
+             "(run behind a TLS reverse proxy).")] = True,
+    project: ProjectOption = None,
+) -> None:
+    """Run the public endpoint: subscribe (double opt-in), confirm, unsubscribe incl. RFC 8058
+    one-click, the web archive from dist/ and /healthz.
+
+    Example: [bold]newsletter serve --host 127.0.0.1 --port 8000[/bold]
+    """
+    from newsletter.web import run
+
+    proj = get_project(project)
+    host = host or proj.settings.serve.host
+    port = port or proj.settings.serve.port
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    console.print(f"Serving {proj.settings.newsletter.title} on http://{host}:{port} "
+                  f"(public URL {proj.settings.newsletter.base_url}); Ctrl+C stops.")
+    with user_errors():
+        run(proj, host, port, proxy_headers=proxy_headers)

@@ -1,0 +1,305 @@
+"""The send journal (DESIGN.md section 5) over the store's `sends` and `deliveries` tables.
+
+A send is (issue slug, list). Every recipient has a row:
+
+    pending → sending → sent | failed_temporary | failed_permanent | skipped
+
+A row becomes `sending` in a committed transaction *before* its message is handed to SMTP, so
+after a crash the rows still `sending` are exactly the messages that may or may not have been
+accepted (at most one per connection). A resume sends those again — nobody may miss the issue —
+and keeps them marked as possibly duplicated; everything already `sent` is never sent again.
+
+Writes are batched ("group commit"): one transaction records the results of the messages that
+just finished, checks the subscription state of the next recipients and marks them `sending`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from newsletter.errors import NewsletterError
+from newsletter.store import (
+    Member,
+    Store,
+    chunked,
+    deliveries,
+    lists,
+    memberships,
+    sends,
+    utcnow,
+)
+
+# Prefix kept in `smtp_reply` of rows that were in flight when a send was interrupted: their
+# message may have been accepted before the crash and sent again by the resume.
+IN_FLIGHT = "[in flight at an interruption; may be duplicated] "
+OPEN = ("pending", "failed_temporary")
+
+
+class ContentChanged(NewsletterError):
+    """The issue changed since the interrupted send started."""
+
+
+def content_hash(subject: str, html: str, text: str) -> str:
+    digest = hashlib.sha256()
+    for part in (subject, html, text):
+        digest.update(part.encode("utf-8"))
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Job:
+    """One recipient handed to a sending worker."""
+
+    subscriber_id: int
+    email: str
+    name: str | None
+    attempts: int = 0  # attempts in this run
+    possibly_duplicated: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to a job: written to its row by the next `Journal.commit`."""
+
+    job: Job
+    status: str  # sent | failed_temporary | failed_permanent | pending (retry later / released)
+    code: int | None = None
+    reply: str | None = None
+    counted: bool = True  # False: released unsent (connection failure), no attempt used
+
+
+@dataclass
+class SendInfo:
+    id: int
+    issue_slug: str
+    list_id: int
+    list_name: str
+    subject: str
+    status: str
+    transport: str
+    content_hash: str
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "issue": self.issue_slug, "list": self.list_name, "subject": self.subject,
+            "status": self.status, "transport": self.transport, "created_at": self.created_at,
+            "updated_at": self.updated_at, "finished_at": self.finished_at, "counts": self.counts,
+        }
+
+
+@dataclass
+class DeliveryRow:
+    subscriber_id: int
+    email: str
+    status: str
+    attempts: int
+    smtp_code: int | None
+    smtp_reply: str | None
+    message_id: str | None
+    updated_at: datetime
+
+    @property
+    def possibly_duplicated(self) -> bool:
+        return (self.smtp_reply or "").startswith(IN_FLIGHT)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "subscriber_id": self.subscriber_id, "email": self.email, "status": self.status,
+            "attempts": self.attempts, "smtp_code": self.smtp_code,
+            "smtp_reply": (self.smtp_reply or "").removeprefix(IN_FLIGHT) or None,
+            "possibly_duplicated": self.possibly_duplicated, "updated_at": self.updated_at,
+        }
+
+
+@dataclass
+class Resume:
+    """The state a (new or resumed) send starts from."""
+
+    send: SendInfo
+    resumed: bool
+    jobs: list[Job]  # rows still to send, in order
+    recovered_in_flight: list[str]  # addresses `sending` at the interruption, sent again now
+
+
+class Journal:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def find(self, issue_slug: str, list_id: int) -> SendInfo | None:
+        with self.store.read() as conn:
+            row = conn.execute(sa.select(sends.c.id).where(
+                sends.c.issue_slug == issue_slug, sends.c.list_id == list_id)).first()
+        return self.get(row.id) if row else None
+
+    def get(self, send_id: int) -> SendInfo | None:
+        with self.store.read() as conn:
+            row = conn.execute(
+                sa.select(sends, lists.c.name.label("list_name"))
+                .join(lists, lists.c.id == sends.c.list_id).where(sends.c.id == send_id)).first()
+            if row is None:
+                return None
+            counts = _counts(conn, [send_id]).get(send_id, {})
+        return _info(row, counts)
+
+    def all(self) -> list[SendInfo]:
+        with self.store.read() as conn:
+            rows = conn.execute(
+                sa.select(sends, lists.c.name.label("list_name"))
+                .join(lists, lists.c.id == sends.c.list_id).order_by(sends.c.id)).all()
+            counts = _counts(conn, [r.id for r in rows])
+        return [_info(r, counts.get(r.id, {})) for r in rows]
+
+    def deliveries(self, send_id: int) -> list[DeliveryRow]:
+        with self.store.read() as conn:
+            rows = conn.execute(sa.select(deliveries).where(deliveries.c.send_id == send_id)
+                                .order_by(deliveries.c.subscriber_id)).all()
+        return [DeliveryRow(r.subscriber_id, r.email, r.status, r.attempts, r.smtp_code,
+                            r.smtp_reply, r.message_id, r.updated_at) for r in rows]
+
+    # --- starting and resuming --------------------------------------------------------------
+
+    def start(self, *, issue_slug: str, list_id: int, subject: str, content: str, transport: str,
+              members: Sequence[Member], force: bool = False) -> Resume:
+        """Create the send, or resume it: recover in-flight rows, add new members, list the work."""
+        now = utcnow()
+        with self.store.write() as conn:
+            row = conn.execute(sa.select(sends).where(
+                sends.c.issue_slug == issue_slug, sends.c.list_id == list_id)).first()
+            resumed = row is not None
+            if row is None:
+                send_id = conn.execute(sends.insert().values(
+                    issue_slug=issue_slug, list_id=list_id, content_hash=content, subject=subject,
+                    status="running", transport=transport, created_at=now, updated_at=now,
+                )).inserted_primary_key[0]
+            else:
+                send_id = row.id
+                if row.content_hash != content and not force:
+                    raise ContentChanged(
+                        f"the issue `{issue_slug}` changed since send #{send_id} to this list started "
+                        f"({row.created_at:%Y-%m-%d %H:%M} UTC); recipients already served got the "
+                        "old version. Re-run with --force to send the new version to the rest.")
+                conn.execute(sends.update().where(sends.c.id == send_id).values(
+                    status="running", content_hash=content, subject=subject, transport=transport,
+                    updated_at=now, finished_at=None))
+            # A crash left these `sending`: maybe accepted, maybe not. Send again, keep the mark.
+            in_flight = conn.execute(sa.select(deliveries.c.subscriber_id, deliveries.c.email).where(
+                deliveries.c.send_id == send_id, deliveries.c.status == "sending")).all()
+            if in_flight:
+                conn.execute(deliveries.update().where(
+                    deliveries.c.send_id == send_id, deliveries.c.status == "sending",
+                ).values(status="pending", updated_at=now, smtp_code=None,
+                         smtp_reply=IN_FLIGHT + "in flight when the send stopped"))
+            known = {r[0] for r in conn.execute(sa.select(deliveries.c.subscriber_id)
+                                                .where(deliveries.c.send_id == send_id))}
+            new_rows = [{"send_id": send_id, "subscriber_id": m.subscriber_id, "email": m.email,
+                         "status": "pending", "attempts": 0, "updated_at": now}
+                        for m in members if m.subscriber_id not in known]
+            for chunk in chunked(new_rows, 5000):
+                conn.execute(deliveries.insert(), chunk)
+            names = {m.subscriber_id: m.name for m in members}
+            rows = conn.execute(
+                sa.select(deliveries.c.subscriber_id, deliveries.c.email, deliveries.c.smtp_reply)
+                .where(deliveries.c.send_id == send_id, deliveries.c.status.in_(OPEN))
+                .order_by(deliveries.c.subscriber_id)).all()
+        jobs = [Job(r.subscriber_id, r.email, names.get(r.subscriber_id),
+                    possibly_duplicated=(r.smtp_reply or "").startswith(IN_FLIGHT)) for r in rows]
+        info = self.get(send_id)
+        assert info is not None
+        return Resume(info, resumed, jobs, [r.email for r in in_flight])
+
+    # --- the group commit -------------------------------------------------------------------
+
+    def commit(self, send_id: int, list_id: int, outcomes: Iterable[Outcome],
+               candidates: Sequence[Job], message_ids: dict[int, str]) -> tuple[list[Job], list[Job]]:
+        """One transaction: record outcomes, check the candidates' subscription, mark them `sending`.
+
+        Returns (jobs to send now, jobs skipped because the person is no longer subscribed).
+        """
+        now = utcnow()
+        outcomes = list(outcomes)
+        with self.store.write() as conn:
+            if outcomes:
+                conn.execute(
+                    deliveries.update().where(
+                        deliveries.c.send_id == send_id,
+                        deliveries.c.subscriber_id == sa.bindparam("sid"))
+                    .values(status=sa.bindparam("st"), smtp_code=sa.bindparam("code"),
+                            smtp_reply=sa.bindparam("reply"), updated_at=now,
+                            attempts=deliveries.c.attempts + sa.bindparam("inc")),
+                    [{"sid": o.job.subscriber_id, "st": o.status, "code": o.code,
+                      "reply": _reply_text(o), "inc": 1 if o.counted else 0} for o in outcomes],
+                )
+            if not candidates:
+                return [], []
+            status = dict(conn.execute(sa.select(memberships.c.subscriber_id, memberships.c.status).where(
+                memberships.c.list_id == list_id,
+                memberships.c.subscriber_id.in_([c.subscriber_id for c in candidates]))).all())
+            go = [c for c in candidates if status.get(c.subscriber_id) == "subscribed"]
+            skip = [c for c in candidates if status.get(c.subscriber_id) != "subscribed"]
+            if go:
+                conn.execute(
+                    deliveries.update().where(
+                        deliveries.c.send_id == send_id,
+                        deliveries.c.subscriber_id == sa.bindparam("sid"))
+                    .values(status="sending", updated_at=now, message_id=sa.bindparam("mid")),
+                    [{"sid": c.subscriber_id, "mid": message_ids.get(c.subscriber_id)} for c in go],
+                )
+            if skip:
+                conn.execute(
+                    deliveries.update().where(
+                        deliveries.c.send_id == send_id,
+                        deliveries.c.subscriber_id == sa.bindparam("sid"))
+                    .values(status="skipped", updated_at=now, smtp_code=None,
+                            smtp_reply=sa.bindparam("reply")),
+                    [{"sid": c.subscriber_id,
+                      "reply": f"not sent: membership is {status.get(c.subscriber_id) or 'gone'}"}
+                     for c in skip],
+                )
+        return go, skip
+
+    def finish(self, send_id: int, status: str) -> None:
+        now = utcnow()
+        with self.store.write() as conn:
+            conn.execute(sends.update().where(sends.c.id == send_id).values(
+                status=status, updated_at=now, finished_at=now if status == "finished" else None))
+
+
+def _reply_text(outcome: Outcome) -> str | None:
+    reply = outcome.reply
+    if outcome.job.possibly_duplicated:
+        return IN_FLIGHT + (reply or "")
+    return reply
+
+
+def _counts(conn: sa.Connection, send_ids: list[int]) -> dict[int, dict[str, int]]:
+    result: dict[int, dict[str, int]] = {}
+    for chunk in chunked(send_ids):
+        rows = conn.execute(
+            sa.select(deliveries.c.send_id, deliveries.c.status, sa.func.count())
+            .where(deliveries.c.send_id.in_(chunk))
+            .group_by(deliveries.c.send_id, deliveries.c.status)).all()
+        for send_id, status, count in rows:
+            result.setdefault(send_id, {})[status] = count
+    return result
+
+
+def _info(row: Any, counts: dict[str, int]) -> SendInfo:
+    full = {s: counts.get(s, 0) for s in
+            ("pending", "sending", "sent", "failed_temporary", "failed_permanent", "skipped")}
+    full["total"] = sum(counts.values())
+    return SendInfo(row.id, row.issue_slug, row.list_id, row.list_name, row.subject, row.status,
+                    row.transport, row.content_hash, row.created_at, row.updated_at, row.finished_at,
+                    full)

@@ -1,0 +1,351 @@
+"""Build the MIME message of an issue once, then personalise it per recipient by byte substitution.
+
+Why not an `EmailMessage` per recipient: re-encoding the whole message per recipient is ~100x
+slower than substituting a few values into prepared bytes (DESIGN.md section 2), and Python's
+email policies fold a long `List-Unsubscribe` into `=?utf-8?q?…?=` encoded words that receivers
+cannot parse. So the headers with URLs are written as raw bytes here, the rest (From, Reply-To,
+Subject, Date) is encoded by `email.headerregistry`, and the bodies are quoted-printable encoded
+once, with every unsubscribe placeholder on an encoded line of its own (soft line breaks around
+it): substituting a URL of any length then still yields valid quoted-printable, and a soft line
+break can never split the placeholder.
+"""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+import html
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime, formataddr
+from typing import Protocol
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from newsletter.config import Project
+from newsletter.errors import HeaderInjection, NewsletterError, Problem
+from newsletter.render import UNSUBSCRIBE_PLACEHOLDER
+
+MAX_LINE = 998
+DKIM_HEADERS = (
+    b"from", b"to", b"subject", b"date", b"message-id", b"list-unsubscribe",
+    b"list-unsubscribe-post", b"list-id", b"reply-to", b"mime-version", b"content-type",
+)
+
+
+class RenderedLike(Protocol):
+    """What message building needs of `render.RenderedIssue`."""
+
+    slug: str
+    subject: str
+    html: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """One addressee of a personalised message."""
+
+    email: str
+    name: str | None = None
+    subscriber_id: int = 0
+    list_id: int = 0
+
+
+def check_header_value(value: str, what: str, source: str = "") -> str:
+    """Reject CR, LF and other control characters in a value destined for a header."""
+    bad = next((c for c in value if ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029"), None)
+    if bad is not None:
+        raise HeaderInjection(problems=[Problem(
+            source or "message", None, None, what,
+            f"contains a line break or control character ({bad!r}); refusing to put it into a mail header",
+        )])
+    return value
+
+
+def check_address(email: str, what: str, source: str = "") -> str:
+    check_header_value(email, what, source)
+    if not email or any(c in email for c in ' <>",;()[]\\') or email.count("@") != 1:
+        raise HeaderInjection(problems=[Problem(source or "message", None, None, what,
+                                                f"`{email}` is not a plain e-mail address")])
+    return email
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def format_address(email: str, name: str | None) -> bytes:
+    """`Name <addr>` for a To header: RFC 2047 encoded name, quoted where needed, fast."""
+    if _CONTROL.search(email) or (name and _CONTROL.search(name)):
+        check_address(email, "email", "subscriber data")
+        check_header_value(name or "", "name", f"subscriber {email}")
+    if not name:
+        return email.encode("ascii", "strict") if email.isascii() else _fold_address(email, None)
+    if len(name) > 60:
+        return _fold_address(email, name)
+    try:
+        return formataddr((name, email), "utf-8").encode("ascii")
+    except UnicodeEncodeError:  # non-ASCII address (SMTPUTF8): let the email package handle it
+        return _fold_address(email, name)
+
+
+def _fold_address(email: str, name: str | None) -> bytes:
+    header = SMTP.header_factory("To", Address(display_name=name or "", addr_spec=email))
+    return SMTP.fold_binary("To", header)[len(b"To: "):-2]
+
+
+def _qp(data: bytes) -> bytes:
+    """Quoted-printable with CRLF line ends (binascii keeps LF when the input has no CRLF)."""
+    out = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
+    return out.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def _crlf(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n")
+
+
+def _encode_body(text: str) -> list[bytes]:
+    """QP-encode `text` around placeholders: [piece, piece, …], a placeholder between each two.
+
+    Each piece ends in a line break (hard, or a soft one added here) and the following piece starts
+    on a new line, so the per-recipient URL (also QP-encoded, then ended by a soft break) sits on
+    encoded lines of its own.
+    """
+    pieces = _crlf(text).split(UNSUBSCRIBE_PLACEHOLDER)
+    encoded = []
+    for i, piece in enumerate(pieces):
+        chunk = _qp(piece.encode("utf-8"))
+        last = i == len(pieces) - 1
+        if chunk and not chunk.endswith(b"\r\n"):
+            chunk += b"\r\n" if last else b"=\r\n"
+        encoded.append(chunk)
+    return encoded
+
+
+# Slots of the prepared byte template.
+TO, MESSAGE_ID, HEADER_URL, TEXT_URL, HTML_URL = range(5)
+
+
+@dataclass(frozen=True)
+class PreparedMessage:
+    """An issue's message as bytes with holes for per-recipient values."""
+
+    parts: tuple[bytes | int, ...]
+    sender: str  # envelope sender (MAIL FROM)
+    domain: str  # sender's domain: Message-ID and DKIM d=
+    unsubscribe_base: str  # `{base_url}/u/`
+    message_id_key: bytes
+    dkim: DkimSigner | None = None
+
+    def personalise(self, recipient: Recipient, token: str, message_id: str | None = None) -> bytes:
+        """The complete message for one recipient, ready for `SMTP.sendmail` or a Maildir."""
+        url = self.unsubscribe_base + token
+        values: list[bytes] = [b""] * 5
+        values[TO] = format_address(recipient.email, recipient.name)
+        values[MESSAGE_ID] = (message_id or self.message_id(recipient)).encode("ascii")
+        values[HEADER_URL] = url.encode("ascii")
+        values[TEXT_URL] = _qp(values[HEADER_URL]) + b"=\r\n"
+        escaped = html.escape(url, quote=True)
+        values[HTML_URL] = values[TEXT_URL] if escaped == url else _qp(escaped.encode("ascii")) + b"=\r\n"
+        raw = b"".join(p if isinstance(p, bytes) else values[p] for p in self.parts)
+        if self.dkim is not None:
+            raw = self.dkim.sign(raw)
+        return raw
+
+    def message_id(self, recipient: Recipient) -> str:
+        """Unique per recipient, and the same on a resumed send (so clients can drop a duplicate)."""
+        if not recipient.subscriber_id:
+            return f"<{uuid.uuid4().hex}@{self.domain}>"
+        digest = hashlib.blake2b(f"{recipient.subscriber_id}/{recipient.list_id}".encode(),
+                                 key=self.message_id_key, digest_size=12).hexdigest()
+        return f"<{digest}.nl@{self.domain}>"
+
+
+class DkimSigner:
+    """DKIM-signs the exact bytes that will be sent (dkimpy), covering the list headers too."""
+
+    def __init__(self, key: bytes, selector: str, domain: str) -> None:
+        import dkim
+
+        self._dkim = dkim
+        self.key, self.selector, self.domain = key, selector.encode(), domain.encode()
+
+    def sign(self, raw: bytes) -> bytes:
+        signature = self._dkim.sign(
+            raw, self.selector, self.domain, self.key, include_headers=list(DKIM_HEADERS),
+            canonicalize=(b"relaxed", b"relaxed"), linesep=b"\r\n",
+        )
+        return signature + raw
+
+
+def dkim_signer(project: Project, domain: str) -> DkimSigner | None:
+    """The project's DKIM signer, if `secret.dkim_key_file` and `secret.dkim_selector` are set."""
+    settings = project.settings.secret
+    if not settings.dkim_key_file and not settings.dkim_selector:
+        return None
+    if not (settings.dkim_key_file and settings.dkim_selector):
+        raise NewsletterError("DKIM needs both NEWSLETTER_SECRET__DKIM_KEY_FILE and "
+                              "NEWSLETTER_SECRET__DKIM_SELECTOR")
+    path = project.root / settings.dkim_key_file
+    try:
+        key = path.read_bytes()
+    except OSError as exc:
+        raise NewsletterError(f"cannot read the DKIM key {path}: {exc.strerror}") from None
+    check_header_value(settings.dkim_selector, "secret.dkim_selector", "environment")
+    return DkimSigner(key, settings.dkim_selector, domain)
+
+
+def list_id_value(project: Project, list_name: str, list_title: str | None) -> bytes:
+    """`List-Id` (RFC 2919): `"Title" <name.host>`, or the configured `newsletter.list_id`."""
+    settings = project.settings.newsletter
+    if settings.list_id:
+        ident = settings.list_id.strip("<>")
+    else:
+        host = urlsplit(settings.base_url).hostname or "localhost"
+        label = "".join(c if c.isalnum() or c == "-" else "-" for c in list_name.lower()).strip("-")
+        ident = f"{label or 'list'}.{host}"
+    check_header_value(ident, "newsletter.list_id", "newsletter.toml")
+    phrase = list_title or settings.title
+    if phrase:
+        check_header_value(phrase, "list title", "newsletter.toml")
+        phrase_bytes = formataddr((phrase, "x@x"), "utf-8").rsplit(" <", 1)[0].encode("ascii")
+        return phrase_bytes + b" <" + ident.encode("ascii") + b">"
+    return b"<" + ident.encode("ascii") + b">"
+
+
+def prepare(
+    project: Project,
+    rendered: RenderedLike,
+    *,
+    list_name: str | None = None,
+    list_title: str | None = None,
+    subject_prefix: str = "",
+    date: datetime | None = None,
+    sign: bool = True,
+) -> PreparedMessage:
+    """Encode the issue's message once; `personalise` fills in each recipient."""
+    settings = project.settings.newsletter
+    subject = subject_prefix + rendered.subject
+    check_header_value(subject, "subject", f"issue {rendered.slug}")
+    check_header_value(settings.from_, "newsletter.from", "newsletter.toml")
+    if settings.reply_to:
+        check_header_value(settings.reply_to, "newsletter.reply_to", "newsletter.toml")
+    check_header_value(settings.base_url, "newsletter.base_url", "newsletter.toml")
+
+    head = EmailMessage(policy=SMTP)
+    head["From"] = settings.from_
+    from_header = head["From"]
+    if len(from_header.addresses) != 1 or not from_header.addresses[0].domain or from_header.defects:
+        raise NewsletterError(problems=[Problem("newsletter.toml", None, None, "newsletter.from",
+                                                f"`{settings.from_}` is not one valid address")])
+    sender = from_header.addresses[0].addr_spec
+    domain = from_header.addresses[0].domain
+    if settings.reply_to:
+        head["Reply-To"] = settings.reply_to
+        if head["Reply-To"].defects or not head["Reply-To"].addresses:
+            raise NewsletterError(problems=[Problem("newsletter.toml", None, None, "newsletter.reply_to",
+                                                    f"`{settings.reply_to}` is not a valid address")])
+    head["Subject"] = subject
+    head["Date"] = format_datetime(date or datetime.now(_zone(settings.timezone)))
+    from_block, rest_block = _split_headers(head.as_bytes(policy=SMTP))
+
+    base = settings.base_url.rstrip("/")
+    list_headers = b""
+    if list_name is not None:
+        list_headers += b"List-Id: " + list_id_value(project, list_name, list_title) + b"\r\n"
+    list_headers += b"List-Archive: <" + f"{base}/archive/".encode("ascii") + b">\r\n"
+
+    boundary = b"=_nl_" + secrets.token_hex(12).encode()
+    text_pieces = _encode_body(rendered.text)
+    html_pieces = _encode_body(rendered.html)
+
+    parts: list[bytes | int] = [from_block + b"To: ", TO, b"\r\n" + rest_block + b"Message-ID: ",
+                                MESSAGE_ID, b"\r\nMIME-Version: 1.0\r\n" + list_headers
+                                + b"List-Unsubscribe: <", HEADER_URL,
+                                b">\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+                                b'Content-Type: multipart/alternative; boundary="' + boundary + b'"\r\n'
+                                b"\r\n"
+                                b"This is a multi-part message in MIME format.\r\n"
+                                b"\r\n--" + boundary + b"\r\n"
+                                b'Content-Type: text/plain; charset="utf-8"\r\n'
+                                b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"]
+    _append_pieces(parts, text_pieces, TEXT_URL)
+    parts.append(b"\r\n--" + boundary + b"\r\n"
+                 b'Content-Type: text/html; charset="utf-8"\r\n'
+                 b"Content-Transfer-Encoding: quoted-printable\r\n\r\n")
+    _append_pieces(parts, html_pieces, HTML_URL)
+    parts.append(b"\r\n--" + boundary + b"--\r\n")
+    merged = _merge(parts)
+    for part in merged:
+        if isinstance(part, bytes):
+            _check_lines(part)
+    key = hashlib.blake2b(f"{rendered.slug}/{list_name}".encode(), digest_size=16).digest()
+    return PreparedMessage(
+        parts=tuple(merged), sender=sender, domain=domain, unsubscribe_base=f"{base}/u/",
+        message_id_key=key, dkim=dkim_signer(project, domain) if sign else None,
+    )
+
+
+def _zone(name: str) -> tzinfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return UTC
+
+
+def _split_headers(block: bytes) -> tuple[bytes, bytes]:
+    """(From header lines, the other header lines) of a header-only serialisation."""
+    # Python folds some long headers as "Subject:\r\n Text…", which parses back with a leading
+    # space; keep the value on the header's own line (still far below 998 octets).
+    block = re.sub(rb"(?m)^([A-Za-z-]+):\r\n[ \t]+", rb"\1: ", block)
+    block = block.rstrip(b"\r\n") + b"\r\n"
+    lines = block.split(b"\r\n")
+    out_from, out_rest, current = [], [], None
+    for line in lines[:-1]:
+        if line[:1] in (b" ", b"\t") and current is not None:
+            current.append(line)
+            continue
+        current = out_from if line.lower().startswith(b"from:") else out_rest
+        current.append(line)
+    return b"".join(x + b"\r\n" for x in out_from), b"".join(x + b"\r\n" for x in out_rest)
+
+
+def _append_pieces(parts: list[bytes | int], pieces: list[bytes], slot: int) -> None:
+    for i, piece in enumerate(pieces):
+        if i:
+            parts.append(slot)
+        parts.append(piece)
+    if parts and isinstance(parts[-1], bytes) and parts[-1].endswith(b"\r\n"):
+        parts[-1] = parts[-1][:-2]  # the boundary delimiter brings its own CRLF
+
+
+def _merge(parts: list[bytes | int]) -> list[bytes | int]:
+    merged: list[bytes | int] = []
+    for part in parts:
+        if isinstance(part, bytes) and merged and isinstance(merged[-1], bytes):
+            merged[-1] += part
+        else:
+            merged.append(part)
+    return merged
+
+
+def _check_lines(data: bytes) -> None:
+    for line in data.split(b"\r\n"):
+        if len(line) > MAX_LINE:
+            raise NewsletterError(f"a message line would be {len(line)} octets long (limit {MAX_LINE})")
+
+
+def mime_message(raw: bytes) -> EmailMessage:
+    """Parse bytes produced here back into an `EmailMessage` (for single sends and tests)."""
+    from email import message_from_bytes
+    from email.policy import default
+
+    message = message_from_bytes(raw, policy=default)
+    assert isinstance(message, EmailMessage)
+    return message

@@ -1,0 +1,445 @@
+"""Send an issue: render once, prepare the message once, deliver to a list through the journal.
+
+Error policy (DESIGN.md section 5):
+
+* 4xx — retried with exponential backoff and jitter (`delivery.retry_delay`, doubling) up to
+  `delivery.retries` times in this run, then `failed_temporary` (the next resume tries again).
+  421 and dropped connections also make the connection reconnect.
+* 5.1.x (mailbox unknown …) — `failed_permanent`, and the membership becomes `bounced`.
+* 5.7.x and other 5xx — `failed_permanent` for this message only, the subscriber is untouched;
+  after `delivery.max_policy_failures` of them in a row the send pauses and says why.
+* no connection / TLS / login — the send stops at once; the message in hand goes back to
+  `pending`, nothing is lost.
+* Ctrl-C — no new message is started; those in flight finish and are recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import random
+import re
+import signal
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from newsletter.config import Project
+from newsletter.errors import NewsletterError
+from newsletter.journal import ContentChanged, Job, Journal, Outcome, SendInfo, content_hash
+from newsletter.message import PreparedMessage, Recipient, check_address, prepare
+from newsletter.render import RenderedIssue, render_issue
+from newsletter.store import MailingList, Store, open_store
+from newsletter.tokens import Tokens
+from newsletter.transport import Connection, DeliveryError, RateLimit, Reply, Transport, transport_for
+from newsletter.validate import load_issue
+
+__all__ = ["ContentChanged", "DeliveryError", "Progress", "SendPlan", "SendReport", "dry_run",
+           "plan_send", "run_send", "send_test"]
+
+MAX_BACKOFF = 300.0
+
+
+@dataclass
+class Progress:
+    total: int
+    sent: int = 0
+    failed: int = 0
+    skipped: int = 0
+    retrying: int = 0
+
+    @property
+    def done(self) -> int:
+        return self.sent + self.failed + self.skipped
+
+
+@dataclass
+class SendPlan:
+    """Everything decided before the first message: shown to the editor for confirmation."""
+
+    project: Project
+    store: Store
+    rendered: RenderedIssue
+    mailing_list: MailingList
+    recipients: int  # subscribed members now
+    transport: Transport
+    existing: SendInfo | None
+    content_hash: str
+    concurrency: int
+    rate: float
+
+    @property
+    def to_send(self) -> int:
+        """Recipients still to serve (a resume skips those already sent)."""
+        if self.existing is None:
+            return self.recipients
+        done = sum(self.existing.counts.get(s, 0) for s in ("sent", "failed_permanent", "skipped"))
+        return max(self.recipients - done, 0) + self.existing.counts.get("sending", 0)
+
+
+@dataclass
+class SendReport:
+    send_id: int
+    issue: str
+    list_name: str
+    subject: str
+    transport: str
+    status: str  # finished | paused | interrupted
+    total: int
+    sent: int
+    failed_temporary: int
+    failed_permanent: int
+    bounced: int
+    skipped: int
+    pending: int
+    resumed: bool
+    possibly_duplicated: list[str] = field(default_factory=list)
+    reason: str | None = None
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def plan_send(project: Project, issue_path: Path, list_name: str, *, concurrency: int | None = None,
+              rate: float | None = None) -> SendPlan:
+    """Render the issue and look up the list; no state changes."""
+    rendered = render_issue(load_issue(issue_path, strict=True), project)
+    store = open_store(project)
+    try:
+        mailing_list = store.get_list(list_name)
+        recipients = len(store.members(mailing_list.id))
+        journal = Journal(store)
+        existing = journal.find(rendered.slug, mailing_list.id)
+        if existing is None and recipients == 0:
+            counts = next((lc.counts for lc in store.list_counts() if lc.list.id == mailing_list.id), {})
+            waiting = f" ({counts['pending']} pending: they have not confirmed yet)" if counts.get(
+                "pending") else ""
+            raise NewsletterError(f"the list `{mailing_list.name}` has no subscribed members"
+                                  f"{waiting}; nothing to send")
+    except BaseException:
+        store.close()
+        raise
+    delivery = project.settings.delivery
+    return SendPlan(
+        project=project, store=store, rendered=rendered, mailing_list=mailing_list,
+        recipients=recipients, transport=transport_for(project), existing=existing,
+        content_hash=content_hash(rendered.subject, rendered.html, rendered.text),
+        concurrency=concurrency or delivery.concurrency,
+        rate=delivery.rate if rate is None else rate,
+    )
+
+
+def run_send(plan: SendPlan, *, force: bool = False,
+             progress: Callable[[Progress], None] | None = None) -> SendReport:
+    """Send (or resume) the issue to the list; returns the report, raises DeliveryError on a
+    connection/authentication failure after recording everything."""
+    if plan.existing is not None and plan.existing.content_hash != plan.content_hash and not force:
+        raise ContentChanged(
+            f"the issue `{plan.rendered.slug}` changed since send #{plan.existing.id} to the list "
+            f"`{plan.mailing_list.name}` started; {plan.existing.counts.get('sent', 0)} recipients got "
+            "the old version. Re-run with --force to send the new version to the rest.")
+    started = time.monotonic()
+    prepared = prepare(plan.project, plan.rendered, list_name=plan.mailing_list.name,
+                       list_title=plan.mailing_list.title)
+    # Fail before touching the journal if the server cannot be reached at all.
+    asyncio.run(plan.transport.check())
+    journal = Journal(plan.store)
+    members = plan.store.members(plan.mailing_list.id)
+    resume = journal.start(
+        issue_slug=plan.rendered.slug, list_id=plan.mailing_list.id, subject=plan.rendered.subject,
+        content=plan.content_hash, transport=plan.transport.description, members=members,
+        force=force)
+    del members
+    run = _Run(plan, journal, resume.send.id, prepared, resume.jobs, progress)
+    try:
+        asyncio.run(run.deliver())
+    finally:
+        status = "paused" if run.paused else "interrupted" if run.stopped else "finished"
+        journal.finish(resume.send.id, status)
+    info = journal.get(resume.send.id)
+    assert info is not None
+    rows = journal.deliveries(resume.send.id)
+    c = info.counts
+    report = SendReport(
+        send_id=info.id, issue=info.issue_slug, list_name=info.list_name, subject=info.subject,
+        transport=info.transport, status=status, total=c["total"], sent=c["sent"],
+        failed_temporary=c["failed_temporary"], failed_permanent=c["failed_permanent"],
+        bounced=run.bounced, skipped=c["skipped"], pending=c["pending"] + c["sending"],
+        resumed=resume.resumed,
+        possibly_duplicated=[r.email for r in rows if r.possibly_duplicated or r.status == "sending"],
+        reason=run.reason, seconds=time.monotonic() - started,
+    )
+    if run.fatal is not None:
+        raise DeliveryError(
+            f"{run.fatal.message}\nThe send stopped; nothing is lost ({report.sent} sent, "
+            f"{report.pending} still pending). Fix the problem and re-run the same command to resume.")
+    return report
+
+
+def classify(reply: Reply) -> str:
+    """sent | retry | bounce | policy | permanent."""
+    if reply.ok:
+        return "sent"
+    if reply.temporary:
+        return "retry"
+    enhanced = reply.enhanced
+    if enhanced.startswith("5.1.") or (
+            not enhanced and reply.stage == "rcpt" and reply.code in (550, 551, 553)):
+        return "bounce"
+    if enhanced.startswith("5.2."):  # mailbox full / disabled: not the sender's fault, not a bounce
+        return "permanent"
+    return "policy"
+
+
+class _Run:
+    """One delivery run: workers (one SMTP connection each) fed by a group-committing dispatcher."""
+
+    def __init__(self, plan: SendPlan, journal: Journal, send_id: int, prepared: PreparedMessage,
+                 jobs: Sequence[Job], progress: Callable[[Progress], None] | None) -> None:
+        self.plan, self.journal, self.send_id, self.prepared = plan, journal, send_id, prepared
+        self.list_id = plan.mailing_list.id
+        self.settings = plan.project.settings.delivery
+        self.tokens = Tokens.for_project(plan.project)
+        self.queue: deque[Job] = deque(jobs)
+        self.retry_heap: list[tuple[float, int, Job]] = []
+        self.outcomes: list[Outcome] = []
+        self.waiting: list[asyncio.Future[Job | None]] = []
+        self.in_flight = 0
+        self.flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
+        self.progress_cb = progress
+        self.progress = Progress(total=len(jobs))
+        self.policy_streak = 0
+        self.bounced = 0
+        self.stopped = False
+        self.paused = False
+        self.reason: str | None = None
+        self.fatal: DeliveryError | None = None
+        self.error: BaseException | None = None
+        self._seq = 0
+
+    # --- workers ---------------------------------------------------------------------------
+
+    async def deliver(self) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGINT, self.interrupt)
+        self.rate = RateLimit(self.plan.rate)
+        connections = [self.plan.transport.connection() for _ in range(self.plan.concurrency)]
+        try:
+            await asyncio.gather(*(self.worker(c) for c in connections))
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signal.SIGINT)
+            await asyncio.gather(*(c.close() for c in connections), return_exceptions=True)
+            if self.outcomes:  # results of the last messages
+                self.journal.commit(self.send_id, self.list_id, self.outcomes, [], {})
+                self.outcomes = []
+            self._report()
+        if self.error is not None:
+            raise self.error
+
+    async def worker(self, connection: Connection) -> None:
+        outcome: Outcome | None = None
+        sender = self.prepared.sender
+        while True:
+            job = await self.next(outcome)
+            if job is None:
+                return
+            outcome = None
+            try:
+                await self.rate.wait()
+                recipient = Recipient(job.email, job.name, job.subscriber_id, self.list_id)
+                raw = self.prepared.personalise(
+                    recipient, self.tokens.unsubscribe(job.subscriber_id, self.list_id),
+                    self.prepared.message_id(recipient))
+                reply = await connection.send(sender, job.email, raw)
+            except DeliveryError as exc:
+                self.fatal = self.fatal or exc
+                self.stop(exc.message)
+                outcome = Outcome(job, "pending", None, f"not sent: {exc.message}", counted=False)
+                continue
+            except BaseException as exc:
+                # A bug, or cancellation: we cannot know whether the message left; keep `sending`.
+                self.error = self.error or exc
+                self.stop(f"internal error: {exc!r}")
+                self.in_flight -= 1
+                self._wake()
+                raise
+            outcome = self.judge(job, reply)
+
+    def judge(self, job: Job, reply: Reply) -> Outcome:
+        kind = classify(reply)
+        text = str(reply)
+        if kind == "sent":
+            self.policy_streak = 0
+            return Outcome(job, "sent", reply.code, text)
+        if kind == "retry":
+            attempts = job.attempts + 1
+            if attempts > self.settings.retries:
+                return Outcome(job, "failed_temporary", reply.code, text)
+            delay = min(self.settings.retry_delay * 2 ** (attempts - 1), MAX_BACKOFF)
+            delay *= random.uniform(0.5, 1.5)  # jitter: retries of many messages spread out
+            again = Job(job.subscriber_id, job.email, job.name, attempts, job.possibly_duplicated)
+            self._seq += 1
+            heapq.heappush(self.retry_heap, (time.monotonic() + delay, self._seq, again))
+            return Outcome(job, "pending", reply.code, f"{text} (retrying)")
+        if kind == "bounce":
+            self.policy_streak = 0
+            self.bounced += 1
+            self.plan.store.set_status(job.subscriber_id, self.list_id, "bounced", "bounce",
+                                       detail=f"{self.plan.rendered.slug}: {text}"[:1000])
+            return Outcome(job, "failed_permanent", reply.code, text)
+        if kind == "policy":
+            self.policy_streak += 1
+            if self.policy_streak >= self.settings.max_policy_failures and not self.paused:
+                self.paused = True
+                self.stop(
+                    f"paused after {self.policy_streak} policy rejections in a row (last: {text}). "
+                    "The receiving servers refuse the sender, not the recipients — check SPF/DKIM/"
+                    "DMARC, the sending reputation, the content or the rate, then re-run the "
+                    "same command to resume.")
+        return Outcome(job, "failed_permanent", reply.code, text)
+
+    # --- dispatcher (group commit) ----------------------------------------------------------
+
+    def interrupt(self) -> None:
+        self.stop("interrupted (Ctrl-C); messages in flight were finished and recorded")
+
+    def stop(self, reason: str) -> None:
+        if not self.stopped:
+            self.stopped = True
+            self.reason = reason
+        self._wake()
+
+    async def next(self, outcome: Outcome | None) -> Job | None:
+        future: asyncio.Future[Job | None] = asyncio.get_running_loop().create_future()
+        if outcome is not None:
+            self.outcomes.append(outcome)
+            self.in_flight -= 1
+            self._count(outcome)
+        self.waiting.append(future)
+        self._wake()
+        return await future
+
+    def _wake(self, delay: float = 0.0) -> None:
+        loop = asyncio.get_running_loop()
+        handle = self.flush_handle
+        if handle is not None:
+            if not isinstance(handle, asyncio.TimerHandle) or delay:
+                return  # an immediate flush is coming, or a timer for the next retry is set
+            handle.cancel()
+        self.flush_handle = loop.call_later(delay, self._flush) if delay else loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_handle = None
+        try:
+            self._flush_inner()
+        except BaseException as exc:
+            self.error = self.error or exc
+            self.stopped = True
+            for future in self.waiting:
+                if not future.done():
+                    future.set_result(None)
+            self.waiting = []
+
+    def _flush_inner(self) -> None:
+        outcomes, self.outcomes = self.outcomes, []
+        wanted = 0 if self.stopped else len(self.waiting)
+        now = time.monotonic()
+        go: list[Job] = []
+        first = True
+        while first or (len(go) < wanted and (self.queue or self._due(now))):
+            first = False
+            candidates: list[Job] = []
+            while len(candidates) < wanted - len(go):
+                if self._due(now):
+                    candidates.append(heapq.heappop(self.retry_heap)[2])
+                elif self.queue:
+                    candidates.append(self.queue.popleft())
+                else:
+                    break
+            if not candidates and not outcomes:
+                break
+            ids = {c.subscriber_id: self.prepared.message_id(
+                Recipient(c.email, c.name, c.subscriber_id, self.list_id)) for c in candidates}
+            sending, skipped = self.journal.commit(self.send_id, self.list_id, outcomes, candidates, ids)
+            outcomes = []
+            go.extend(sending)
+            self.progress.skipped += len(skipped)
+        self.in_flight += len(go)
+        for job in go:
+            self.waiting.pop(0).set_result(job)
+        finished = self.stopped or (not self.queue and not self.retry_heap)
+        if finished:
+            for future in self.waiting:
+                future.set_result(None)
+            self.waiting = []
+        elif self.waiting and self.retry_heap and not self.queue:
+            self._wake(max(self.retry_heap[0][0] - now, 0.001))
+        self._report()
+
+    def _due(self, now: float) -> bool:
+        return bool(self.retry_heap) and self.retry_heap[0][0] <= now
+
+    def _count(self, outcome: Outcome) -> None:
+        if outcome.status == "sent":
+            self.progress.sent += 1
+        elif outcome.status.startswith("failed"):
+            self.progress.failed += 1
+        self.progress.retrying = len(self.retry_heap)
+
+    def _report(self) -> None:
+        if self.progress_cb is not None:
+            self.progress_cb(self.progress)
+
+
+# --- test sends and dry runs ------------------------------------------------------------------
+
+
+def send_test(project: Project, issue_path: Path, addresses: Sequence[str]) -> list[tuple[str, Reply]]:
+    """Send the issue to `addresses` with subject "[TEST] …": no journal, no list needed."""
+    for address in addresses:
+        check_address(address, "--to", "command line")
+    rendered = render_issue(load_issue(issue_path, strict=True), project)
+    prepared = prepare(project, rendered, subject_prefix="[TEST] ")
+    tokens = Tokens.for_project(project)
+    transport = transport_for(project)
+
+    async def deliver() -> list[tuple[str, Reply]]:
+        await transport.check()
+        connection = transport.connection()
+        replies = []
+        try:
+            for address in addresses:
+                raw = prepared.personalise(Recipient(address), tokens.unsubscribe(0, 0))
+                replies.append((address, await connection.send(prepared.sender, address, raw)))
+        finally:
+            await connection.close()
+        return replies
+
+    return asyncio.run(deliver())
+
+
+def dry_run(plan: SendPlan, directory: Path | None = None) -> tuple[Path, int]:
+    """Write the personalised message of every subscribed member as an .eml file; send nothing."""
+    directory = directory or plan.project.dist_dir / plan.rendered.slug / "dry-run"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NewsletterError(f"cannot create {directory}: {exc.strerror}") from None
+    prepared = prepare(plan.project, plan.rendered, list_name=plan.mailing_list.name,
+                       list_title=plan.mailing_list.title, sign=False)
+    tokens = Tokens.for_project(plan.project)
+    count = 0
+    for member in plan.store.members(plan.mailing_list.id):
+        recipient = Recipient(member.email, member.name, member.subscriber_id, plan.mailing_list.id)
+        raw = prepared.personalise(recipient, tokens.unsubscribe(member.subscriber_id,
+                                                                 plan.mailing_list.id))
+        name = re.sub(r"[^A-Za-z0-9@._+-]", "_", member.email)
+        (directory / f"{member.subscriber_id:06d}-{name}.eml").write_bytes(raw)
+        count += 1
+    return directory, count

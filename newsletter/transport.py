@@ -1,0 +1,300 @@
+"""Hand finished message bytes to SMTP (aiosmtplib) or to the local Maildir outbox.
+
+* `SmtpTransport`: persistent connections (one per sending worker), reused for many messages,
+  reconnecting when the server drops them or answers 421. `security = starttls` *requires*
+  STARTTLS (a server that does not offer it is an error, never a silent plain-text fallback);
+  `tls` is implicit TLS (port 465); `none` is plain SMTP. AUTH when `smtp.username` is set, with
+  the password from `NEWSLETTER_SMTP__PASSWORD`.
+* Messages go out with `SMTP.sendmail(sender, [rcpt], raw)`: the bytes built by
+  `newsletter.message` are sent as they are (`send_message` would re-serialise and re-fold them).
+* `MaildirTransport`: with no `smtp.host`, messages land in `outbox/` (`mailbox.Maildir`).
+* `RateLimit`: one limit (messages per second) shared by all connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mailbox
+import ssl
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
+from email.utils import getaddresses
+from pathlib import Path
+from typing import Protocol
+
+import aiosmtplib
+
+from newsletter.config import Project, SmtpSettings
+from newsletter.errors import NewsletterError
+
+
+class DeliveryError(NewsletterError):
+    """The transport cannot deliver at all (connection, TLS or authentication): stop the send."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The server's answer to one message (code 250 = accepted)."""
+
+    code: int
+    text: str
+    reconnect: bool = False  # the connection was lost / 421: reconnect before the next message
+    stage: str = "data"  # where it was refused: mail | rcpt | data
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.code < 300
+
+    @property
+    def temporary(self) -> bool:
+        return 400 <= self.code < 500
+
+    @property
+    def enhanced(self) -> str:
+        """The RFC 3463 enhanced status code (`5.1.1`), or ''."""
+        first = self.text.split(None, 1)[0] if self.text.strip() else ""
+        parts = first.split(".")
+        if len(parts) == 3 and all(p.isdigit() for p in parts) and parts[0] in "245":
+            return first
+        return ""
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}".strip()
+
+
+class Connection(Protocol):
+    async def send(self, sender: str, recipient: str, raw: bytes) -> Reply: ...
+
+    async def close(self) -> None: ...
+
+
+class Transport(Protocol):
+    description: str
+
+    async def check(self) -> None:
+        """Fail early (DeliveryError) if delivery cannot work at all."""
+
+    def connection(self) -> Connection: ...
+
+
+class RateLimit:
+    """At most `rate` messages per second across every connection (0 = unlimited)."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self._next = 0.0
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        now = time.monotonic()
+        slot = max(now, self._next)
+        self._next = slot + self.interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
+# --- SMTP -------------------------------------------------------------------------------------
+
+
+def _tls_context(settings: SmtpSettings) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    if settings.ca_file:
+        context.load_verify_locations(settings.ca_file)
+    return context
+
+
+class SmtpTransport:
+    """Delivery through the configured SMTP server."""
+
+    def __init__(self, settings: SmtpSettings) -> None:
+        if not settings.host:
+            raise DeliveryError("no SMTP host configured")
+        self.settings = settings
+        self.description = f"SMTP {settings.host}:{settings.port} ({settings.security})"
+
+    async def check(self) -> None:
+        connection = SmtpConnection(self.settings)
+        await connection.connect()
+        await connection.close()
+
+    def connection(self) -> SmtpConnection:
+        return SmtpConnection(self.settings)
+
+
+class SmtpConnection:
+    """One persistent SMTP session, (re)connected on demand."""
+
+    def __init__(self, settings: SmtpSettings) -> None:
+        self.settings = settings
+        self.smtp: aiosmtplib.SMTP | None = None
+
+    async def connect(self) -> None:
+        s = self.settings
+        where = f"{s.host}:{s.port}"
+        smtp = aiosmtplib.SMTP(
+            hostname=s.host, port=s.port, timeout=s.timeout, use_tls=s.security == "tls",
+            start_tls=False, tls_context=_tls_context(s) if s.security != "none" else None,
+        )
+        try:
+            await smtp.connect()
+            if s.security == "starttls":
+                await smtp.ehlo()
+                if not smtp.supports_extension("starttls"):
+                    smtp.close()
+                    raise DeliveryError(
+                        f"the SMTP server {where} does not offer STARTTLS, but smtp.security is "
+                        "`starttls`; refusing to send in plain text (set smtp.security = \"none\" "
+                        "only for a trusted local relay)")
+                await smtp.starttls(tls_context=_tls_context(s))
+            if s.username:
+                password = s.password.get_secret_value() if s.password else ""
+                if not password:
+                    smtp.close()
+                    raise DeliveryError("smtp.username is set but NEWSLETTER_SMTP__PASSWORD is not")
+                await smtp.login(s.username, password)
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            smtp.close()
+            raise DeliveryError(f"the SMTP server {where} rejected the login of `{s.username}`: "
+                                f"{exc.code} {exc.message}") from None
+        except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+            smtp.close()
+            raise DeliveryError(f"cannot connect to the SMTP server {where} ({s.security}): "
+                                f"{_describe(exc)}") from None
+        self.smtp = smtp
+
+    async def send(self, sender: str, recipient: str, raw: bytes) -> Reply:
+        """Send one message; SMTP rejections come back as a `Reply`, never as an exception.
+
+        Raises `DeliveryError` only when no connection can be (re)established.
+        """
+        if self.smtp is None or not self.smtp.is_connected:
+            await self.connect()
+        assert self.smtp is not None
+        try:
+            _errors, text = await self.smtp.sendmail(sender, [recipient], raw)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            refused = exc.recipients[0]
+            return self._reply(refused.code, refused.message, "rcpt")
+        except aiosmtplib.SMTPSenderRefused as exc:
+            return self._reply(exc.code, exc.message, "mail")
+        except aiosmtplib.SMTPResponseException as exc:
+            return self._reply(exc.code, exc.message, "data")
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
+            # Dropped mid-message: we cannot know whether it was accepted; a temporary failure.
+            await self.close()
+            return Reply(451, f"connection lost: {_describe(exc)}", reconnect=True)
+        return Reply(250, text)
+
+    def _reply(self, code: int, text: str, stage: str) -> Reply:
+        if code == 421 or (self.smtp is not None and not self.smtp.is_connected):
+            if self.smtp is not None:
+                self.smtp.close()
+            self.smtp = None
+            return Reply(code, text, reconnect=True, stage=stage)
+        return Reply(code, text, stage=stage)
+
+    async def close(self) -> None:
+        smtp, self.smtp = self.smtp, None
+        if smtp is None:
+            return
+        try:
+            if smtp.is_connected:
+                await smtp.quit()
+        except (aiosmtplib.SMTPException, OSError):
+            pass
+        finally:
+            smtp.close()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.strip()
+
+
+# --- Maildir ----------------------------------------------------------------------------------
+
+
+class MaildirTransport:
+    """The embedded default: every message becomes a file in the project's `outbox/` Maildir."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.description = f"Maildir {directory} (no SMTP host configured)"
+        self._box: mailbox.Maildir | None = None
+
+    async def check(self) -> None:
+        self.box()
+
+    def box(self) -> mailbox.Maildir:
+        if self._box is None:
+            try:
+                self._box = mailbox.Maildir(self.directory, create=True)
+            except OSError as exc:
+                raise DeliveryError(f"cannot create the outbox {self.directory}: {exc.strerror}") from None
+        return self._box
+
+    def connection(self) -> MaildirConnection:
+        return MaildirConnection(self)
+
+
+class MaildirConnection:
+    def __init__(self, transport: MaildirTransport) -> None:
+        self.transport = transport
+
+    async def send(self, sender: str, recipient: str, raw: bytes) -> Reply:
+        try:
+            key = self.transport.box().add(raw)
+        except OSError as exc:
+            raise DeliveryError(f"cannot write to the outbox {self.transport.directory}: "
+                                f"{exc.strerror}") from None
+        return Reply(250, f"stored in {self.transport.directory.name}/new as {key}")
+
+    async def close(self) -> None:
+        return None
+
+
+def transport_for(project: Project) -> Transport:
+    """SMTP when `smtp.host` is configured, else the Maildir outbox."""
+    if project.settings.smtp.host:
+        return SmtpTransport(project.settings.smtp)
+    return MaildirTransport(project.outbox_dir)
+
+
+# --- single messages --------------------------------------------------------------------------
+
+
+def send_message_now(project: Project, message: EmailMessage) -> None:
+    """Send one message (e.g. a double-opt-in confirmation) synchronously; raise DeliveryError."""
+    raw = message.as_bytes(policy=SMTP_POLICY)
+    senders = getaddresses([str(message.get("Sender") or message.get("From") or "")])
+    recipients = [addr for _name, addr in getaddresses(
+        [str(v) for h in ("To", "Cc", "Bcc") for v in message.get_all(h, [])]) if addr]
+    if not senders or not senders[0][1] or not recipients:
+        raise DeliveryError("the message needs a From and at least one recipient")
+    if "Bcc" in message:
+        del message["Bcc"]
+        raw = message.as_bytes(policy=SMTP_POLICY)
+
+    async def deliver() -> None:
+        transport = transport_for(project)
+        connection = transport.connection()
+        try:
+            for recipient in recipients:
+                reply = await connection.send(senders[0][1], recipient, raw)
+                if not reply.ok:
+                    raise DeliveryError(f"the SMTP server refused the message to {recipient}: {reply}")
+        finally:
+            await connection.close()
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(deliver())
+        return
+    # Called from inside an event loop (the web app): run on a thread with its own loop.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, deliver()).result()

@@ -1,0 +1,73 @@
+"""SIGKILL the sending process mid-send, resume: everybody has the issue, duplicates only in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+from conftest import REPO, RecordingHandler, start_smtp
+from test_send_support import issue_path, make_list
+
+from newsletter.config import load_project
+from newsletter.journal import Journal
+from newsletter.send import plan_send, run_send
+
+
+class SlowToAnswer(RecordingHandler):
+    """Keeps the message, then takes a while to say 250: a kill lands while messages are in flight."""
+
+    async def handle_DATA(self, server, session, envelope):
+        reply = await super().handle_DATA(server, session, envelope)
+        await asyncio.sleep(0.05)
+        return reply
+
+
+def test_sigkill_mid_send_then_resume(project_dir, monkeypatch):
+    controller, server = start_smtp(SlowToAnswer())
+    env = {**os.environ, "NEWSLETTER_SMTP__HOST": server.host,
+           "NEWSLETTER_SMTP__PORT": str(server.port), "NEWSLETTER_SMTP__SECURITY": "none",
+           "PYTHONPATH": str(REPO)}
+    for key in ("HOST", "PORT", "SECURITY"):
+        monkeypatch.setenv(f"NEWSLETTER_SMTP__{key}", env[f"NEWSLETTER_SMTP__{key}"])
+    try:
+        project = load_project(project_dir)
+        store, _list_id, addresses = make_list(project, 60)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "newsletter", "send", str(issue_path(project)), "--list", "news",
+             "--yes", "--concurrency", "4", "--project", str(project.root)],
+            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while len(server.messages) < 15 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        process.stderr.close()
+
+        journal = Journal(store)
+        (info,) = journal.all()
+        rows = journal.deliveries(info.id)
+        in_flight = {r.email for r in rows if r.status == "sending"}
+        assert 0 < len(in_flight) <= 4
+        assert len(server.messages) < 60  # really killed mid-send
+
+        report = run_send(plan_send(project, issue_path(project), "news"))
+    finally:
+        controller.stop()
+
+    assert report.status == "finished" and report.resumed
+    assert report.sent == 60
+    assert set(report.possibly_duplicated) == in_flight
+    counts = Counter(m.rcpt_tos[0] for m in server.messages)
+    assert set(counts) == set(addresses)  # everybody received the issue
+    duplicated = {address for address, n in counts.items() if n > 1}
+    assert duplicated <= in_flight
+    assert all(n <= 2 for n in counts.values())
+    # The journal keeps the mark; `sends show` lists exactly these.
+    marked = {r.email for r in Journal(store).deliveries(info.id) if r.possibly_duplicated}
+    assert marked == in_flight

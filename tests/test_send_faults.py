@@ -1,0 +1,234 @@
+"""Delivery against misbehaving SMTP servers: retries, bounces, drops, slowness, policy streaks."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+
+import pytest
+from conftest import RecordingHandler, free_port, start_smtp
+from test_send_support import issue_path, make_list
+
+from newsletter.config import load_project
+from newsletter.journal import ContentChanged, Journal
+from newsletter.send import plan_send, run_send
+from newsletter.transport import DeliveryError
+
+
+@pytest.fixture
+def serve(project_dir, monkeypatch):
+    """Start a server with the given handler and return (project pointed at it, server)."""
+    controllers = []
+
+    def start(handler, **env):
+        controller, server = start_smtp(handler)
+        controllers.append(controller)
+        monkeypatch.setenv("NEWSLETTER_SMTP__HOST", server.host)
+        monkeypatch.setenv("NEWSLETTER_SMTP__PORT", str(server.port))
+        monkeypatch.setenv("NEWSLETTER_SMTP__SECURITY", env.pop("security", "none"))
+        monkeypatch.setenv("NEWSLETTER_DELIVERY__RETRY_DELAY", "0.01")
+        for key, value in env.items():
+            monkeypatch.setenv(f"NEWSLETTER_DELIVERY__{key.upper()}", str(value))
+        return load_project(project_dir), server, controller
+
+    yield start
+    for controller in controllers:
+        try:
+            controller.stop()
+        except AssertionError:  # already stopped by the test
+            pass
+
+
+def delivered(server) -> Counter[str]:
+    return Counter(m.rcpt_tos[0] for m in server.messages)
+
+
+def test_random_451s_are_retried_until_everybody_has_it(serve):
+    class Flaky(RecordingHandler):
+        rng = random.Random(5)
+
+        def rcpt_reply(self, address):
+            return "451 4.3.0 try again later" if self.rng.random() < 0.3 else "250 OK"
+
+        def data_reply(self, envelope):
+            return "451 4.3.0 queue full" if self.rng.random() < 0.3 else "250 OK"
+
+    project, server, _ = serve(Flaky(), retries=12)
+    _store, _list_id, addresses = make_list(project, 20)
+    report = run_send(plan_send(project, issue_path(project), "news", concurrency=4))
+    assert report.status == "finished"
+    assert report.sent == 20
+    assert delivered(server) == Counter(addresses)  # each exactly once
+
+
+def test_451_beyond_the_retry_limit_is_failed_temporary_and_resumed_later(serve, monkeypatch):
+    class Closed(RecordingHandler):
+        refuse = True
+
+        def rcpt_reply(self, address):
+            return "452 4.2.2 over quota, try later" if self.refuse else "250 OK"
+
+    handler = Closed()
+    project, server, _ = serve(handler, retries=2)
+    store, _list_id, addresses = make_list(project, 3)
+    report = run_send(plan_send(project, issue_path(project), "news"))
+    assert (report.sent, report.failed_temporary) == (0, 3)
+    rows = Journal(store).deliveries(report.send_id)
+    assert {r.attempts for r in rows} == {3} and all(r.smtp_code == 452 for r in rows)
+    handler.refuse = False
+    again = run_send(plan_send(project, issue_path(project), "news"))
+    assert again.sent == 3 and delivered(server) == Counter(addresses)
+
+
+def test_550_511_marks_the_member_bounced_and_delivers_the_rest(serve):
+    class SomeUnknown(RecordingHandler):
+        def rcpt_reply(self, address):
+            if address.endswith(("3@example.org", "7@example.org")):
+                return "550 5.1.1 <%s>: Recipient address rejected: User unknown" % address
+            return "250 OK"
+
+    project, server, _ = serve(SomeUnknown())
+    store, list_id, addresses = make_list(project, 10)
+    report = run_send(plan_send(project, issue_path(project), "news", concurrency=3))
+    gone = [a for a in addresses if a.endswith(("3@example.org", "7@example.org"))]
+    assert (report.sent, report.failed_permanent, report.bounced) == (8, 2, 2)
+    assert set(delivered(server)) == set(addresses) - set(gone)
+    for address in gone:
+        subscriber = store.find_subscriber(address)
+        assert store.membership_status(subscriber.id, list_id) == "bounced"
+        assert store.history(subscriber.id)[-1].source == "bounce"
+    kept = store.find_subscriber(addresses[0])
+    assert store.membership_status(kept.id, list_id) == "subscribed"
+
+
+def test_dropped_connections_and_421_reconnect(serve):
+    class Dropping(RecordingHandler):
+        seen: Counter[str] = Counter()
+
+        async def handle_DATA(self, server, session, envelope):
+            rcpt = envelope.rcpt_tos[0]
+            self.seen[rcpt] += 1
+            if self.seen[rcpt] == 1 and int(rcpt[6:10]) % 3 == 0:
+                server.transport.close()  # hang up mid-transaction
+                return "451 gone"
+            return await super().handle_DATA(server, session, envelope)
+
+        def rcpt_reply(self, address):
+            if self.seen[address] == 0 and int(address[6:10]) % 3 == 1:
+                self.seen[address] += 1
+                return "421 4.7.0 too many messages on this connection, closing"
+            return "250 OK"
+
+    project, server, _ = serve(Dropping())
+    _store, _list_id, addresses = make_list(project, 12)
+    report = run_send(plan_send(project, issue_path(project), "news", concurrency=2))
+    assert report.sent == 12
+    assert delivered(server) == Counter(addresses)
+
+
+def test_slow_server(serve):
+    class Slow(RecordingHandler):
+        async def handle_DATA(self, server, session, envelope):
+            await asyncio.sleep(0.3)
+            return await super().handle_DATA(server, session, envelope)
+
+    project, server, _ = serve(Slow())
+    _store, _list_id, addresses = make_list(project, 8)
+    report = run_send(plan_send(project, issue_path(project), "news", concurrency=4))
+    assert report.sent == 8 and delivered(server) == Counter(addresses)
+
+
+def test_policy_rejections_in_a_row_pause_the_send_and_leave_subscribers_alone(serve):
+    class Blocked(RecordingHandler):
+        blocked = True
+
+        def data_reply(self, envelope):
+            if self.blocked:
+                return "550 5.7.1 Message rejected: sender domain has no valid SPF record"
+            return "250 OK"
+
+    handler = Blocked()
+    project, server, _ = serve(handler, max_policy_failures=3)
+    store, list_id, addresses = make_list(project, 10)
+    report = run_send(plan_send(project, issue_path(project), "news", concurrency=1))
+    assert report.status == "paused"
+    assert "3 policy rejections in a row" in report.reason and "5.7.1" in report.reason
+    assert (report.failed_permanent, report.sent, report.pending) == (3, 0, 7)
+    assert all(store.membership_status(m.subscriber_id, list_id) == "subscribed"
+               for m in store.members(list_id, status=None))
+    handler.blocked = False
+    again = run_send(plan_send(project, issue_path(project), "news"))
+    assert again.status == "finished" and again.sent == 7
+    assert set(delivered(server)) == set(addresses[3:])
+
+
+def test_starttls_required_but_not_offered_sends_nothing(serve):
+    project, server, _ = serve(RecordingHandler(), security="starttls")
+    store, _list_id, _ = make_list(project, 3)
+    with pytest.raises(DeliveryError, match="does not offer STARTTLS"):
+        run_send(plan_send(project, issue_path(project), "news"))
+    assert server.messages == []
+    assert Journal(store).all() == []
+
+
+def test_unreachable_server_stops_at_once_and_changes_nothing(project_dir, monkeypatch):
+    monkeypatch.setenv("NEWSLETTER_SMTP__HOST", "127.0.0.1")
+    monkeypatch.setenv("NEWSLETTER_SMTP__PORT", str(free_port()))
+    monkeypatch.setenv("NEWSLETTER_SMTP__SECURITY", "none")
+    project = load_project(project_dir)
+    store, _list_id, _ = make_list(project, 3)
+    with pytest.raises(DeliveryError, match="cannot connect"):
+        run_send(plan_send(project, issue_path(project), "news"))
+    assert Journal(store).all() == []
+
+
+def test_server_going_away_mid_send_loses_nothing(serve):
+    class Dying(RecordingHandler):
+        def data_reply(self, envelope):
+            if len(self.messages) == 3:
+                controller.loop.call_soon_threadsafe(_stop_listening)
+                server_transport_close()
+                return "421 4.3.2 shutting down"
+            return super().data_reply(envelope)
+
+    def _stop_listening():
+        controller.server.close()
+
+    def server_transport_close():
+        for task in asyncio.all_tasks(controller.loop):
+            task.cancel()
+
+    handler = Dying()
+    project, server, controller = serve(handler)
+    store, _list_id, addresses = make_list(project, 8)
+    with pytest.raises(DeliveryError, match="nothing is lost"):
+        run_send(plan_send(project, issue_path(project), "news", concurrency=1))
+    rows = Journal(store).deliveries(Journal(store).all()[0].id)
+    sent = {r.email for r in rows if r.status == "sent"}
+    assert sent == set(delivered(server))
+    assert {r.status for r in rows} <= {"sent", "pending"}  # nothing stuck `sending`, nothing lost
+    # A new server on another port: the resume delivers the rest, nobody twice.
+    project2, server2, _ = serve(RecordingHandler())
+    report = run_send(plan_send(project2, issue_path(project2), "news"))
+    assert report.status == "finished"
+    assert delivered(server) + delivered(server2) == Counter(addresses)
+
+
+def test_changed_issue_stops_the_resume_unless_forced(serve):
+    class Blocked(RecordingHandler):
+        def data_reply(self, envelope):
+            return "550 5.7.1 blocked" if len(self.messages) >= 2 else "250 OK"
+
+    project, server, _ = serve(Blocked(), max_policy_failures=1)
+    make_list(project, 5)
+    first = run_send(plan_send(project, issue_path(project), "news", concurrency=1))
+    assert first.status == "paused" and first.sent == 2
+    path = issue_path(project)
+    path.write_text(path.read_text(encoding="utf-8").replace("Liebe Leserinnen", "Liebe Leser"),
+                    encoding="utf-8")
+    with pytest.raises(ContentChanged, match="--force"):
+        run_send(plan_send(project, path, "news"))
+    server.handler.data_reply = lambda envelope: "250 OK"
+    report = run_send(plan_send(project, path, "news"), force=True)
+    assert report.status == "finished" and report.sent == 4

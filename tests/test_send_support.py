@@ -1,0 +1,43 @@
+"""Helpers shared by the delivery tests (not a test module)."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+from email.message import EmailMessage
+from pathlib import Path
+
+from newsletter.config import Project
+from newsletter.store import Store, open_store
+
+ISSUE = "issues/2026-02.yaml"
+LONG_BASE_URL = "https://newsletter.musterstadt-smart-city.example.org/stabsstelle-digitalisierung/newsletter"
+
+
+def make_list(project: Project, count: int, name: str = "news") -> tuple[Store, int, list[str]]:
+    """A list with `count` subscribed members; (store, list id, addresses)."""
+    store = open_store(project)
+    mailing_list = store.create_list(name, title="Smart zu wissen")
+    addresses = [f"person{i:04d}@example.org" for i in range(count)]
+    for i, address in enumerate(addresses):
+        store.add_subscriber(address, mailing_list.id, name=f"Person Nummer {i}", confirmed=True)
+    return store, mailing_list.id, addresses
+
+
+def parse(raw: bytes) -> EmailMessage:
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def header_line(raw: bytes, name: bytes) -> bytes:
+    """The raw header line(s) of `name`, as on the wire (folding kept)."""
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    match = re.search(rb"(?im)^" + re.escape(name) + rb":[^\r\n]*(?:\r\n[ \t][^\r\n]*)*", head)
+    assert match, f"no {name!r} header"
+    return match.group(0)
+
+
+def issue_path(project: Project) -> Path:
+    return project.root / ISSUE

@@ -1,0 +1,256 @@
+"""The subscriber store against real SQLite files: model rules, consent log, migrations."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from email_validator import EmailNotValidError, validate_email
+
+from newsletter import store as store_module
+from newsletter.config import Project
+from newsletter.errors import NewsletterError
+from newsletter.store import (
+    SCHEMA_VERSION,
+    InvalidEmail,
+    Store,
+    StoreError,
+    normalize_email,
+    open_store,
+    suppression_hash,
+)
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'newsletter.db'}"
+
+
+@pytest.fixture
+def store(db_url: str) -> Store:
+    opened = Store.open(db_url)
+    yield opened
+    opened.close()
+
+
+# --- addresses --------------------------------------------------------------------------------
+
+
+def test_domain_is_lower_cased_local_part_kept() -> None:
+    assert normalize_email("  Anna.Schmidt@Example.ORG ") == "Anna.Schmidt@example.org"
+
+
+def test_idn_domain_kept_in_unicode_and_eszett_is_not_ss() -> None:
+    assert normalize_email("anna@Straße.DE") == "anna@straße.de"
+    assert normalize_email("anna@xn--strae-oqa.de") == "anna@straße.de"
+    assert normalize_email("anna@strasse.de") == "anna@strasse.de"
+    assert suppression_hash("anna@straße.de") != suppression_hash("anna@strasse.de")
+
+
+@pytest.mark.parametrize("bad", ["x@y", "no-at-sign", "a@@b.de", "a b@c.de", "a@b..de", "@b.de",
+                                 "a@localhost", "a@[1.2.3.4]", "a@-b.de", "a@b.test", ""])
+def test_invalid_addresses_raise_with_reason(bad: str) -> None:
+    with pytest.raises(InvalidEmail, match="invalid e-mail address"):
+        normalize_email(bad)
+
+
+CORPUS = [
+    "a@b.de", "A.B-C_D+tag@Sub.Example.COM", "x@xn--mnchen-3ya.de", "ü@münchen.de", "jörg@example.org",
+    "a..b@example.org", ".a@example.org", "a.@example.org", "a@example", "a@123.456",
+    "a@exa_mple.org", "a@-example.org", "a@example-.org", "a@ex--ample.org", "a@xn--zz.de",
+    "very.long." + "x" * 60 + "@example.org", "x" * 64 + "@example.org", "x" * 65 + "@example.org",
+    "a@" + ".".join(["abcdefghij" * 6] * 4) + ".de", "a@b.c", "a@b.invalid", "a@b.local",
+    "a@b.onion", "\"quoted\"@example.org", "a@EXAMPLE.org", "a@ＥＸＡＭＰＬＥ.org", "a@例え.jp",
+]
+
+
+@pytest.mark.parametrize("address", CORPUS)
+def test_fast_path_agrees_with_email_validator(address: str) -> None:
+    """normalize_email skips the full validator for plain addresses; it must never disagree."""
+    try:
+        expected: str | None = validate_email(address, check_deliverability=False).normalized
+    except EmailNotValidError:
+        expected = None
+    try:
+        got: str | None = normalize_email(address)
+    except InvalidEmail:
+        got = None
+    assert got == expected
+
+
+# --- lists ------------------------------------------------------------------------------------
+
+
+def test_lists_create_get_and_unknown_list_names_known_ones(store: Store) -> None:
+    store.create_list("news", "Stadtnewsletter")
+    store.create_list("events")
+    assert [ml.name for ml in store.lists()] == ["events", "news"]
+    assert store.get_list("news").title == "Stadtnewsletter"
+    with pytest.raises(NewsletterError, match=r"no list named `nope`; known lists: events, news"):
+        store.get_list("nope")
+    with pytest.raises(StoreError, match="already exists"):
+        store.create_list("news")
+    with pytest.raises(StoreError, match="invalid list name"):
+        store.create_list("a list with spaces")
+
+
+# --- sign-up, confirm, status changes ---------------------------------------------------------
+
+
+def test_double_opt_in_flow_logs_consent_evidence(store: Store) -> None:
+    news = store.create_list("news")
+    first = store.request_subscription("Anna@Example.org", news.id, name="Anna", ip="192.0.2.1",
+                                       consent_version="3")
+    assert first.send_confirmation
+    sid = first.subscriber_id
+    assert sid is not None
+    assert store.membership_status(sid, news.id) == "pending"
+    assert store.members(news.id) == []
+    # Asking again while pending: confirmation goes out again, nothing doubled.
+    again = store.request_subscription("anna@example.org", news.id, source="web", ip="192.0.2.2")
+    assert again.subscriber_id == sid and again.send_confirmation
+    assert store.confirm(sid, news.id, ip="192.0.2.3")
+    assert not store.confirm(sid, news.id)
+    assert [(m.email, m.name) for m in store.members(news.id)] == [("Anna@example.org", "Anna")]
+    assert not store.request_subscription("anna@example.org", news.id).send_confirmation
+    history = store.history(sid)
+    assert [(h.action, h.source, h.ip) for h in history] == [
+        ("pending", "web", "192.0.2.1"), ("pending", "web", "192.0.2.2"),
+        ("subscribed", "confirm", "192.0.2.3"),
+    ]
+    assert history[0].consent_version == "3"
+    assert history[0].at.tzinfo is not None
+
+
+def test_set_status_is_idempotent_and_logs_only_changes(store: Store) -> None:
+    news = store.create_list("news")
+    sid, _ = store.add_subscriber("b@example.org", news.id, confirmed=True)
+    assert store.set_status(sid, news.id, "unsubscribed", "one_click", ip="198.51.100.7")
+    assert not store.set_status(sid, news.id, "unsubscribed", "unsubscribe_page")
+    assert store.membership_status(sid, news.id) == "unsubscribed"
+    assert [(h.action, h.source) for h in store.history(sid)] == [
+        ("subscribed", "cli"), ("unsubscribed", "one_click")]
+    with pytest.raises(ValueError, match="unknown membership status"):
+        store.set_status(sid, news.id, "gone", "cli")
+
+
+def test_unsubscribed_can_sign_up_again_but_bounced_and_complained_cannot(store: Store) -> None:
+    news = store.create_list("news")
+    ids = {}
+    for address, status in [("u@example.org", "unsubscribed"), ("b@example.org", "bounced"),
+                            ("c@example.org", "complained")]:
+        sid, _ = store.add_subscriber(address, news.id, confirmed=True)
+        store.set_status(sid, news.id, status, "bounce" if status == "bounced" else "complaint")
+        ids[status] = sid
+    assert store.request_subscription("u@example.org", news.id).send_confirmation
+    assert store.membership_status(ids["unsubscribed"], news.id) == "pending"
+    for status in ("bounced", "complained"):
+        email = f"{status[0]}@example.org"
+        before = len(store.history(ids[status]))
+        result = store.request_subscription(email, news.id)
+        assert not result.send_confirmation
+        assert store.membership_status(ids[status], news.id) == status
+        assert len(store.history(ids[status])) == before
+
+
+def test_editor_cannot_re_add_someone_who_unsubscribed(store: Store) -> None:
+    news = store.create_list("news")
+    sid, _ = store.add_subscriber("u@example.org", news.id, confirmed=True)
+    store.unsubscribe("u@example.org", news.id)
+    with pytest.raises(StoreError, match="unsubscribed on this list"):
+        store.add_subscriber("U@example.org", news.id, confirmed=True)
+    assert store.membership_status(sid, news.id) == "unsubscribed"
+
+
+def test_forget_erases_everything_but_a_hash_and_blocks_the_address(store: Store, db_url: str) -> None:
+    news = store.create_list("news")
+    sid, _ = store.add_subscriber("Erase.Me@Example.org", news.id, name="Eva", confirmed=True)
+    with store.write() as conn:
+        send_id = conn.execute(store_module.sends.insert().values(
+            issue_slug="2026-02", list_id=news.id, content_hash="x", subject="S", status="finished",
+            transport="outbox")).inserted_primary_key[0]
+        conn.execute(store_module.deliveries.insert().values(
+            send_id=send_id, subscriber_id=sid, email="Erase.Me@example.org", status="sent",
+            smtp_reply="250 ok Erase.Me@example.org"))
+    assert store.forget("erase.me@example.org")
+    assert store.find_subscriber("Erase.Me@example.org") is None
+    assert store.history(sid) == []
+    assert store.members(news.id, status=None) == []
+    store.close()
+    with sqlite3.connect(sa.make_url(db_url).database) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        dump = "\n".join(conn.iterdump())
+    assert "erase.me" not in dump.lower()
+    assert "Eva" not in dump
+    # secure_delete: not even the freed pages of the file keep the address.
+    assert b"erase.me" not in Path(sa.make_url(db_url).database).read_bytes().lower()
+    reopened = Store.open(db_url)
+    assert reopened.is_suppressed("ERASE.ME@example.org")
+    assert reopened.request_subscription("erase.me@example.org", news.id).send_confirmation is False
+    assert reopened.find_subscriber("erase.me@example.org") is None
+    with pytest.raises(StoreError, match="suppression list"):
+        reopened.add_subscriber("erase.me@example.org", news.id)
+    reopened.close()
+
+
+# --- database setup and migrations ------------------------------------------------------------
+
+
+def test_sqlite_runs_in_wal_mode_with_foreign_keys(store: Store, db_url: str) -> None:
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+    news = store.create_list("news")
+    with pytest.raises(StoreError, match="no subscriber 999"):
+        store.set_status(999, news.id, "subscribed", "cli")
+
+
+def test_send_journal_tables_exist_with_their_constraints(store: Store) -> None:
+    inspector = sa.inspect(store.engine)
+    assert {"sends", "deliveries"} <= set(inspector.get_table_names())
+    news = store.create_list("news")
+    row = {"issue_slug": "2026-02", "list_id": news.id, "content_hash": "h", "subject": "S",
+           "status": "running", "transport": "smtp"}
+    with store.write() as conn:
+        conn.execute(store_module.sends.insert().values(**row))
+    with pytest.raises(sa.exc.IntegrityError), store.write() as conn:
+        conn.execute(store_module.sends.insert().values(**row))
+    index_columns = [ix["column_names"] for ix in inspector.get_indexes("deliveries")]
+    assert ["send_id", "status"] in index_columns
+
+
+def test_opening_an_older_database_upgrades_it_and_keeps_the_data(db_url: str) -> None:
+    old = Store.open(db_url, migrate_to=1)
+    news = old.create_list("news")
+    sid, _ = old.add_subscriber("keep@example.org", news.id, confirmed=True)
+    assert old.schema_version() == 1
+    assert "sends" not in sa.inspect(old.engine).get_table_names()
+    old.close()
+
+    upgraded = Store.open(db_url)
+    assert upgraded.schema_version() == SCHEMA_VERSION == 2
+    assert {"sends", "deliveries"} <= set(sa.inspect(upgraded.engine).get_table_names())
+    assert upgraded.membership_status(sid, news.id) == "subscribed"
+    upgraded.close()
+    # Opening again is a no-op.
+    assert Store.open(db_url).schema_version() == SCHEMA_VERSION
+
+
+def test_database_newer_than_the_program_is_refused(db_url: str) -> None:
+    Store.open(db_url).close()
+    with sqlite3.connect(sa.make_url(db_url).database) as conn:
+        conn.execute("INSERT INTO schema_version VALUES (99, '2030-01-01 00:00:00')")
+    with pytest.raises(StoreError, match="newer than this program"):
+        Store.open(db_url)
+
+
+def test_open_store_creates_the_subscribers_directory(project: Project) -> None:
+    db = project.root / "subscribers" / "newsletter.db"
+    (project.root / "subscribers" / "example.csv").unlink()
+    (project.root / "subscribers").rmdir()
+    opened = open_store(project)
+    opened.close()
+    assert db.is_file()

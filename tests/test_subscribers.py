@@ -1,0 +1,261 @@
+"""CSV import/export against real SQLite files, with files as editors really have them."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import pytest
+
+from newsletter.errors import NewsletterError
+from newsletter.store import MailingList, Store
+from newsletter.subscribers import export_csv, import_csv, read_csv
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    opened = Store.open(f"sqlite:///{tmp_path / 'newsletter.db'}")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def news(store: Store) -> MailingList:
+    return store.create_list("news", "Stadtnewsletter")
+
+
+def write(tmp_path: Path, text: str, encoding: str = "utf-8", name: str = "list.csv") -> Path:
+    path = tmp_path / name
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def everyone(store: Store, news: MailingList) -> dict[str, tuple[str | None, str]]:
+    return {r["email"]: (r["name"], r["status"]) for r in store.member_rows(news.id)}
+
+
+GERMAN = "E-Mail{d}Vorname{d}Nachname{d}Stadtteil\r\n" \
+         "joerg@example.org{d}Jörg{d}Müller{d}Süd\r\n" \
+         "claudia@example.org{d}Claudia{d}Weiß{d}Nord\r\n"
+
+
+@pytest.mark.parametrize(("encoding", "delimiter", "found"), [
+    ("utf-8", ",", "utf-8"),
+    ("utf-8-sig", ";", "utf-8-sig"),
+    ("cp1252", ";", "cp1252"),
+    ("cp1252", ",", "cp1252"),
+    ("utf-16", "\t", "utf-16"),
+])
+def test_import_reads_encodings_and_separators(tmp_path: Path, store: Store, news: MailingList,
+                                               encoding: str, delimiter: str, found: str) -> None:
+    path = write(tmp_path, GERMAN.format(d=delimiter), encoding)
+    report = import_csv(store, path, news, confirmed=True)
+    assert (report.encoding, report.delimiter, report.problems) == (found, delimiter, [])
+    assert everyone(store, news) == {
+        "claudia@example.org": ("Claudia Weiß", "subscribed"),
+        "joerg@example.org": ("Jörg Müller", "subscribed"),
+    }
+    joerg = store.find_subscriber("joerg@example.org")
+    assert joerg is not None and joerg.attributes == {"Stadtteil": "Süd"}
+
+
+@pytest.mark.parametrize("header", ["email", "E-Mail", "Mail", "e_mail", "EMAIL", "E-Mail-Adresse"])
+def test_email_column_found_under_its_usual_names(tmp_path: Path, store: Store, news: MailingList,
+                                                  header: str) -> None:
+    path = write(tmp_path, f"Name;{header}\nAnna;anna@example.org\n")
+    report = import_csv(store, path, news)
+    assert report.added == 1
+    assert everyone(store, news) == {"anna@example.org": ("Anna", "pending")}
+
+
+def test_bad_rows_are_reported_with_the_physical_line_where_the_record_starts(
+        tmp_path: Path, store: Store, news: MailingList) -> None:
+    path = write(tmp_path, (
+        "email,name,Adresse\n"                                  # 1
+        "ok1@example.org,Anna,\n"                                # 2
+        "not-an-address,Bernd,\n"                                # 3
+        ",Claudia,\n"                                            # 4
+        'ok2@example.org,Dilek,"Hauptstr. 1\n12345 Musterstadt"\n'  # 5-6
+        "\n"                                                     # 7 (blank)
+        "erik@@example.org,Erik,\n"                              # 8
+        "ok3@example.org,Fritz,x,extra\n"                        # 9
+        'ok4@example.org,"Gabi ""G."" Groß",\n'                  # 10
+    ))
+    report = import_csv(store, path, news, confirmed=True)
+    found = [(p.line, p.path, p.message.split(":")[0]) for p in report.problems]
+    assert found == [
+        (3, "email", "invalid e-mail address `not-an-address`"),
+        (4, "email", "no e-mail address"),
+        (8, "email", "invalid e-mail address `erik@@example.org`"),
+        (9, "", "4 fields, but the header has 3 (is a `,` inside a value that is not quoted?)"),
+    ]
+    assert all(p.file == str(path) for p in report.problems)
+    assert report.problems[0].format().startswith(f"{path}:3: email: invalid e-mail address")
+    # The valid rows went in, including the one with a line break inside a quoted field.
+    assert set(everyone(store, news)) == {"ok1@example.org", "ok2@example.org", "ok4@example.org"}
+    dilek = store.find_subscriber("ok2@example.org")
+    assert dilek is not None and dilek.attributes == {"Adresse": "Hauptstr. 1\n12345 Musterstadt"}
+    assert everyone(store, news)["ok4@example.org"] == ('Gabi "G." Groß', "subscribed")
+
+
+def test_an_unclosed_quote_is_reported_instead_of_swallowing_rows(tmp_path: Path, store: Store,
+                                                                  news: MailingList) -> None:
+    path = write(tmp_path, 'email,Notiz\na@example.org,"offen\nb@example.org,x\nc@example.org,y\n')
+    report = import_csv(store, path, news)
+    assert [(p.line, p.path) for p in report.problems] == [(2, "Notiz")]
+    assert "quote" in report.problems[0].message
+
+
+def test_unusable_files_are_refused_and_change_nothing(tmp_path: Path, store: Store,
+                                                       news: MailingList) -> None:
+    cases = {
+        "no-email.csv": ("Name,Telefon\nAnna,123\n", "no e-mail column in the header"),
+        "no-header.csv": ("anna@example.org,Anna\n", "looks like data"),
+        "empty.csv": ("\n\n", "the file is empty"),
+        "two.csv": ("email,Mail\na@example.org,b@example.org\n", "more than one e-mail column"),
+    }
+    for name, (text, message) in cases.items():
+        with pytest.raises(NewsletterError, match=message):
+            import_csv(store, write(tmp_path, text, name=name), news)
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"email\na@example.org\n\x81\x8d\n")
+    with pytest.raises(NewsletterError) as info:
+        import_csv(store, binary, news)
+    assert info.value.problems[0].line == 3
+    assert "cannot read the file as utf-8 nor cp1252 (byte 0x81)" in str(info.value)
+    assert store.members(news.id, status=None) == []
+
+
+def test_reimport_never_reactivates_people_who_left(tmp_path: Path, store: Store,
+                                                    news: MailingList) -> None:
+    path = write(tmp_path, "email\nu@example.org\nb@example.org\nc@example.org\nok@example.org\n"
+                           "gone@example.org\n")
+    import_csv(store, path, news, confirmed=True)
+    by_email = {m.email: m.subscriber_id for m in store.members(news.id)}
+    store.set_status(by_email["u@example.org"], news.id, "unsubscribed", "unsubscribe_page")
+    store.set_status(by_email["b@example.org"], news.id, "bounced", "bounce")
+    store.set_status(by_email["c@example.org"], news.id, "complained", "complaint")
+    store.forget("gone@example.org")
+
+    report = import_csv(store, path, news, confirmed=True)
+    assert [(s.email, s.reason) for s in report.skipped] == [
+        ("u@example.org", "unsubscribed; imports never re-activate"),
+        ("b@example.org", "bounced; imports never re-activate"),
+        ("c@example.org", "complained; imports never re-activate"),
+        ("gone@example.org", "on the suppression list"),
+    ]
+    assert [s.line for s in report.skipped] == [2, 3, 4, 6]
+    assert (report.added, report.unchanged) == (0, 1)
+    assert everyone(store, news) == {
+        "u@example.org": (None, "unsubscribed"), "b@example.org": (None, "bounced"),
+        "c@example.org": (None, "complained"), "ok@example.org": (None, "subscribed"),
+    }
+    assert store.find_subscriber("gone@example.org") is None
+
+
+def test_duplicates_in_the_file_and_against_the_database_are_merged(tmp_path: Path, store: Store,
+                                                                    news: MailingList) -> None:
+    path = write(tmp_path, "email,name,Ort\nAnna@Example.org,,Kiel\nbernd@example.org,Bernd,\n"
+                           "anna@example.ORG,Anna,Lübeck\n")
+    first = import_csv(store, path, news)
+    assert [(d.line, d.first_line, d.email) for d in first.duplicates] == [(4, 2, "anna@example.org")]
+    assert first.added == 2
+    anna = store.find_subscriber("ANNA@example.org")
+    assert anna is not None
+    # First row wins; the later one fills in what the first lacked.
+    assert (anna.email, anna.name, anna.attributes) == ("Anna@example.org", "Anna", {"Ort": "Kiel"})
+    history_before = len(store.history(anna.id))
+
+    again = import_csv(store, path, news)
+    assert (again.added, again.joined, again.unchanged) == (0, 0, 2)
+    assert len(store.members(news.id, status=None)) == 2
+    assert len(store.history(anna.id)) == history_before
+
+    other = store.create_list("events")
+    joined = import_csv(store, path, other, confirmed=True)
+    assert (joined.added, joined.joined) == (0, 2)
+    assert [m.status for m in store.memberships(anna.id)] == ["subscribed", "pending"]
+
+
+def test_confirmed_import_records_the_editors_assertion(tmp_path: Path, store: Store,
+                                                        news: MailingList) -> None:
+    path = write(tmp_path, "email\npending@example.org\n", name="altkunden.csv")
+    import_csv(store, path, news)
+    sid = store.find_subscriber("pending@example.org").id
+    assert store.membership_status(sid, news.id) == "pending"
+    report = import_csv(store, path, news, confirmed=True)
+    assert report.confirmed_pending == 1
+    assert store.membership_status(sid, news.id) == "subscribed"
+    history = store.history(sid)
+    assert [(h.action, h.source) for h in history] == [("pending", "import"), ("subscribed", "import")]
+    assert history[1].detail == "altkunden.csv line 2; editor confirmed prior consent"
+    assert "not confirmed" in (history[0].detail or "")
+
+
+def test_dry_run_reports_the_same_and_changes_nothing(tmp_path: Path, store: Store,
+                                                      news: MailingList) -> None:
+    path = write(tmp_path, "email\na@example.org\nb@example.org\nbad\n")
+    dry = import_csv(store, path, news, confirmed=True, dry_run=True)
+    assert (dry.added, len(dry.problems), dry.dry_run) == (2, 1, True)
+    assert store.members(news.id, status=None) == []
+    assert store.find_subscriber("a@example.org") is None
+    real = import_csv(store, path, news, confirmed=True)
+    assert (real.added, len(real.problems)) == (2, 1)
+
+
+def test_export_then_import_round_trip_is_lossless(tmp_path: Path, store: Store,
+                                                   news: MailingList) -> None:
+    path = write(tmp_path, (
+        "email;Vorname;Nachname;Firma;Notiz\n"
+        "anna@straße.de;Anna;Schmidt;Muster GmbH;\"Zeile 1\nZeile 2\"\n"
+        "Bernd.Mueller@Example.org;Bernd;Müller;\"Komma, und \"\"Zitat\"\"\";\n"
+        "claudia@example.org;Claudia;Weiß;;\n"
+        "dilek@example.org;;;;=SUMME(A1)\n"
+        "erik@example.org;Erik;Jansen;;\n"
+    ))
+    import_csv(store, path, news, confirmed=True)
+    store.unsubscribe("erik@example.org", news.id)
+    store.add_subscriber("frank@example.org", news.id, name="Frank")  # pending
+
+    first = io.StringIO()
+    assert export_csv(store, news.id, first) == 6
+    exported = tmp_path / "export.csv"
+    exported.write_text(first.getvalue(), encoding="utf-8-sig", newline="")
+
+    fresh = Store.open(f"sqlite:///{tmp_path / 'fresh.db'}")
+    fresh_news = fresh.create_list("news")
+    report = import_csv(fresh, exported, fresh_news, confirmed=True)
+    assert report.problems == [] and report.added == 6
+    second = io.StringIO()
+    export_csv(fresh, fresh_news.id, second)
+    fresh.close()
+
+    def without_dates(text: str) -> list[list[str]]:
+        rows = list(csv.reader(io.StringIO(text)))
+        return [row[:3] + row[5:] for row in rows]
+
+    assert without_dates(second.getvalue()) == without_dates(first.getvalue())
+    rows = without_dates(first.getvalue())
+    assert rows[0] == ["email", "name", "status", "Firma", "Notiz"]
+    assert ["anna@straße.de", "Anna Schmidt", "subscribed", "Muster GmbH", "Zeile 1\nZeile 2"] in rows
+    assert ["erik@example.org", "Erik Jansen", "unsubscribed", "", ""] in rows
+    assert ["frank@example.org", "Frank", "pending", "", ""] in rows
+
+
+def test_progress_callback_sees_read_and_write_phases(tmp_path: Path, store: Store,
+                                                      news: MailingList) -> None:
+    lines = "\n".join(f"user{i}@example.org" for i in range(12_000))
+    path = write(tmp_path, "email\n" + lines + "\n")
+    calls: list[tuple[str, int, int]] = []
+    report = import_csv(store, path, news, progress=lambda *call: calls.append(call))
+    assert report.added == 12_000
+    assert {phase for phase, _, _ in calls} == {"read", "write"}
+    last_write = [c for c in calls if c[0] == "write"][-1]
+    assert last_write[1] == last_write[2]
+    assert len(store.members(news.id, status="pending")) == 12_000
+
+
+def test_read_csv_is_ui_free_and_reports_counts(tmp_path: Path) -> None:
+    parsed = read_csv(write(tmp_path, "Mail;Name\na@example.org;A\n\nb@example.org;B\n"))
+    assert (parsed.records, parsed.delimiter, [r.line for r in parsed.rows]) == (2, ";", [2, 4])
