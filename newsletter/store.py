@@ -395,7 +395,13 @@ class Store:
         connect_args: dict[str, Any] = (
             {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000} if sqlite else {}
         )
-        engine = sa.create_engine(sa_url, connect_args=connect_args)
+        try:
+            engine = sa.create_engine(sa_url, connect_args=connect_args)
+        except (sa.exc.NoSuchModuleError, ImportError) as exc:
+            raise StoreError(
+                f"cannot use the database URL {sa_url.render_as_string()}: {exc} (for PostgreSQL "
+                "install a driver: pip install 'psycopg[binary]', URL postgresql+psycopg://…)"
+            ) from None
         if sqlite:
             _setup_sqlite(engine)
         store = cls(engine)
@@ -710,16 +716,22 @@ class Store:
         """Erase a person (GDPR Art. 17): subscriber, memberships, consent log, the address in the
         send journal. Keeps only a hashed suppression entry so no import or sign-up brings the
         address back. True if a subscriber was found."""
-        key_hash = suppression_hash(email)
-        found = self.find_subscriber(email)
+        try:
+            key: str | None = email_key(normalize_email(email))
+        except InvalidEmail:
+            key = None
         with self.write() as conn:
+            # Looked up inside the write transaction: a sign-up racing the erasure cannot slip by.
+            found = conn.execute(
+                sa.select(subscribers.c.id).where(subscribers.c.email_key == key)
+            ).scalar() if key else None
             if found is not None:
-                conn.execute(consent_log.delete().where(consent_log.c.subscriber_id == found.id))
-                conn.execute(memberships.delete().where(memberships.c.subscriber_id == found.id))
-                conn.execute(deliveries.update().where(deliveries.c.subscriber_id == found.id)
+                conn.execute(consent_log.delete().where(consent_log.c.subscriber_id == found))
+                conn.execute(memberships.delete().where(memberships.c.subscriber_id == found))
+                conn.execute(deliveries.update().where(deliveries.c.subscriber_id == found)
                              .values(email="(erased)", smtp_reply=None))
-                conn.execute(subscribers.delete().where(subscribers.c.id == found.id))
-            _suppress(conn, key_hash, reason)
+                conn.execute(subscribers.delete().where(subscribers.c.id == found))
+            _suppress(conn, suppression_hash(email), reason)
         return found is not None
 
     def suppress(self, email: str, reason: str) -> None:

@@ -42,7 +42,7 @@ from newsletter.store import (
     suppressions,
 )
 
-# progress(phase, done, total): phase "read" counts physical lines, "write" counts rows.
+# progress(phase, done, total): "read" counts physical lines, "write" database rows written.
 Progress = Callable[[str, int, int], None]
 
 EMAIL_HEADERS = {"email", "mail", "emailadresse", "emailaddress", "mailadresse", "mailaddress",
@@ -229,7 +229,7 @@ class _Roles:
     first: int | None
     last: int | None
     status: int | None
-    ignored: set[int]
+    attributes: list[tuple[int, str]]  # (column index, attribute name) of the free columns
 
 
 def _roles(header: list[str], file: str, line: int) -> _Roles:
@@ -265,14 +265,18 @@ def _roles(header: list[str], file: str, line: int) -> _Roles:
     names = find(NAME_HEADERS)
     firsts, lasts = find(FIRST_NAME_HEADERS), find(LAST_NAME_HEADERS)
     statuses = find({STATUS_HEADER})
-    return _Roles(
+    roles = _Roles(
         email=emails[0],
         name=names[0] if names else None,
         first=firsts[0] if firsts and not names else None,
         last=lasts[0] if lasts and not names else None,
         status=statuses[0] if statuses else None,
-        ignored={i for i, k in enumerate(keys) if k in DATE_HEADERS},
+        attributes=[],
     )
+    used = {roles.email, roles.name, roles.first, roles.last, roles.status,
+            *(i for i, k in enumerate(keys) if k in DATE_HEADERS)}
+    roles.attributes = [(i, name or f"column {i + 1}") for i, name in enumerate(header) if i not in used]
+    return roles
 
 
 def _row(record: list[str], header: list[str], roles: _Roles, file: str, line: int, end: int,
@@ -284,7 +288,8 @@ def _row(record: list[str], header: list[str], roles: _Roles, file: str, line: i
         problem("", f"{len(record)} fields, but the header has {len(header)} "
                 f"(is a `{delimiter}` inside a value that is not quoted?)")
         return None
-    record = record + [""] * (len(header) - len(record))
+    if len(record) < len(header):
+        record = record + [""] * (len(header) - len(record))
     if end > line:
         # A record over several lines is legal (quoted line breaks), but one that swallows what
         # looks like further rows almost always means a quote was never closed.
@@ -321,12 +326,7 @@ def _row(record: list[str], header: list[str], roles: _Roles, file: str, line: i
     if "\n" in name or "\r" in name:
         problem(header[roles.name] if roles.name is not None else "name", "the name contains a line break")
         return None
-    used = {roles.email, roles.name, roles.first, roles.last, roles.status, *roles.ignored}
-    attributes = {
-        (header[i] or f"column {i + 1}"): value.strip()
-        for i, value in enumerate(record)
-        if i not in used and value.strip()
-    }
+    attributes = {key: value for i, key in roles.attributes if (value := record[i].strip())}
     return CsvRow(line, email, email_key(email), name or None, attributes, status)
 
 

@@ -21,7 +21,8 @@ def build(project_dir: Path, *args: str):
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    return {str(p.relative_to(directory)): p.read_bytes() for p in files}
 
 
 def test_build_writes_email_text_web_version_and_calendar_files(project_dir: Path) -> None:

@@ -111,14 +111,14 @@ def test_html_over_gmail_limit_fails(project_dir: Path) -> None:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         if self.path == "/no-head":
             self.send_response(405)
         else:
             self.send_response(200 if self.path in ("/ok", "/bild.png") else 404)
         self.end_headers()
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self.send_response(200 if self.path == "/no-head" else 404)
         self.end_headers()
 

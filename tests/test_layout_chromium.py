@@ -61,6 +61,12 @@ def test_phone_width_has_no_overflow_and_columns_stack(
         assert box["factsTop"] >= box["imageBottom"] - 1
         assert box["factsLeft"] == pytest.approx(box["imageLeft"], abs=1)
         assert box["factsWidth"] == pytest.approx(375, abs=1)
+    images = phone.evaluate("""() => [...document.images].map(i => [
+        +i.getAttribute('width'), +i.getAttribute('height'),
+        i.getBoundingClientRect().width, i.getBoundingClientRect().height])""")
+    for width, height, shown_width, shown_height in images:  # shrunk, but not distorted
+        assert shown_width <= 375 - 2 * 12
+        assert shown_height / shown_width == pytest.approx(height / width, rel=0.02)
     container = phone.evaluate("document.querySelector('div[style*=\"max-width:600px\"]')"
                                ".getBoundingClientRect().width")
     assert container == pytest.approx(375, abs=1)

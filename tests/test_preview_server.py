@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from pathlib import Path
@@ -51,7 +52,8 @@ def test_an_issue_outside_the_project_is_watched_too(project_dir: Path, tmp_path
     with serve_in_background(create_preview_app(project, issue)) as url:
         assert wait_for_state(url, lambda s: s["ok"])["ok"]
         text = issue.read_text(encoding="utf-8")
-        issue.write_text(text.replace("subject: ", "subject: Entwurf – ", 1), encoding="utf-8")
+        issue.write_text(re.sub(r"^subject: .*$", 'subject: "Entwurf – bitte nicht senden"', text,
+                                count=1, flags=re.M), encoding="utf-8")
         state = wait_for_state(url, lambda s: s["subject"].startswith("Entwurf – "))
         assert state["subject"].startswith("Entwurf – ")
         assert "Entwurf – " in httpx.get(url + "email.html", timeout=30).text

@@ -146,7 +146,7 @@ def test_ics_files_use_berlin_time_and_all_day_events(full: RenderedIssue) -> No
     assert event.decoded("DTSTART").isoformat() == "2026-04-28T18:00:00+02:00"
     assert event.decoded("DTEND").isoformat() == "2026-04-28T20:30:00+02:00"
     assert timed.walk("VTIMEZONE")[0]["TZID"] == "Europe/Berlin"
-    assert "Ratssaal, Rathausplatz 1, Musterstadt" == str(event["LOCATION"])
+    assert str(event["LOCATION"]) == "Ratssaal, Rathausplatz 1, Musterstadt"
     day = all_day.walk("VEVENT")[0]
     assert day.decoded("DTSTART") == date(2026, 4, 28)
     assert day.decoded("DTEND") == date(2026, 4, 30)  # exclusive: the day after the last day

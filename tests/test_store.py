@@ -222,6 +222,17 @@ def test_send_journal_tables_exist_with_their_constraints(store: Store) -> None:
     assert ["send_id", "status"] in index_columns
 
 
+def test_schema_compiles_for_postgresql() -> None:
+    """The same Table objects must serve a PostgreSQL URL: no SQLite-only DDL."""
+    from sqlalchemy.dialects import postgresql
+
+    ddl = "\n".join(str(sa.schema.CreateTable(table).compile(dialect=postgresql.dialect()))
+                    for table in store_module.metadata.sorted_tables)
+    assert "TIMESTAMP WITH TIME ZONE" in ddl
+    assert "status IN ('pending', 'subscribed', 'unsubscribed', 'bounced', 'complained')" in ddl
+    assert "DEFAULT now()" in ddl
+
+
 def test_opening_an_older_database_upgrades_it_and_keeps_the_data(db_url: str) -> None:
     old = Store.open(db_url, migrate_to=1)
     news = old.create_list("news")
@@ -245,6 +256,16 @@ def test_database_newer_than_the_program_is_refused(db_url: str) -> None:
         conn.execute("INSERT INTO schema_version VALUES (99, '2030-01-01 00:00:00')")
     with pytest.raises(StoreError, match="newer than this program"):
         Store.open(db_url)
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("sqlite:////nonexistent-dir/x.db", "cannot open the database"),
+    ("nonsense://x", "cannot use the database URL"),
+    ("not a url", "invalid database URL"),
+])
+def test_unusable_database_urls_give_a_clear_error(url: str, message: str) -> None:
+    with pytest.raises(StoreError, match=message):
+        Store.open(url)
 
 
 def test_open_store_creates_the_subscribers_directory(project: Project) -> None:

@@ -50,11 +50,13 @@ def build(
         result = build_issue(loaded, proj, out)
     rendered = result.rendered
     size = len(rendered.html.encode("utf-8")) / 1000
-    console.print(f"Built {rendered.slug} into {_relative(result.issue_dir)}/", markup=False, soft_wrap=True)
+    console.print(f"Built {rendered.slug} into {_relative(result.issue_dir)}/",
+                  markup=False, soft_wrap=True)
     console.print(f"  email.html  the email ({size:.1f} KB; unsubscribe link filled in at send time)",
                   markup=False, soft_wrap=True)
     console.print("  email.txt   its plain-text part", markup=False, soft_wrap=True)
-    console.print(f"  index.html  the web version, online at {rendered.web_url}", markup=False, soft_wrap=True)
+    console.print(f"  index.html  the web version, online at {rendered.web_url}",
+                  markup=False, soft_wrap=True)
     for name in sorted(rendered.ics):
         console.print(f"  {name}", markup=False, soft_wrap=True)
     console.print(f"Archive: {_relative(result.out_dir / 'index.html')}, "

@@ -26,7 +26,7 @@ def preview(
     """
     from newsletter.preview import run_preview  # the web stack loads only for this command
 
-    settings = get_project(project)
+    loaded = get_project(project)
 
     def announce(url: str) -> None:
         console.print(f"Preview of {file} at {url}  (outbox: {url}outbox; Ctrl-C to stop)",
@@ -34,4 +34,4 @@ def preview(
         console.file.flush()
 
     with user_errors():
-        run_preview(settings, file, port=port, open_browser=not no_open, announce=announce)
+        run_preview(loaded, file, port=port, open_browser=not no_open, announce=announce)

@@ -229,7 +229,14 @@ def sends_show(
     if duplicated:
         console.print("[yellow]Possibly duplicated[/yellow] (in flight at an interruption): "
                       + escape(", ".join(duplicated)))
-    table = Table("Recipient", "Status", "Attempts", "SMTP reply", "Time (UTC)")
+    table = Table()
+    # Addresses stay whole (to be copied); the reply wraps instead.
+    widest = max((len(r.email) for r in rows), default=10)
+    table.add_column("Recipient", no_wrap=True, min_width=min(widest, 60))
+    table.add_column("Status")
+    table.add_column("Attempts", justify="right")
+    table.add_column("SMTP reply", overflow="fold")
+    table.add_column("Time (UTC)")
     for r in rows:
         reply = r.as_dict()["smtp_reply"] or ""
         table.add_row(escape(r.email), r.status + (" *" if r.possibly_duplicated else ""),

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from newsletter.cli.common import (
     JsonOption,
@@ -122,7 +122,7 @@ def subscribers_import(
 
             def progress(phase: str, done: int, total: int) -> None:
                 if phase not in tasks:
-                    label = "reading lines" if phase == "read" else "writing rows"
+                    label = "reading lines" if phase == "read" else "writing to the database"
                     tasks[phase] = bar.add_task(label, total=total)
                 bar.update(tasks[phase], completed=done, total=total)  # type: ignore[arg-type]
 
@@ -246,7 +246,8 @@ def subscribers_ls(
                      "status": r["status"], "created_at": r["created_at"],
                      "updated_at": r["updated_at"], "attributes": r["attributes"]} for r in rows])
         return
-    table = Table("email", "name", "list", "status", "since")
+    table = Table("name", "list", "status", "since")
+    table.columns.insert(0, Column("email", overflow="fold"))
     for r in rows:
         table.add_row(r["email"], r["name"] or "", r["list"], r["status"],
                       f"{r['updated_at']:%Y-%m-%d %H:%M}")

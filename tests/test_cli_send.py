@@ -1,0 +1,100 @@
+"""`newsletter send` and `newsletter sends` from the command line."""
+
+from __future__ import annotations
+
+import json
+
+import sqlalchemy as sa
+from test_send_support import make_list, parse
+from typer.testing import CliRunner
+
+from newsletter.cli import app
+from newsletter.store import deliveries
+
+runner = CliRunner()
+ISSUE = "issues/2026-02.yaml"
+
+
+def run(project, *args, input=None):
+    return runner.invoke(app, [*args, "--project", str(project.root)], input=input)
+
+
+def test_send_to_a_list_into_the_outbox_then_history(project):
+    make_list(project, 4)
+    result = run(project, "send", str(project.root / ISSUE), "--list", "news", "--yes")
+    assert result.exit_code == 0, result.output
+    assert "Recipients: 4 subscribed" in result.output
+    assert "Maildir" in result.output and "4 sent" in result.output
+    assert len(list((project.outbox_dir / "new").iterdir())) == 4
+
+    listing = json.loads(run(project, "sends", "ls", "--json").stdout)
+    assert [(s["issue"], s["list"], s["status"], s["counts"]["sent"]) for s in listing] == [
+        ("2026-02", "news", "finished", 4)]
+    shown = json.loads(run(project, "sends", "show", str(listing[0]["id"]), "--json").stdout)
+    assert len(shown["deliveries"]) == 4
+    assert all(d["status"] == "sent" and d["smtp_reply"].startswith("250") for d in shown["deliveries"])
+    assert shown["possibly_duplicated"] == []
+    human = run(project, "sends", "show", str(listing[0]["id"]))
+    assert human.exit_code == 0 and "person0000@example.org" in human.output
+
+    again = run(project, "send", str(project.root / ISSUE), "--list", "news", "--yes")
+    assert again.exit_code == 0 and "Resuming send" in again.output
+    assert len(list((project.outbox_dir / "new").iterdir())) == 4  # nobody twice
+
+
+def test_confirmation_prompt_no_sends_nothing(project):
+    make_list(project, 2)
+    result = run(project, "send", str(project.root / ISSUE), "--list", "news", input="n\n")
+    assert result.exit_code == 1
+    assert "Send now?" in result.output and "Nothing sent." in result.output
+    assert not (project.outbox_dir / "new").exists()
+
+
+def test_test_send_prefixes_the_subject(smtp_project, smtp_server):
+    result = run(smtp_project, "send", str(smtp_project.root / ISSUE), "--to", "me@example.org",
+                 "--to", "you@example.org")
+    assert result.exit_code == 0, result.output
+    assert [m.rcpt_tos for m in smtp_server.messages] == [["me@example.org"], ["you@example.org"]]
+    assert parse(smtp_server.messages[0].data)["Subject"].startswith("[TEST] Smart zu wissen")
+
+
+def test_bad_test_address_is_refused(smtp_project, smtp_server):
+    result = run(smtp_project, "send", str(smtp_project.root / ISSUE), "--to", "me@example.org\nBcc: x")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert smtp_server.messages == []
+
+
+def test_dry_run_default_directory(project):
+    make_list(project, 3)
+    result = run(project, "send", str(project.root / ISSUE), "--list", "news", "--dry-run")
+    assert result.exit_code == 0, result.output
+    files = list((project.dist_dir / "2026-02" / "dry-run").glob("*.eml"))
+    assert len(files) == 3
+    assert not (project.outbox_dir / "new").exists()
+
+
+def test_unknown_list_and_missing_target_are_clear_errors(project):
+    result = run(project, "send", str(project.root / ISSUE), "--list", "nope", "--yes")
+    assert result.exit_code == 1 and "no list named `nope`" in result.output
+    result = run(project, "send", str(project.root / ISSUE))
+    assert result.exit_code == 2 and "--to ADDR" in result.output
+    result = run(project, "sends", "show", "42")
+    assert result.exit_code == 1 and "no send with ID 42" in result.output
+
+
+def test_show_lists_the_possibly_duplicated_in_flight_rows(project):
+    store, _list_id, addresses = make_list(project, 3)
+    assert run(project, "send", str(project.root / ISSUE), "--list", "news", "--yes").exit_code == 0
+    # What a crash leaves behind: a row still `sending`.
+    with store.write() as conn:
+        conn.execute(sa.update(deliveries).where(deliveries.c.email == addresses[1])
+                     .values(status="sending"))
+    shown = json.loads(run(project, "sends", "show", "1", "--json").stdout)
+    assert shown["possibly_duplicated"] == [addresses[1]]
+    resumed = run(project, "send", str(project.root / ISSUE), "--list", "news", "--yes")
+    assert resumed.exit_code == 0
+    assert "in flight at the interruption" in resumed.output and addresses[1] in resumed.output
+    shown = json.loads(run(project, "sends", "show", "1", "--json").stdout)
+    assert shown["possibly_duplicated"] == [addresses[1]]
+    row = next(d for d in shown["deliveries"] if d["email"] == addresses[1])
+    assert row["status"] == "sent" and row["possibly_duplicated"]
