@@ -394,12 +394,11 @@ class Site:
         except TokenInvalid:
             await _drain(request)
             return self.error(400)
-        status = await self.db(self.store.membership_status, subscriber_id, list_id)
-        info = await self.db(self.list_info, list_id)
-        if status is None or info is None:
-            await _drain(request)
-            return self.error(404)
         if request.method == "GET":
+            found = await self.db(self.membership, subscriber_id, list_id)
+            if found is None:
+                return self.error(404)
+            status, info = found
             csrf, nonce = self.csrf.issue(request)
             page = self.page("unsubscribe.html", list_title=info.title, status=status,
                              action=request.url.path, csrf=csrf)
@@ -411,11 +410,32 @@ class Site:
         if not one_click and not self.csrf.valid(request, form):
             return self.error(403, link_url=request.url.path, link_text="Zurück zur Abmeldeseite")
         ip = client_ip(request.scope, self.trusted)
-        await self.db(self.store.set_status, subscriber_id, list_id, "unsubscribed",
-                      SOURCE_ONE_CLICK if one_click else SOURCE_PAGE, ip=ip)
-        subscribe_url = await self.db(self.subscribe_url, info)
-        return self.page("unsubscribed.html", list_title=info.title,
-                         subscribe_url=None if one_click else subscribe_url)
+        left = await self.db(self.leave, subscriber_id, list_id, one_click, ip)
+        if left is None:
+            return self.error(404)
+        info, subscribe_url = left
+        return self.page("unsubscribed.html", list_title=info.title, subscribe_url=subscribe_url)
+
+    def membership(self, subscriber_id: int, list_id: int) -> tuple[str, ListInfo] | None:
+        status = self.store.membership_status(subscriber_id, list_id)
+        info = self.list_info(list_id) if status else None
+        return (status, info) if status and info else None
+
+    def leave(self, subscriber_id: int, list_id: int, one_click: bool,
+              ip: str) -> tuple[ListInfo, str | None] | None:
+        """Unsubscribe (idempotent; bounced/complained stay as they are); None if unknown.
+
+        One database round trip per step, all on one worker thread: one-click is the hot path."""
+        status = self.store.membership_status(subscriber_id, list_id)
+        if status is None:
+            return None
+        if status in ("pending", "subscribed"):
+            self.store.set_status(subscriber_id, list_id, "unsubscribed",
+                                  SOURCE_ONE_CLICK if one_click else SOURCE_PAGE, ip=ip)
+        info = self.list_info(list_id)
+        if info is None:
+            return None
+        return info, None if one_click else self.subscribe_url(info)
 
     async def subscribe(self, request: Request) -> Response:
         name = request.path_params.get("list")
