@@ -24,6 +24,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -196,7 +197,11 @@ def classify(reply: Reply) -> str:
 
 
 class _Run:
-    """One delivery run: workers (one SMTP connection each) fed by a group-committing dispatcher."""
+    """One delivery run: workers (one SMTP connection each) fed by a group-committing dispatcher.
+
+    Journal writes run on a thread so the event loop keeps talking SMTP during the fsync; while one
+    commit runs, finished messages and idle workers pile up and go into the next one together.
+    """
 
     def __init__(self, plan: SendPlan, journal: Journal, send_id: int, prepared: PreparedMessage,
                  jobs: Sequence[Job], progress: Callable[[Progress], None] | None) -> None:
@@ -207,9 +212,10 @@ class _Run:
         self.queue: deque[Job] = deque(jobs)
         self.retry_heap: list[tuple[float, int, Job]] = []
         self.outcomes: list[Outcome] = []
-        self.waiting: list[asyncio.Future[Job | None]] = []
-        self.in_flight = 0
-        self.flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
+        self.bounces: list[Outcome] = []
+        self.waiting: deque[asyncio.Future[Job | None]] = deque()
+        self.flush_handle: asyncio.Handle | None = None
+        self.committing = False
         self.progress_cb = progress
         self.progress = Progress(total=len(jobs))
         self.policy_streak = 0
@@ -220,6 +226,7 @@ class _Run:
         self.fatal: DeliveryError | None = None
         self.error: BaseException | None = None
         self._seq = 0
+        self._last_report = 0.0
 
     # --- workers ---------------------------------------------------------------------------
 
@@ -228,6 +235,7 @@ class _Run:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGINT, self.interrupt)
         self.rate = RateLimit(self.plan.rate)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         connections = [self.plan.transport.connection() for _ in range(self.plan.concurrency)]
         try:
             await asyncio.gather(*(self.worker(c) for c in connections))
@@ -235,10 +243,15 @@ class _Run:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signal.SIGINT)
             await asyncio.gather(*(c.close() for c in connections), return_exceptions=True)
-            if self.outcomes:  # results of the last messages
-                self.journal.commit(self.send_id, self.list_id, self.outcomes, [], {})
-                self.outcomes = []
-            self._report()
+            if isinstance(self.flush_handle, asyncio.TimerHandle):  # a retry nobody will take
+                self.flush_handle.cancel()
+                self.flush_handle = None
+            while self.committing or self.flush_handle is not None:  # the last group commits
+                await asyncio.sleep(0.001)
+            if self.outcomes or self.bounces:  # results of the last messages
+                self._write(self.outcomes, self.bounces, [], {})
+            self.executor.shutdown()
+            self._report(force=True)
         if self.error is not None:
             raise self.error
 
@@ -266,8 +279,6 @@ class _Run:
                 # A bug, or cancellation: we cannot know whether the message left; keep `sending`.
                 self.error = self.error or exc
                 self.stop(f"internal error: {exc!r}")
-                self.in_flight -= 1
-                self._wake()
                 raise
             outcome = self.judge(job, reply)
 
@@ -290,9 +301,9 @@ class _Run:
         if kind == "bounce":
             self.policy_streak = 0
             self.bounced += 1
-            self.plan.store.set_status(job.subscriber_id, self.list_id, "bounced", "bounce",
-                                       detail=f"{self.plan.rendered.slug}: {text}"[:1000])
-            return Outcome(job, "failed_permanent", reply.code, text)
+            outcome = Outcome(job, "failed_permanent", reply.code, text)
+            self.bounces.append(outcome)
+            return outcome
         if kind == "policy":
             self.policy_streak += 1
             if self.policy_streak >= self.settings.max_policy_failures and not self.paused:
@@ -319,13 +330,14 @@ class _Run:
         future: asyncio.Future[Job | None] = asyncio.get_running_loop().create_future()
         if outcome is not None:
             self.outcomes.append(outcome)
-            self.in_flight -= 1
             self._count(outcome)
         self.waiting.append(future)
         self._wake()
         return await future
 
     def _wake(self, delay: float = 0.0) -> None:
+        if self.committing:
+            return  # the running commit's completion flushes again
         loop = asyncio.get_running_loop()
         handle = self.flush_handle
         if handle is not None:
@@ -335,50 +347,63 @@ class _Run:
         self.flush_handle = loop.call_later(delay, self._flush) if delay else loop.call_soon(self._flush)
 
     def _flush(self) -> None:
+        """Start one group commit: outcomes so far + the next candidates for the idle workers."""
         self.flush_handle = None
-        try:
-            self._flush_inner()
-        except BaseException as exc:
-            self.error = self.error or exc
-            self.stopped = True
-            for future in self.waiting:
-                if not future.done():
-                    future.set_result(None)
-            self.waiting = []
-
-    def _flush_inner(self) -> None:
-        outcomes, self.outcomes = self.outcomes, []
-        wanted = 0 if self.stopped else len(self.waiting)
+        if self.committing:
+            return
         now = time.monotonic()
-        go: list[Job] = []
-        first = True
-        while first or (len(go) < wanted and (self.queue or self._due(now))):
-            first = False
-            candidates: list[Job] = []
-            while len(candidates) < wanted - len(go):
+        candidates: list[Job] = []
+        if not self.stopped:
+            while len(candidates) < len(self.waiting):
                 if self._due(now):
                     candidates.append(heapq.heappop(self.retry_heap)[2])
                 elif self.queue:
                     candidates.append(self.queue.popleft())
                 else:
                     break
-            if not candidates and not outcomes:
-                break
+        outcomes, self.outcomes = self.outcomes, []
+        bounces, self.bounces = self.bounces, []
+        if candidates or outcomes:
             ids = {c.subscriber_id: self.prepared.message_id(
                 Recipient(c.email, c.name, c.subscriber_id, self.list_id)) for c in candidates}
-            sending, skipped = self.journal.commit(self.send_id, self.list_id, outcomes, candidates, ids)
-            outcomes = []
-            go.extend(sending)
-            self.progress.skipped += len(skipped)
-        self.in_flight += len(go)
+            self.committing = True
+            future = asyncio.get_running_loop().run_in_executor(
+                self.executor, self._write, outcomes, bounces, candidates, ids)
+            future.add_done_callback(self._committed)
+            return
+        self._dispatch([])
+
+    def _write(self, outcomes: list[Outcome], bounces: list[Outcome], candidates: list[Job],
+               ids: dict[int, str]) -> tuple[list[Job], list[Job]]:
+        result = self.journal.commit(self.send_id, self.list_id, outcomes, candidates, ids)
+        for bounce in bounces:
+            self.plan.store.set_status(bounce.job.subscriber_id, self.list_id, "bounced", "bounce",
+                                       detail=f"{self.plan.rendered.slug}: {bounce.reply}"[:1000])
+        return result
+
+    def _committed(self, future: asyncio.Future[tuple[list[Job], list[Job]]]) -> None:
+        self.committing = False
+        try:
+            go, skipped = future.result()
+        except BaseException as exc:
+            self.error = self.error or exc
+            self.stopped = True
+            self.reason = self.reason or f"the journal could not be written: {exc}"
+            go, skipped = [], []
+        self.progress.skipped += len(skipped)
+        self._dispatch(go)
+
+    def _dispatch(self, go: list[Job]) -> None:
         for job in go:
-            self.waiting.pop(0).set_result(job)
-        finished = self.stopped or (not self.queue and not self.retry_heap)
-        if finished:
-            for future in self.waiting:
-                future.set_result(None)
-            self.waiting = []
-        elif self.waiting and self.retry_heap and not self.queue:
+            self.waiting.popleft().set_result(job)
+        now = time.monotonic()
+        if self.stopped or (not self.queue and not self.retry_heap):
+            # Nothing left for idle workers (retries are in the heap as soon as a reply comes).
+            while self.waiting:
+                self.waiting.popleft().set_result(None)
+        if self.outcomes or (self.waiting and (self.queue or self._due(now))):
+            self._wake()
+        elif self.waiting and self.retry_heap:
             self._wake(max(self.retry_heap[0][0] - now, 0.001))
         self._report()
 
@@ -392,8 +417,10 @@ class _Run:
             self.progress.failed += 1
         self.progress.retrying = len(self.retry_heap)
 
-    def _report(self) -> None:
-        if self.progress_cb is not None:
+    def _report(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.progress_cb is not None and (force or now - self._last_report > 0.1):
+            self._last_report = now
             self.progress_cb(self.progress)
 
 

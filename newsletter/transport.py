@@ -5,8 +5,9 @@
   STARTTLS (a server that does not offer it is an error, never a silent plain-text fallback);
   `tls` is implicit TLS (port 465); `none` is plain SMTP. AUTH when `smtp.username` is set, with
   the password from `NEWSLETTER_SMTP__PASSWORD`.
-* Messages go out with `SMTP.sendmail(sender, [rcpt], raw)`: the bytes built by
-  `newsletter.message` are sent as they are (`send_message` would re-serialise and re-fold them).
+* Messages go out as raw bytes through aiosmtplib's MAIL/RCPT/DATA (what `SMTP.sendmail` does):
+  the bytes built by `newsletter.message` are sent as they are (`send_message` would re-serialise
+  and re-fold them).
 * `MaildirTransport`: with no `smtp.host`, messages land in `outbox/` (`mailbox.Maildir`).
 * `RateLimit`: one limit (messages per second) shared by all connections.
 """
@@ -14,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import mailbox
 import ssl
 import time
@@ -173,20 +175,27 @@ class SmtpConnection:
         """
         if self.smtp is None or not self.smtp.is_connected:
             await self.connect()
-        assert self.smtp is not None
+        smtp = self.smtp
+        assert smtp is not None
+        # MAIL/RCPT/DATA of aiosmtplib, as `sendmail` does, minus its second pass over the bytes
+        # to compute SIZE: the message is CRLF-only already, so its length is the size.
+        options = [f"SIZE={len(raw)}"] if smtp.supports_extension("size") else []
+        stage = "mail"
         try:
-            _errors, text = await self.smtp.sendmail(sender, [recipient], raw)
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            refused = exc.recipients[0]
-            return self._reply(refused.code, refused.message, "rcpt")
-        except aiosmtplib.SMTPSenderRefused as exc:
-            return self._reply(exc.code, exc.message, "mail")
+            await smtp.mail(sender, options=options)
+            stage = "rcpt"
+            await smtp.rcpt(recipient)
+            stage = "data"
+            text = (await smtp.data(raw)).message
         except aiosmtplib.SMTPResponseException as exc:
-            return self._reply(exc.code, exc.message, "data")
+            if exc.code != 421 and smtp.is_connected:
+                with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+                    await smtp.rset()
+            return self._reply(exc.code, exc.message, stage)
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
             # Dropped mid-message: we cannot know whether it was accepted; a temporary failure.
             await self.close()
-            return Reply(451, f"connection lost: {_describe(exc)}", reconnect=True)
+            return Reply(451, f"connection lost: {_describe(exc)}", reconnect=True, stage=stage)
         return Reply(250, text)
 
     def _reply(self, code: int, text: str, stage: str) -> Reply:

@@ -494,7 +494,7 @@ class Site:
         mail_key = hashlib.sha256(email.lower().encode()).hexdigest()
         if result.send_confirmation and result.subscriber_id is not None and self.mails.hit(mail_key):
             token = self.tokens.confirm(result.subscriber_id, info.id)
-            task = BackgroundTask(self.send_confirmation, email, values["name"], info, token)
+            task = BackgroundTask(self.send_confirmation, email, info, token)
         return self.signup_done(task)
 
     def subscribe_form(self, request: Request, info: ListInfo, values: dict[str, str], errors: list[str],
@@ -511,18 +511,20 @@ class Site:
         page.background = task
         return page
 
-    def send_confirmation(self, email: str, name: str, info: ListInfo, token: str) -> None:
+    def send_confirmation(self, email: str, info: ListInfo, token: str) -> None:
         from newsletter.transport import send_message_now
 
         try:
-            send_message_now(self.project, self.confirmation_message(email, name, info, token))
+            send_message_now(self.project, self.confirmation_message(email, info, token))
         except Exception as exc:  # the reader already has their page; the log must not name them
             log.warning("confirmation mail not sent: %s: %s", type(exc).__name__,
                         _EMAIL.sub("…", str(exc)))
 
-    def confirmation_message(self, email: str, name: str, info: ListInfo, token: str) -> EmailMessage:
+    def confirmation_message(self, email: str, info: ListInfo, token: str) -> EmailMessage:
         s = self.settings
-        values = self.context(name=name, list_title=info.title, confirm_days=s.serve.confirm_days,
+        # The name typed into the form stays out of the mail: confirmation mails must not carry
+        # a stranger's text (a known way to send spam through sign-up forms).
+        values = self.context(list_title=info.title, confirm_days=s.serve.confirm_days,
                               confirm_url=f"{self.base_url}/confirm/{token}")
         message = EmailMessage()
         message["Subject"] = _clean(self.env.get_template("confirm/subject.txt").render(values), 200)

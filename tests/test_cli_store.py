@@ -127,3 +127,16 @@ def test_every_command_has_an_example_in_its_help(run) -> None:
         result = CliRunner().invoke(app, [*args, "--help"])
         assert result.exit_code == 0
         assert "Example: newsletter" in " ".join(result.stdout.split())
+
+
+def test_lists_create_exist_ok_is_idempotent(project_dir) -> None:
+    from typer.testing import CliRunner
+
+    from newsletter.cli import app
+
+    runner = CliRunner()
+    args = ["lists", "create", "news", "--project", str(project_dir)]
+    assert runner.invoke(app, args).exit_code == 0
+    again = runner.invoke(app, args)
+    assert again.exit_code == 1 and "already exists" in again.output
+    assert runner.invoke(app, [*args, "--exist-ok"]).exit_code == 0

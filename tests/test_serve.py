@@ -303,8 +303,9 @@ def test_double_opt_in_round_trip_through_real_smtp(serve: ServeFactory, smtp_se
         assert served.project.settings.serve.consent_text in form.text
         assert 'href="https://example.org/datenschutz"' in form.text
         assert '<label for="email">' in form.text and 'id="email"' in form.text
-        done = client.post("/subscribe", data={"csrf": csrf_of(form), "email": "Jana@Example.org",
-                                               "name": "Jana Muster", "consent": "1", "website": ""})
+        done = client.post("/subscribe", data={
+            "csrf": csrf_of(form), "email": "Jana@Example.org", "name": "Jana <https://spam.example>",
+            "consent": "1", "website": ""})
         assert done.status_code == 200
         wait_for(lambda: len(smtp_server.messages) == 1)
         received = smtp_server.messages[0]
@@ -316,7 +317,8 @@ def test_double_opt_in_round_trip_through_real_smtp(serve: ServeFactory, smtp_se
         link = _confirmation_link(received.data, served.url)
 
         subscriber = served.store.find_subscriber("jana@example.org")
-        assert subscriber is not None and subscriber.name == "Jana Muster"
+        assert subscriber is not None and subscriber.name == "Jana <https://spam.example>"
+        assert b"spam.example" not in received.data  # form text never travels in the mail
         assert served.status(subscriber.id) == "pending"
         page = client.get(link.removeprefix(served.url))
         assert page.status_code == 200 and "Anmeldung bestätigen" in page.text
@@ -388,3 +390,52 @@ def test_archive_serves_dist_and_health(served: Served) -> None:
         assert client.get("/archive/2026-02").headers["location"] == "/archive/2026-02/"
         assert client.get("/archive/missing/").status_code == 404
         assert client.get("/archive/%2e%2e/newsletter.toml").status_code == 404
+
+
+def test_project_templates_override_the_pages(project_dir: Path, serve: ServeFactory) -> None:
+    (project_dir / "templates" / "web").mkdir(parents=True)
+    (project_dir / "templates" / "web" / "subscribe_sent.html").write_text(
+        '{% extends "default:web/subscribe_sent.html" %}'
+        '{% block content %}<p>Danke, schauen Sie in Ihr Postfach!</p>{% endblock %}', encoding="utf-8")
+    served = serve()
+    with served.client() as client:
+        response = sign_up(client, "mia@example.org")
+    assert "Danke, schauen Sie in Ihr Postfach!" in response.text
+    assert '<html lang="de">' in response.text  # the default base still wraps it
+
+
+def test_newsletter_serve_command_runs_and_logs_no_tokens(project_dir: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    port = free_port()
+    env = {**os.environ, "NEWSLETTER_NEWSLETTER__BASE_URL": f"http://127.0.0.1:{port}"}
+    project = load_project(project_dir)
+    with open_store(project) as store:
+        lst = store.create_list("news")
+        sid, _ = store.add_subscriber("nora@example.org", lst.id, confirmed=True)
+    token = Tokens.for_project(project).unsubscribe(sid, lst.id)
+    log = (tmp_path / "serve.log").open("w+b")
+    server = subprocess.Popen([sys.executable, "-m", "newsletter", "serve", "--project", str(project_dir),
+                               "--port", str(port)], env=env, stdout=log, stderr=log)
+    try:
+        def up() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+            except httpx.TransportError:
+                assert server.poll() is None, "newsletter serve exited"
+                return False
+
+        wait_for(up, timeout=20)
+        response = httpx.post(f"http://127.0.0.1:{port}/u/{token}", data={"List-Unsubscribe": "One-Click"})
+        assert response.status_code == 200
+    finally:
+        server.terminate()
+        server.wait(10)
+    log.seek(0)
+    output = log.read().decode()
+    assert "POST /u/… 200" in output
+    assert token not in output and "nora" not in output
+    with open_store(project) as store:
+        assert store.membership_status(sid, lst.id) == "unsubscribed"

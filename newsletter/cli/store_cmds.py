@@ -57,6 +57,9 @@ def opened(project: Path | None) -> Iterator[Store]:
 def lists_create(
     name: Annotated[str, typer.Argument(help="Short name, e.g. `news`.", show_default=False)],
     title: Annotated[str | None, typer.Option("--title", help="Human-readable title.")] = None,
+    exist_ok: Annotated[
+        bool, typer.Option("--exist-ok", help="Succeed quietly if the list already exists.")
+    ] = False,
     project: ProjectOption = None,
 ) -> None:
     """Create a mailing list.
@@ -64,6 +67,9 @@ def lists_create(
     Example: [bold]newsletter lists create news --title "Stadtnewsletter"[/bold]
     """
     with opened(project) as store:
+        if exist_ok and any(existing.name == name for existing in store.lists()):
+            console.print(f"list {name} exists", markup=False)
+            return
         created = store.create_list(name, title)
     console.print(f"created list {created.name}" + (f" ({created.title})" if created.title else ""),
                   markup=False)
