@@ -100,7 +100,8 @@ class DeliverySettings(Section):
     rate: float = Field(0, ge=0, description="messages per second across all connections; 0 = unlimited")
     retries: int = Field(5, ge=0)
     max_policy_failures: int = Field(10, ge=1, description="pause the send after this many 5.7.x in a row")
-    retry_delay: float = Field(2.0, ge=0, description="first retry after a 4xx, in seconds; doubles each time")
+    retry_delay: float = Field(2.0, ge=0,
+                               description="first retry after a 4xx, in seconds; doubles each time")
 
 
 class DatabaseSettings(Section):

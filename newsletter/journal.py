@@ -25,13 +25,14 @@ import sqlalchemy as sa
 
 from newsletter.errors import NewsletterError
 from newsletter.store import (
-    Member,
     Store,
+    UtcDateTime,
     chunked,
     deliveries,
     lists,
     memberships,
     sends,
+    subscribers,
     utcnow,
 )
 
@@ -39,6 +40,21 @@ from newsletter.store import (
 # message may have been accepted before the crash and sent again by the resume.
 IN_FLIGHT = "[in flight at an interruption; may be duplicated] "
 OPEN = ("pending", "failed_temporary")
+
+
+# The group commit's statements, built once (building them per commit costs more than the SQL).
+_ROW = (deliveries.c.send_id == sa.bindparam("send")) & (
+    deliveries.c.subscriber_id == sa.bindparam("sid"))
+_RECORD = deliveries.update().where(_ROW).values(
+    status=sa.bindparam("st"), smtp_code=sa.bindparam("code"), smtp_reply=sa.bindparam("reply"),
+    updated_at=sa.bindparam("now"), attempts=deliveries.c.attempts + sa.bindparam("inc"))
+_CLAIM = deliveries.update().where(_ROW).values(
+    status="sending", updated_at=sa.bindparam("now"), message_id=sa.bindparam("mid"))
+_SKIP = deliveries.update().where(_ROW).values(
+    status="skipped", updated_at=sa.bindparam("now"), smtp_code=None, smtp_reply=sa.bindparam("reply"))
+_MEMBERSHIP = sa.select(memberships.c.subscriber_id, memberships.c.status).where(
+    memberships.c.list_id == sa.bindparam("list"),
+    memberships.c.subscriber_id.in_(sa.bindparam("ids", expanding=True)))
 
 
 class ContentChanged(NewsletterError):
@@ -53,7 +69,7 @@ def content_hash(subject: str, html: str, text: str) -> str:
     return digest.hexdigest()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Job:
     """One recipient handed to a sending worker."""
 
@@ -64,7 +80,7 @@ class Job:
     possibly_duplicated: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """What happened to a job: written to its row by the next `Journal.commit`."""
 
@@ -169,10 +185,21 @@ class Journal:
         return [DeliveryRow(r.subscriber_id, r.email, r.status, r.attempts, r.smtp_code,
                             r.smtp_reply, r.message_id, r.updated_at) for r in rows]
 
+    def possibly_duplicated(self, send_id: int) -> list[str]:
+        """Addresses whose message may have gone out twice: in flight at an interruption (already
+        sent again by a resume), or still `sending` (the next resume sends them again)."""
+        with self.store.read() as conn:
+            return list(conn.execute(
+                sa.select(deliveries.c.email).where(
+                    deliveries.c.send_id == send_id,
+                    (deliveries.c.status == "sending") | deliveries.c.smtp_reply.startswith(
+                        IN_FLIGHT, autoescape=True))
+                .order_by(deliveries.c.subscriber_id)).scalars())
+
     # --- starting and resuming --------------------------------------------------------------
 
     def start(self, *, issue_slug: str, list_id: int, subject: str, content: str, transport: str,
-              members: Sequence[Member], force: bool = False) -> Resume:
+              force: bool = False) -> Resume:
         """Create the send, or resume it: recover in-flight rows, add new members, list the work."""
         now = utcnow()
         with self.store.write() as conn:
@@ -195,30 +222,36 @@ class Journal:
                     status="running", content_hash=content, subject=subject, transport=transport,
                     updated_at=now, finished_at=None))
             # A crash left these `sending`: maybe accepted, maybe not. Send again, keep the mark.
-            in_flight = conn.execute(sa.select(deliveries.c.subscriber_id, deliveries.c.email).where(
-                deliveries.c.send_id == send_id, deliveries.c.status == "sending")).all()
+            in_flight = conn.execute(sa.select(deliveries.c.email).where(
+                deliveries.c.send_id == send_id, deliveries.c.status == "sending")).scalars().all()
             if in_flight:
                 conn.execute(deliveries.update().where(
                     deliveries.c.send_id == send_id, deliveries.c.status == "sending",
                 ).values(status="pending", updated_at=now, smtp_code=None,
                          smtp_reply=IN_FLIGHT + "in flight when the send stopped"))
-            known = {r[0] for r in conn.execute(sa.select(deliveries.c.subscriber_id)
-                                                .where(deliveries.c.send_id == send_id))}
-            new_rows = [{"send_id": send_id, "subscriber_id": m.subscriber_id, "email": m.email,
-                         "status": "pending", "attempts": 0, "updated_at": now}
-                        for m in members if m.subscriber_id not in known]
-            for chunk in chunked(new_rows, 5000):
-                conn.execute(deliveries.insert(), chunk)
-            names = {m.subscriber_id: m.name for m in members}
+            # Every subscribed member without a row (all of them on a new send; people who joined
+            # since, on a resume) gets one — in SQL, so 100,000 members cost no Python memory.
+            done = sa.select(deliveries.c.subscriber_id).where(
+                deliveries.c.send_id == send_id, deliveries.c.subscriber_id == subscribers.c.id)
+            conn.execute(deliveries.insert().from_select(
+                ["send_id", "subscriber_id", "email", "status", "attempts", "updated_at"],
+                sa.select(sa.literal(send_id), subscribers.c.id, subscribers.c.email,
+                          sa.literal("pending"), sa.literal(0), sa.literal(now, UtcDateTime))
+                .join(memberships, memberships.c.subscriber_id == subscribers.c.id)
+                .where(memberships.c.list_id == list_id, memberships.c.status == "subscribed",
+                       ~sa.exists(done))
+                .order_by(subscribers.c.id)))
             rows = conn.execute(
-                sa.select(deliveries.c.subscriber_id, deliveries.c.email, deliveries.c.smtp_reply)
+                sa.select(deliveries.c.subscriber_id, deliveries.c.email, deliveries.c.smtp_reply,
+                          subscribers.c.name)
+                .outerjoin(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
                 .where(deliveries.c.send_id == send_id, deliveries.c.status.in_(OPEN))
-                .order_by(deliveries.c.subscriber_id)).all()
-        jobs = [Job(r.subscriber_id, r.email, names.get(r.subscriber_id),
-                    possibly_duplicated=(r.smtp_reply or "").startswith(IN_FLIGHT)) for r in rows]
+                .order_by(deliveries.c.subscriber_id))
+            jobs = [Job(r.subscriber_id, r.email, r.name,
+                        possibly_duplicated=(r.smtp_reply or "").startswith(IN_FLIGHT)) for r in rows]
         info = self.get(send_id)
         assert info is not None
-        return Resume(info, resumed, jobs, [r.email for r in in_flight])
+        return Resume(info, resumed, jobs, list(in_flight))
 
     # --- the group commit -------------------------------------------------------------------
 
@@ -232,42 +265,25 @@ class Journal:
         outcomes = list(outcomes)
         with self.store.write() as conn:
             if outcomes:
-                conn.execute(
-                    deliveries.update().where(
-                        deliveries.c.send_id == send_id,
-                        deliveries.c.subscriber_id == sa.bindparam("sid"))
-                    .values(status=sa.bindparam("st"), smtp_code=sa.bindparam("code"),
-                            smtp_reply=sa.bindparam("reply"), updated_at=now,
-                            attempts=deliveries.c.attempts + sa.bindparam("inc")),
-                    [{"sid": o.job.subscriber_id, "st": o.status, "code": o.code,
-                      "reply": _reply_text(o), "inc": 1 if o.counted else 0} for o in outcomes],
-                )
+                conn.execute(_RECORD, [
+                    {"send": send_id, "sid": o.job.subscriber_id, "st": o.status, "code": o.code,
+                     "reply": _reply_text(o), "inc": 1 if o.counted else 0, "now": now}
+                    for o in outcomes])
             if not candidates:
                 return [], []
-            status = dict(conn.execute(sa.select(memberships.c.subscriber_id, memberships.c.status).where(
-                memberships.c.list_id == list_id,
-                memberships.c.subscriber_id.in_([c.subscriber_id for c in candidates]))).all())
+            status = dict(conn.execute(_MEMBERSHIP, {
+                "list": list_id, "ids": [c.subscriber_id for c in candidates]}).all())
             go = [c for c in candidates if status.get(c.subscriber_id) == "subscribed"]
             skip = [c for c in candidates if status.get(c.subscriber_id) != "subscribed"]
             if go:
-                conn.execute(
-                    deliveries.update().where(
-                        deliveries.c.send_id == send_id,
-                        deliveries.c.subscriber_id == sa.bindparam("sid"))
-                    .values(status="sending", updated_at=now, message_id=sa.bindparam("mid")),
-                    [{"sid": c.subscriber_id, "mid": message_ids.get(c.subscriber_id)} for c in go],
-                )
+                conn.execute(_CLAIM, [
+                    {"send": send_id, "sid": c.subscriber_id, "mid": message_ids.get(c.subscriber_id),
+                     "now": now} for c in go])
             if skip:
-                conn.execute(
-                    deliveries.update().where(
-                        deliveries.c.send_id == send_id,
-                        deliveries.c.subscriber_id == sa.bindparam("sid"))
-                    .values(status="skipped", updated_at=now, smtp_code=None,
-                            smtp_reply=sa.bindparam("reply")),
-                    [{"sid": c.subscriber_id,
-                      "reply": f"not sent: membership is {status.get(c.subscriber_id) or 'gone'}"}
-                     for c in skip],
-                )
+                conn.execute(_SKIP, [
+                    {"send": send_id, "sid": c.subscriber_id, "now": now,
+                     "reply": f"not sent: membership is {status.get(c.subscriber_id) or 'gone'}"}
+                    for c in skip])
         return go, skip
 
     def finish(self, send_id: int, status: str) -> None:

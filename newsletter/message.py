@@ -101,9 +101,16 @@ def _fold_address(email: str, name: str | None) -> bytes:
 
 
 def _qp(data: bytes) -> bytes:
-    """Quoted-printable with CRLF line ends (binascii keeps LF when the input has no CRLF)."""
+    """Quoted-printable with CRLF line ends (binascii keeps LF when the input has no CRLF).
+
+    A "." starting an encoded line becomes "=2E": no line needs SMTP dot-stuffing, and no
+    line can be a lone "." ending the DATA early, whatever the substituted values are.
+    """
     out = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
-    return out.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    out = out.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    if out.startswith(b"."):
+        out = b"=2E" + out[1:]
+    return out.replace(b"\r\n.", b"\r\n=2E")
 
 
 def _crlf(text: str) -> str:

@@ -72,13 +72,7 @@ class SendPlan:
     concurrency: int
     rate: float
 
-    @property
-    def to_send(self) -> int:
-        """Recipients still to serve (a resume skips those already sent)."""
-        if self.existing is None:
-            return self.recipients
-        done = sum(self.existing.counts.get(s, 0) for s in ("sent", "failed_permanent", "skipped"))
-        return max(self.recipients - done, 0) + self.existing.counts.get("sending", 0)
+    warnings: list[str] = field(default_factory=list)  # the issue's validation warnings
 
 
 @dataclass
@@ -108,15 +102,16 @@ class SendReport:
 def plan_send(project: Project, issue_path: Path, list_name: str, *, concurrency: int | None = None,
               rate: float | None = None) -> SendPlan:
     """Render the issue and look up the list; no state changes."""
-    rendered = render_issue(load_issue(issue_path, strict=True), project)
+    loaded = load_issue(issue_path)
+    rendered = render_issue(loaded, project)
     store = open_store(project)
     try:
         mailing_list = store.get_list(list_name)
-        recipients = len(store.members(mailing_list.id))
+        counts = next((lc.counts for lc in store.list_counts() if lc.list.id == mailing_list.id), {})
+        recipients = counts.get("subscribed", 0)
         journal = Journal(store)
         existing = journal.find(rendered.slug, mailing_list.id)
         if existing is None and recipients == 0:
-            counts = next((lc.counts for lc in store.list_counts() if lc.list.id == mailing_list.id), {})
             waiting = f" ({counts['pending']} pending: they have not confirmed yet)" if counts.get(
                 "pending") else ""
             raise NewsletterError(f"the list `{mailing_list.name}` has no subscribed members"
@@ -131,6 +126,7 @@ def plan_send(project: Project, issue_path: Path, list_name: str, *, concurrency
         content_hash=content_hash(rendered.subject, rendered.html, rendered.text),
         concurrency=concurrency or delivery.concurrency,
         rate=delivery.rate if rate is None else rate,
+        warnings=[w.format() for w in loaded.warnings],
     )
 
 
@@ -149,12 +145,9 @@ def run_send(plan: SendPlan, *, force: bool = False,
     # Fail before touching the journal if the server cannot be reached at all.
     asyncio.run(plan.transport.check())
     journal = Journal(plan.store)
-    members = plan.store.members(plan.mailing_list.id)
     resume = journal.start(
         issue_slug=plan.rendered.slug, list_id=plan.mailing_list.id, subject=plan.rendered.subject,
-        content=plan.content_hash, transport=plan.transport.description, members=members,
-        force=force)
-    del members
+        content=plan.content_hash, transport=plan.transport.description, force=force)
     run = _Run(plan, journal, resume.send.id, prepared, resume.jobs, progress)
     try:
         asyncio.run(run.deliver())
@@ -163,7 +156,6 @@ def run_send(plan: SendPlan, *, force: bool = False,
         journal.finish(resume.send.id, status)
     info = journal.get(resume.send.id)
     assert info is not None
-    rows = journal.deliveries(resume.send.id)
     c = info.counts
     report = SendReport(
         send_id=info.id, issue=info.issue_slug, list_name=info.list_name, subject=info.subject,
@@ -171,7 +163,7 @@ def run_send(plan: SendPlan, *, force: bool = False,
         failed_temporary=c["failed_temporary"], failed_permanent=c["failed_permanent"],
         bounced=run.bounced, skipped=c["skipped"], pending=c["pending"] + c["sending"],
         resumed=resume.resumed,
-        possibly_duplicated=[r.email for r in rows if r.possibly_duplicated or r.status == "sending"],
+        possibly_duplicated=journal.possibly_duplicated(resume.send.id),
         reason=run.reason, seconds=time.monotonic() - started,
     )
     if run.fatal is not None:
@@ -213,7 +205,7 @@ class _Run:
         self.retry_heap: list[tuple[float, int, Job]] = []
         self.outcomes: list[Outcome] = []
         self.bounces: list[Outcome] = []
-        self.waiting: deque[asyncio.Future[Job | None]] = deque()
+        self.claims: list[tuple[Job, asyncio.Future[bool]]] = []
         self.flush_handle: asyncio.Handle | None = None
         self.committing = False
         self.progress_cb = progress
@@ -243,13 +235,12 @@ class _Run:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signal.SIGINT)
             await asyncio.gather(*(c.close() for c in connections), return_exceptions=True)
-            if isinstance(self.flush_handle, asyncio.TimerHandle):  # a retry nobody will take
-                self.flush_handle.cancel()
-                self.flush_handle = None
             while self.committing or self.flush_handle is not None:  # the last group commits
                 await asyncio.sleep(0.001)
-            if self.outcomes or self.bounces:  # results of the last messages
+            if self.outcomes or self.bounces or self.claims:  # results of the last messages
                 self._write(self.outcomes, self.bounces, [], {})
+                for _job, claim in self.claims:
+                    claim.cancel()
             self.executor.shutdown()
             self._report(force=True)
         if self.error is not None:
@@ -259,9 +250,10 @@ class _Run:
         outcome: Outcome | None = None
         sender = self.prepared.sender
         while True:
-            job = await self.next(outcome)
-            if job is None:
+            item = await self.next(outcome)
+            if item is None:
                 return
+            job, claim = item
             outcome = None
             try:
                 await self.rate.wait()
@@ -269,18 +261,22 @@ class _Run:
                 raw = self.prepared.personalise(
                     recipient, self.tokens.unsubscribe(job.subscriber_id, self.list_id),
                     self.prepared.message_id(recipient))
-                reply = await connection.send(sender, job.email, raw)
+                # The claim (membership check + row `sending`) commits while MAIL/RCPT go out;
+                # the connection waits for it before DATA.
+                reply = await connection.send(sender, job.email, raw, claim)
             except DeliveryError as exc:
                 self.fatal = self.fatal or exc
                 self.stop(exc.message)
-                outcome = Outcome(job, "pending", None, f"not sent: {exc.message}", counted=False)
+                if await claim:  # back to pending: it was never handed over
+                    outcome = Outcome(job, "pending", None, f"not sent: {exc.message}", counted=False)
                 continue
             except BaseException as exc:
                 # A bug, or cancellation: we cannot know whether the message left; keep `sending`.
                 self.error = self.error or exc
                 self.stop(f"internal error: {exc!r}")
                 raise
-            outcome = self.judge(job, reply)
+            if reply is not None and await claim:  # else: no longer subscribed (`skipped`)
+                outcome = self.judge(job, reply)
 
     def judge(self, job: Job, reply: Reply) -> Outcome:
         kind = classify(reply)
@@ -319,59 +315,60 @@ class _Run:
 
     def interrupt(self) -> None:
         self.stop("interrupted (Ctrl-C); messages in flight were finished and recorded")
+        # A second Ctrl-C aborts at once (rows in flight then stay `sending`: possibly duplicated).
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
 
     def stop(self, reason: str) -> None:
         if not self.stopped:
             self.stopped = True
             self.reason = reason
-        self._wake()
 
-    async def next(self, outcome: Outcome | None) -> Job | None:
-        future: asyncio.Future[Job | None] = asyncio.get_running_loop().create_future()
+    async def next(self, outcome: Outcome | None) -> tuple[Job, asyncio.Future[bool]] | None:
+        """Record `outcome`; the next job and its claim (True once committed as `sending`)."""
+        loop = asyncio.get_running_loop()
         if outcome is not None:
             self.outcomes.append(outcome)
             self._count(outcome)
-        self.waiting.append(future)
-        self._wake()
-        return await future
+        while True:
+            self._wake()
+            if self.stopped:
+                return None
+            now = time.monotonic()
+            if self._due(now):
+                job = heapq.heappop(self.retry_heap)[2]
+            elif self.queue:
+                job = self.queue.popleft()
+            elif self.retry_heap:  # only retries left, none due yet
+                await asyncio.sleep(min(max(self.retry_heap[0][0] - now, 0.001), 0.1))
+                continue
+            else:
+                return None
+            claim: asyncio.Future[bool] = loop.create_future()
+            self.claims.append((job, claim))
+            self._wake()
+            return job, claim
 
-    def _wake(self, delay: float = 0.0) -> None:
-        if self.committing:
-            return  # the running commit's completion flushes again
-        loop = asyncio.get_running_loop()
-        handle = self.flush_handle
-        if handle is not None:
-            if not isinstance(handle, asyncio.TimerHandle) or delay:
-                return  # an immediate flush is coming, or a timer for the next retry is set
-            handle.cancel()
-        self.flush_handle = loop.call_later(delay, self._flush) if delay else loop.call_soon(self._flush)
+    def _wake(self) -> None:
+        if self.committing or self.flush_handle is not None or not (self.outcomes or self.claims):
+            return  # a commit is running (its completion flushes again) or one is scheduled
+        self.flush_handle = asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
-        """Start one group commit: outcomes so far + the next candidates for the idle workers."""
+        """Start one group commit: outcomes so far + the claims of the jobs just handed out."""
         self.flush_handle = None
-        if self.committing:
+        if self.committing or not (self.outcomes or self.claims):
             return
-        now = time.monotonic()
-        candidates: list[Job] = []
-        if not self.stopped:
-            while len(candidates) < len(self.waiting):
-                if self._due(now):
-                    candidates.append(heapq.heappop(self.retry_heap)[2])
-                elif self.queue:
-                    candidates.append(self.queue.popleft())
-                else:
-                    break
         outcomes, self.outcomes = self.outcomes, []
         bounces, self.bounces = self.bounces, []
-        if candidates or outcomes:
-            ids = {c.subscriber_id: self.prepared.message_id(
-                Recipient(c.email, c.name, c.subscriber_id, self.list_id)) for c in candidates}
-            self.committing = True
-            future = asyncio.get_running_loop().run_in_executor(
-                self.executor, self._write, outcomes, bounces, candidates, ids)
-            future.add_done_callback(self._committed)
-            return
-        self._dispatch([])
+        claims, self.claims = self.claims, []
+        jobs = [job for job, _claim in claims]
+        ids = {j.subscriber_id: self.prepared.message_id(
+            Recipient(j.email, j.name, j.subscriber_id, self.list_id)) for j in jobs}
+        self.committing = True
+        future = asyncio.get_running_loop().run_in_executor(
+            self.executor, self._write, outcomes, bounces, jobs, ids)
+        future.add_done_callback(lambda f: self._committed(f, claims))
 
     def _write(self, outcomes: list[Outcome], bounces: list[Outcome], candidates: list[Job],
                ids: dict[int, str]) -> tuple[list[Job], list[Job]]:
@@ -381,7 +378,8 @@ class _Run:
                                        detail=f"{self.plan.rendered.slug}: {bounce.reply}"[:1000])
         return result
 
-    def _committed(self, future: asyncio.Future[tuple[list[Job], list[Job]]]) -> None:
+    def _committed(self, future: asyncio.Future[tuple[list[Job], list[Job]]],
+                   claims: list[tuple[Job, asyncio.Future[bool]]]) -> None:
         self.committing = False
         try:
             go, skipped = future.result()
@@ -390,21 +388,12 @@ class _Run:
             self.stopped = True
             self.reason = self.reason or f"the journal could not be written: {exc}"
             go, skipped = [], []
+        cleared = {job.subscriber_id for job in go}
+        for job, claim in claims:
+            if not claim.done():
+                claim.set_result(job.subscriber_id in cleared)
         self.progress.skipped += len(skipped)
-        self._dispatch(go)
-
-    def _dispatch(self, go: list[Job]) -> None:
-        for job in go:
-            self.waiting.popleft().set_result(job)
-        now = time.monotonic()
-        if self.stopped or (not self.queue and not self.retry_heap):
-            # Nothing left for idle workers (retries are in the heap as soon as a reply comes).
-            while self.waiting:
-                self.waiting.popleft().set_result(None)
-        if self.outcomes or (self.waiting and (self.queue or self._due(now))):
-            self._wake()
-        elif self.waiting and self.retry_heap:
-            self._wake(max(self.retry_heap[0][0] - now, 0.001))
+        self._wake()
         self._report()
 
     def _due(self, now: float) -> bool:
@@ -431,7 +420,7 @@ def send_test(project: Project, issue_path: Path, addresses: Sequence[str]) -> l
     """Send the issue to `addresses` with subject "[TEST] …": no journal, no list needed."""
     for address in addresses:
         check_address(address, "--to", "command line")
-    rendered = render_issue(load_issue(issue_path, strict=True), project)
+    rendered = render_issue(load_issue(issue_path), project)
     prepared = prepare(project, rendered, subject_prefix="[TEST] ")
     tokens = Tokens.for_project(project)
     transport = transport_for(project)
@@ -443,7 +432,9 @@ def send_test(project: Project, issue_path: Path, addresses: Sequence[str]) -> l
         try:
             for address in addresses:
                 raw = prepared.personalise(Recipient(address), tokens.unsubscribe(0, 0))
-                replies.append((address, await connection.send(prepared.sender, address, raw)))
+                reply = await connection.send(prepared.sender, address, raw)
+                assert reply is not None  # only None when a `ready` claim says no
+                replies.append((address, reply))
         finally:
             await connection.close()
         return replies

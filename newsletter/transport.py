@@ -19,6 +19,7 @@ import contextlib
 import mailbox
 import ssl
 import time
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -68,7 +69,8 @@ class Reply:
 
 
 class Connection(Protocol):
-    async def send(self, sender: str, recipient: str, raw: bytes) -> Reply: ...
+    async def send(self, sender: str, recipient: str, raw: bytes,
+                   ready: Awaitable[bool] | None = None) -> Reply | None: ...
 
     async def close(self) -> None: ...
 
@@ -168,10 +170,13 @@ class SmtpConnection:
                                 f"{_describe(exc)}") from None
         self.smtp = smtp
 
-    async def send(self, sender: str, recipient: str, raw: bytes) -> Reply:
-        """Send one message; SMTP rejections come back as a `Reply`, never as an exception.
+    async def send(self, sender: str, recipient: str, raw: bytes,
+                   ready: Awaitable[bool] | None = None) -> Reply | None:
+        """Send one message (CRLF line ends only); SMTP rejections come back as a `Reply`.
 
-        Raises `DeliveryError` only when no connection can be (re)established.
+        `ready`, if given, is awaited before DATA (MAIL and RCPT go out meanwhile); False means
+        "do not send after all" (RSET, returns None). Raises `DeliveryError` only when no
+        connection can be (re)established.
         """
         if self.smtp is None or not self.smtp.is_connected:
             await self.connect()
@@ -185,8 +190,11 @@ class SmtpConnection:
             await smtp.mail(sender, options=options)
             stage = "rcpt"
             await smtp.rcpt(recipient)
+            if ready is not None and not await ready:
+                await smtp.rset()
+                return None
             stage = "data"
-            text = (await smtp.data(raw)).message
+            text = await _data(smtp, raw)
         except aiosmtplib.SMTPResponseException as exc:
             if exc.code != 421 and smtp.is_connected:
                 with contextlib.suppress(aiosmtplib.SMTPException, OSError):
@@ -217,6 +225,37 @@ class SmtpConnection:
             pass
         finally:
             smtp.close()
+
+
+async def _data(smtp: aiosmtplib.SMTP, raw: bytes) -> str:
+    """DATA with the message as it is; the reply text. Raises like `SMTP.data`.
+
+    `SMTP.data` runs two regular expressions over every message (line-end normalisation and
+    dot-stuffing: ~0.8 ms for a 100 KB newsletter, more than everything else we do per recipient).
+    `raw` must be CRLF-only, as `newsletter.message` and the SMTP email policy produce it; lines
+    starting with "." are rare (message.py encodes them), so dot-stuffing is a search.
+    """
+    payload = raw.replace(b"\r\n.", b"\r\n..") if b"\r\n." in raw else raw
+    if payload.startswith(b"."):
+        payload = b"." + payload
+    if not payload.endswith(b"\r\n"):
+        payload += b"\r\n"
+    response = await smtp.execute_command(b"DATA")
+    if response.code != 354:
+        raise aiosmtplib.SMTPDataError(response.code, response.message)
+    protocol = smtp.protocol
+    if protocol is None:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    try:
+        protocol.write(payload + b".\r\n")
+        # read_response marks a reply as expected before the loop can deliver one.
+        response = await protocol.read_response(timeout=smtp.timeout)
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+        smtp.close()
+        raise
+    if response.code != 250:
+        raise aiosmtplib.SMTPDataError(response.code, response.message)
+    return response.message
 
 
 def _describe(exc: BaseException) -> str:
@@ -254,7 +293,10 @@ class MaildirConnection:
     def __init__(self, transport: MaildirTransport) -> None:
         self.transport = transport
 
-    async def send(self, sender: str, recipient: str, raw: bytes) -> Reply:
+    async def send(self, sender: str, recipient: str, raw: bytes,
+                   ready: Awaitable[bool] | None = None) -> Reply | None:
+        if ready is not None and not await ready:
+            return None
         try:
             key = self.transport.box().add(raw)
         except OSError as exc:
@@ -294,7 +336,7 @@ def send_message_now(project: Project, message: EmailMessage) -> None:
         try:
             for recipient in recipients:
                 reply = await connection.send(senders[0][1], recipient, raw)
-                if not reply.ok:
+                if reply is None or not reply.ok:
                     raise DeliveryError(f"the SMTP server refused the message to {recipient}: {reply}")
         finally:
             await connection.close()

@@ -48,7 +48,8 @@ def test_every_subscriber_gets_exactly_one_correct_message(long_url_project, smt
         (token,) = set(URL.findall(header_line(raw, b"List-Unsubscribe").decode()))
         assert header_line(raw, b"List-Unsubscribe") == (
             f"List-Unsubscribe: <{LONG_BASE_URL}/u/{token}>".encode())
-        assert header_line(raw, b"List-Unsubscribe-Post") == b"List-Unsubscribe-Post: List-Unsubscribe=One-Click"
+        assert header_line(raw, b"List-Unsubscribe-Post") == (
+            b"List-Unsubscribe-Post: List-Unsubscribe=One-Click")
         host = urlsplit(LONG_BASE_URL).hostname
         assert header_line(raw, b"List-Id") == f"List-Id: Smart zu wissen <news.{host}>".encode()
         assert header_line(raw, b"List-Archive") == f"List-Archive: <{LONG_BASE_URL}/archive/>".encode()

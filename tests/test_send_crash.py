@@ -71,3 +71,41 @@ def test_sigkill_mid_send_then_resume(project_dir, monkeypatch):
     # The journal keeps the mark; `sends show` lists exactly these.
     marked = {r.email for r in Journal(store).deliveries(info.id) if r.possibly_duplicated}
     assert marked == in_flight
+
+
+def test_ctrl_c_finishes_in_flight_messages_and_resume_sends_the_rest(project_dir, monkeypatch):
+    controller, server = start_smtp(SlowToAnswer())
+    env = {**os.environ, "NEWSLETTER_SMTP__HOST": server.host,
+           "NEWSLETTER_SMTP__PORT": str(server.port), "NEWSLETTER_SMTP__SECURITY": "none",
+           "PYTHONPATH": str(REPO)}
+    for key in ("HOST", "PORT", "SECURITY"):
+        monkeypatch.setenv(f"NEWSLETTER_SMTP__{key}", env[f"NEWSLETTER_SMTP__{key}"])
+    try:
+        project = load_project(project_dir)
+        store, _list_id, addresses = make_list(project, 60)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "newsletter", "send", str(issue_path(project)), "--list", "news",
+             "--yes", "--concurrency", "4", "--project", str(project.root)],
+            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while len(server.messages) < 10 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 130, (out + err).decode()
+        assert b"interrupted (Ctrl-C)" in err
+
+        journal = Journal(store)
+        (info,) = journal.all()
+        rows = journal.deliveries(info.id)
+        assert info.status == "interrupted"
+        assert not [r for r in rows if r.status == "sending"]  # in-flight ones finished and recorded
+        sent_before = {r.email for r in rows if r.status == "sent"}
+        assert sent_before == {m.rcpt_tos[0] for m in server.messages}
+        assert 0 < len(sent_before) < 60
+
+        report = run_send(plan_send(project, issue_path(project), "news"))
+    finally:
+        controller.stop()
+    assert report.sent == 60 and report.possibly_duplicated == []
+    assert Counter(m.rcpt_tos[0] for m in server.messages) == Counter(addresses)  # nobody twice

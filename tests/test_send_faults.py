@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import Counter
 
@@ -34,10 +35,8 @@ def serve(project_dir, monkeypatch):
 
     yield start
     for controller in controllers:
-        try:
+        with contextlib.suppress(AssertionError):  # already stopped by the test
             controller.stop()
-        except AssertionError:  # already stopped by the test
-            pass
 
 
 def delivered(server) -> Counter[str]:
@@ -85,7 +84,7 @@ def test_550_511_marks_the_member_bounced_and_delivers_the_rest(serve):
     class SomeUnknown(RecordingHandler):
         def rcpt_reply(self, address):
             if address.endswith(("3@example.org", "7@example.org")):
-                return "550 5.1.1 <%s>: Recipient address rejected: User unknown" % address
+                return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
             return "250 OK"
 
     project, server, _ = serve(SomeUnknown())
@@ -104,7 +103,9 @@ def test_550_511_marks_the_member_bounced_and_delivers_the_rest(serve):
 
 def test_dropped_connections_and_421_reconnect(serve):
     class Dropping(RecordingHandler):
-        seen: Counter[str] = Counter()
+        def __init__(self):
+            super().__init__()
+            self.seen: Counter[str] = Counter()
 
         async def handle_DATA(self, server, session, envelope):
             rcpt = envelope.rcpt_tos[0]

@@ -137,7 +137,7 @@ def test_send_message_now_refused(project_dir, monkeypatch):
         monkeypatch.setenv("NEWSLETTER_SMTP__HOST", server.host)
         monkeypatch.setenv("NEWSLETTER_SMTP__PORT", str(server.port))
         monkeypatch.setenv("NEWSLETTER_SMTP__SECURITY", "none")
-        with pytest.raises(DeliveryError, match="550 5.1.1"):
+        with pytest.raises(DeliveryError, match=r"550 5\.1\.1"):
             send_message_now(load_project(project_dir), confirmation())
     finally:
         controller.stop()

@@ -106,6 +106,8 @@ def send(
 
 
 def _summary(plan: SendPlan) -> None:
+    for warning in plan.warnings:
+        err_console.print(escape(warning), soft_wrap=True)
     mailing_list = plan.mailing_list
     title = f" ({mailing_list.title})" if mailing_list.title else ""
     console.print(f"[bold]Subject:[/bold]    {escape(plan.rendered.subject)}")
@@ -212,9 +214,9 @@ def sends_show(
             if info is None:
                 raise NewsletterError(f"no send with ID {send_id}; see `newsletter sends ls`")
             rows = journal.deliveries(send_id)
+            duplicated = journal.possibly_duplicated(send_id)
         finally:
             store.close()
-    duplicated = [r.email for r in rows if r.possibly_duplicated or r.status == "sending"]
     if json:
         print_json({**info.as_dict(), "possibly_duplicated": duplicated,
                     "deliveries": [r.as_dict() for r in rows]})
