@@ -266,6 +266,18 @@ def _describe(exc: BaseException) -> str:
 # --- Maildir ----------------------------------------------------------------------------------
 
 
+def open_maildir(directory: Path) -> mailbox.Maildir:
+    """The Maildir at `directory`, created if needed.
+
+    `mailbox.Maildir(create=True)` checks and then creates, so two threads or processes
+    using a new outbox at once race on mkdir ("File exists") and one of them fails;
+    `exist_ok` makes the creation idempotent.
+    """
+    for sub in ("tmp", "new", "cur"):
+        (directory / sub).mkdir(parents=True, exist_ok=True)
+    return mailbox.Maildir(directory, create=False)
+
+
 class MaildirTransport:
     """The embedded default: every message becomes a file in the project's `outbox/` Maildir."""
 
@@ -280,7 +292,7 @@ class MaildirTransport:
     def box(self) -> mailbox.Maildir:
         if self._box is None:
             try:
-                self._box = mailbox.Maildir(self.directory, create=True)
+                self._box = open_maildir(self.directory)
             except OSError as exc:
                 raise DeliveryError(f"cannot create the outbox {self.directory}: {exc.strerror}") from None
         return self._box

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
-import mailbox
 import re
 import secrets
 import sqlite3
@@ -338,10 +337,6 @@ class Site:
         self.mails = SlidingWindow(MAILS_PER_ADDRESS, 24 * 3600)
         self.csrf = Csrf(signing_keys(project), secure=self.base_url.startswith("https://"))
         self.env = template_environment(project)
-        if not settings.smtp.host:
-            # Create the outbox Maildir once, up front: the transport creates it on first use,
-            # and concurrent first uses race on mkdir ("File exists") and lose a mail.
-            mailbox.Maildir(project.outbox_dir, create=True)
 
     # ---- rendering
 

@@ -125,6 +125,16 @@ def test_send_message_now_into_the_outbox(project):
     assert parse(path.read_bytes())["To"].addresses[0].addr_spec == "anna@example.org"
 
 
+def test_many_first_uses_of_a_new_outbox_at_once_lose_no_mail(project):
+    # mailbox.Maildir(create=True) races on mkdir; every one of these must still land.
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert not project.outbox_dir.exists()
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda _: send_message_now(project, confirmation()), range(64)))
+    assert len(list((project.outbox_dir / "new").iterdir())) == 64
+
+
 def test_send_message_now_refused(project_dir, monkeypatch):
     class Refusing(RecordingHandler):
         def rcpt_reply(self, address):
