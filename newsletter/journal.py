@@ -7,7 +7,9 @@ A send is (issue slug, list). Every recipient has a row:
 A row becomes `sending` in a committed transaction *before* its message is handed to SMTP, so
 after a crash the rows still `sending` are exactly the messages that may or may not have been
 accepted (at most one per connection). A resume sends those again — nobody may miss the issue —
-and keeps them marked as possibly duplicated; everything already `sent` is never sent again.
+and flags them `possibly_duplicated` for good; everything already `sent` is never sent again.
+Why a send paused or was interrupted is kept in `sends.reason` (NULL while running and once
+finished).
 
 Writes are batched ("group commit"): one transaction records the results of the messages that
 just finished, checks the subscription state of the next recipients and marks them `sending`.
@@ -36,10 +38,11 @@ from newsletter.store import (
     utcnow,
 )
 
-# Prefix kept in `smtp_reply` of rows that were in flight when a send was interrupted: their
-# message may have been accepted before the crash and sent again by the resume.
-IN_FLIGHT = "[in flight at an interruption; may be duplicated] "
 OPEN = ("pending", "failed_temporary")
+STOPPED = ("paused", "interrupted")
+# Noted on a stopped send when a resume is refused because the issue changed.
+CONTENT_CHANGED_NOTE = ("resume refused: the issue changed since this send started (re-run with "
+                        "--force to send the new version to the rest)")
 
 
 # The group commit's statements, built once (building them per commit costs more than the SQL).
@@ -77,7 +80,6 @@ class Job:
     email: str
     name: str | None
     attempts: int = 0  # attempts in this run
-    possibly_duplicated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,13 +106,18 @@ class SendInfo:
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    reason: str | None = None  # why it is paused / interrupted
     counts: dict[str, int] = field(default_factory=dict)
+    # In flight at an interruption (flagged), or still `sending` (the next resume sends them again).
+    possibly_duplicated: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.id, "issue": self.issue_slug, "list": self.list_name, "subject": self.subject,
-            "status": self.status, "transport": self.transport, "created_at": self.created_at,
-            "updated_at": self.updated_at, "finished_at": self.finished_at, "counts": self.counts,
+            "status": self.status, "reason": self.reason, "transport": self.transport,
+            "created_at": self.created_at, "updated_at": self.updated_at,
+            "finished_at": self.finished_at, "counts": self.counts,
+            "possibly_duplicated": self.possibly_duplicated,
         }
 
 
@@ -124,16 +131,12 @@ class DeliveryRow:
     smtp_reply: str | None
     message_id: str | None
     updated_at: datetime
-
-    @property
-    def possibly_duplicated(self) -> bool:
-        return (self.smtp_reply or "").startswith(IN_FLIGHT)
+    possibly_duplicated: bool
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "subscriber_id": self.subscriber_id, "email": self.email, "status": self.status,
-            "attempts": self.attempts, "smtp_code": self.smtp_code,
-            "smtp_reply": (self.smtp_reply or "").removeprefix(IN_FLIGHT) or None,
+            "attempts": self.attempts, "smtp_code": self.smtp_code, "smtp_reply": self.smtp_reply,
             "possibly_duplicated": self.possibly_duplicated, "updated_at": self.updated_at,
         }
 
@@ -168,7 +171,8 @@ class Journal:
             if row is None:
                 return None
             counts = _counts(conn, [send_id]).get(send_id, {})
-        return _info(row, counts)
+            duplicated = _duplicated(conn, [send_id]).get(send_id, [])
+        return _info(row, counts, duplicated)
 
     def all(self) -> list[SendInfo]:
         with self.store.read() as conn:
@@ -176,25 +180,22 @@ class Journal:
                 sa.select(sends, lists.c.name.label("list_name"))
                 .join(lists, lists.c.id == sends.c.list_id).order_by(sends.c.id)).all()
             counts = _counts(conn, [r.id for r in rows])
-        return [_info(r, counts.get(r.id, {})) for r in rows]
+            duplicated = _duplicated(conn, [r.id for r in rows])
+        return [_info(r, counts.get(r.id, {}), duplicated.get(r.id, [])) for r in rows]
 
     def deliveries(self, send_id: int) -> list[DeliveryRow]:
         with self.store.read() as conn:
             rows = conn.execute(sa.select(deliveries).where(deliveries.c.send_id == send_id)
                                 .order_by(deliveries.c.subscriber_id)).all()
         return [DeliveryRow(r.subscriber_id, r.email, r.status, r.attempts, r.smtp_code,
-                            r.smtp_reply, r.message_id, r.updated_at) for r in rows]
+                            r.smtp_reply, r.message_id, r.updated_at, r.possibly_duplicated)
+                for r in rows]
 
     def possibly_duplicated(self, send_id: int) -> list[str]:
         """Addresses whose message may have gone out twice: in flight at an interruption (already
         sent again by a resume), or still `sending` (the next resume sends them again)."""
         with self.store.read() as conn:
-            return list(conn.execute(
-                sa.select(deliveries.c.email).where(
-                    deliveries.c.send_id == send_id,
-                    (deliveries.c.status == "sending") | deliveries.c.smtp_reply.startswith(
-                        IN_FLIGHT, autoescape=True))
-                .order_by(deliveries.c.subscriber_id)).scalars())
+            return _duplicated(conn, [send_id]).get(send_id, [])
 
     # --- starting and resuming --------------------------------------------------------------
 
@@ -219,16 +220,16 @@ class Journal:
                         f"({row.created_at:%Y-%m-%d %H:%M} UTC); recipients already served got the "
                         "old version. Re-run with --force to send the new version to the rest.")
                 conn.execute(sends.update().where(sends.c.id == send_id).values(
-                    status="running", content_hash=content, subject=subject, transport=transport,
-                    updated_at=now, finished_at=None))
-            # A crash left these `sending`: maybe accepted, maybe not. Send again, keep the mark.
+                    status="running", reason=None, content_hash=content, subject=subject,
+                    transport=transport, updated_at=now, finished_at=None))
+            # A crash left these `sending`: maybe accepted, maybe not. Send again, flagged.
             in_flight = conn.execute(sa.select(deliveries.c.email).where(
                 deliveries.c.send_id == send_id, deliveries.c.status == "sending")).scalars().all()
             if in_flight:
                 conn.execute(deliveries.update().where(
                     deliveries.c.send_id == send_id, deliveries.c.status == "sending",
-                ).values(status="pending", updated_at=now, smtp_code=None,
-                         smtp_reply=IN_FLIGHT + "in flight when the send stopped"))
+                ).values(status="pending", possibly_duplicated=True, updated_at=now, smtp_code=None,
+                         smtp_reply="in flight when the send stopped"))
             # Every subscribed member without a row (all of them on a new send; people who joined
             # since, on a resume) gets one — in SQL, so 100,000 members cost no Python memory.
             done = sa.select(deliveries.c.subscriber_id).where(
@@ -242,13 +243,11 @@ class Journal:
                        ~sa.exists(done))
                 .order_by(subscribers.c.id)))
             rows = conn.execute(
-                sa.select(deliveries.c.subscriber_id, deliveries.c.email, deliveries.c.smtp_reply,
-                          subscribers.c.name)
+                sa.select(deliveries.c.subscriber_id, deliveries.c.email, subscribers.c.name)
                 .outerjoin(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
                 .where(deliveries.c.send_id == send_id, deliveries.c.status.in_(OPEN))
                 .order_by(deliveries.c.subscriber_id))
-            jobs = [Job(r.subscriber_id, r.email, r.name,
-                        possibly_duplicated=(r.smtp_reply or "").startswith(IN_FLIGHT)) for r in rows]
+            jobs = [Job(r.subscriber_id, r.email, r.name) for r in rows]
         info = self.get(send_id)
         assert info is not None
         return Resume(info, resumed, jobs, list(in_flight))
@@ -267,7 +266,7 @@ class Journal:
             if outcomes:
                 conn.execute(_RECORD, [
                     {"send": send_id, "sid": o.job.subscriber_id, "st": o.status, "code": o.code,
-                     "reply": _reply_text(o), "inc": 1 if o.counted else 0, "now": now}
+                     "reply": o.reply, "inc": 1 if o.counted else 0, "now": now}
                     for o in outcomes])
             if not candidates:
                 return [], []
@@ -286,18 +285,40 @@ class Journal:
                     for c in skip])
         return go, skip
 
-    def finish(self, send_id: int, status: str) -> None:
+    def finish(self, send_id: int, status: str, reason: str | None = None) -> None:
+        """End a run: `finished`, or `paused` / `interrupted` with the reason (kept for `sends`)."""
         now = utcnow()
+        finished = status == "finished"
         with self.store.write() as conn:
             conn.execute(sends.update().where(sends.c.id == send_id).values(
-                status=status, updated_at=now, finished_at=now if status == "finished" else None))
+                status=status, reason=None if finished else reason, updated_at=now,
+                finished_at=now if finished else None))
+
+    def refuse_changed(self, send_id: int) -> None:
+        """A resume was refused because the issue changed: note it on a paused or interrupted
+        send, after the reason it stopped for (a running or finished send is left alone)."""
+        with self.store.write() as conn:
+            row = conn.execute(sa.select(sends.c.status, sends.c.reason)
+                               .where(sends.c.id == send_id)).first()
+            if row is None or row.status not in STOPPED or (row.reason or "").startswith(
+                    CONTENT_CHANGED_NOTE):
+                return
+            reason = CONTENT_CHANGED_NOTE + (f"; it had stopped: {row.reason}" if row.reason else "")
+            conn.execute(sends.update().where(sends.c.id == send_id).values(reason=reason))
 
 
-def _reply_text(outcome: Outcome) -> str | None:
-    reply = outcome.reply
-    if outcome.job.possibly_duplicated:
-        return IN_FLIGHT + (reply or "")
-    return reply
+def _duplicated(conn: sa.Connection, send_ids: list[int]) -> dict[int, list[str]]:
+    """Per send, the addresses flagged possibly duplicated or still `sending`."""
+    result: dict[int, list[str]] = {}
+    for chunk in chunked(send_ids):
+        rows = conn.execute(
+            sa.select(deliveries.c.send_id, deliveries.c.email)
+            .where(deliveries.c.send_id.in_(chunk),
+                   deliveries.c.possibly_duplicated | (deliveries.c.status == "sending"))
+            .order_by(deliveries.c.send_id, deliveries.c.subscriber_id)).all()
+        for send_id, email in rows:
+            result.setdefault(send_id, []).append(email)
+    return result
 
 
 def _counts(conn: sa.Connection, send_ids: list[int]) -> dict[int, dict[str, int]]:
@@ -312,10 +333,10 @@ def _counts(conn: sa.Connection, send_ids: list[int]) -> dict[int, dict[str, int
     return result
 
 
-def _info(row: Any, counts: dict[str, int]) -> SendInfo:
+def _info(row: Any, counts: dict[str, int], duplicated: list[str]) -> SendInfo:
     full = {s: counts.get(s, 0) for s in
             ("pending", "sending", "sent", "failed_temporary", "failed_permanent", "skipped")}
     full["total"] = sum(counts.values())
     return SendInfo(row.id, row.issue_slug, row.list_id, row.list_name, row.subject, row.status,
                     row.transport, row.content_hash, row.created_at, row.updated_at, row.finished_at,
-                    full)
+                    row.reason, full, duplicated)

@@ -134,7 +134,9 @@ def run_send(plan: SendPlan, *, force: bool = False,
              progress: Callable[[Progress], None] | None = None) -> SendReport:
     """Send (or resume) the issue to the list; returns the report, raises DeliveryError on a
     connection/authentication failure after recording everything."""
+    journal = Journal(plan.store)
     if plan.existing is not None and plan.existing.content_hash != plan.content_hash and not force:
+        journal.refuse_changed(plan.existing.id)
         raise ContentChanged(
             f"the issue `{plan.rendered.slug}` changed since send #{plan.existing.id} to the list "
             f"`{plan.mailing_list.name}` started; {plan.existing.counts.get('sent', 0)} recipients got "
@@ -144,16 +146,22 @@ def run_send(plan: SendPlan, *, force: bool = False,
                        list_title=plan.mailing_list.title)
     # Fail before touching the journal if the server cannot be reached at all.
     asyncio.run(plan.transport.check())
-    journal = Journal(plan.store)
-    resume = journal.start(
-        issue_slug=plan.rendered.slug, list_id=plan.mailing_list.id, subject=plan.rendered.subject,
-        content=plan.content_hash, transport=plan.transport.description, force=force)
+    try:
+        resume = journal.start(
+            issue_slug=plan.rendered.slug, list_id=plan.mailing_list.id,
+            subject=plan.rendered.subject, content=plan.content_hash,
+            transport=plan.transport.description, force=force)
+    except ContentChanged:  # changed by someone else since plan_send looked
+        existing = journal.find(plan.rendered.slug, plan.mailing_list.id)
+        if existing is not None:
+            journal.refuse_changed(existing.id)
+        raise
     run = _Run(plan, journal, resume.send.id, prepared, resume.jobs, progress)
     try:
         asyncio.run(run.deliver())
     finally:
         status = "paused" if run.paused else "interrupted" if run.stopped else "finished"
-        journal.finish(resume.send.id, status)
+        journal.finish(resume.send.id, status, run.reason)
     info = journal.get(resume.send.id)
     assert info is not None
     c = info.counts
@@ -290,7 +298,7 @@ class _Run:
                 return Outcome(job, "failed_temporary", reply.code, text)
             delay = min(self.settings.retry_delay * 2 ** (attempts - 1), MAX_BACKOFF)
             delay *= random.uniform(0.5, 1.5)  # jitter: retries of many messages spread out
-            again = Job(job.subscriber_id, job.email, job.name, attempts, job.possibly_duplicated)
+            again = Job(job.subscriber_id, job.email, job.name, attempts)
             self._seq += 1
             heapq.heappush(self.retry_heap, (time.monotonic() + delay, self._seq, again))
             return Outcome(job, "pending", reply.code, f"{text} (retrying)")

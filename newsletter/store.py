@@ -170,42 +170,59 @@ suppressions = sa.Table(
 )
 
 # Send journal: the delivery code owns the logic, the store owns the schema.
-sends = sa.Table(
-    "sends", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("issue_slug", sa.String(200), nullable=False),
-    sa.Column("list_id", sa.Integer, sa.ForeignKey("lists.id"), nullable=False),
-    sa.Column("content_hash", sa.String(128), nullable=False),
-    sa.Column("subject", sa.Text, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("transport", sa.String(200), nullable=False),
-    sa.Column("created_at", UtcDateTime, nullable=False, server_default=NOW),
-    sa.Column("updated_at", UtcDateTime, nullable=False, server_default=NOW),
-    sa.Column("finished_at", UtcDateTime, nullable=True),
-    sa.UniqueConstraint("issue_slug", "list_id", name="uq_sends_issue_list"),
-    sa.CheckConstraint(_in("status", SEND_STATUSES), name="status"),
-)
+def _journal_tables(md: sa.MetaData, version: int) -> tuple[sa.Table, sa.Table]:
+    """`sends` and `deliveries` as of schema `version`: 2 as first created, 3 with the columns
+    migration 3 added (at the end, where ALTER TABLE puts them)."""
+    v3 = version >= 3
+    send_table = sa.Table(
+        "sends", md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("issue_slug", sa.String(200), nullable=False),
+        sa.Column("list_id", sa.Integer, sa.ForeignKey("lists.id"), nullable=False),
+        sa.Column("content_hash", sa.String(128), nullable=False),
+        sa.Column("subject", sa.Text, nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("transport", sa.String(200), nullable=False),
+        sa.Column("created_at", UtcDateTime, nullable=False, server_default=NOW),
+        sa.Column("updated_at", UtcDateTime, nullable=False, server_default=NOW),
+        sa.Column("finished_at", UtcDateTime, nullable=True),
+        # Why the send is paused or interrupted (policy streak, connection failure, Ctrl-C …);
+        # NULL while running and once finished.
+        *([sa.Column("reason", sa.Text, nullable=True)] if v3 else []),
+        sa.UniqueConstraint("issue_slug", "list_id", name="uq_sends_issue_list"),
+        sa.CheckConstraint(_in("status", SEND_STATUSES), name="status"),
+    )
+    delivery_table = sa.Table(
+        "deliveries", md,
+        sa.Column("send_id", sa.Integer, sa.ForeignKey("sends.id", ondelete="CASCADE"),
+                  primary_key=True),
+        # No foreign key: the journal outlives a subscriber erased with `remove --forget`.
+        sa.Column("subscriber_id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("email", sa.String(320), nullable=False),
+        sa.Column("status", sa.String(20), nullable=False),
+        sa.Column("attempts", sa.Integer, nullable=False, default=0, server_default="0"),
+        sa.Column("smtp_code", sa.Integer, nullable=True),
+        sa.Column("smtp_reply", sa.Text, nullable=True),
+        sa.Column("message_id", sa.Text, nullable=True),
+        sa.Column("updated_at", UtcDateTime, nullable=False, server_default=NOW),
+        # In flight (`sending`) when a send was interrupted: the message may have been accepted
+        # before the crash and was sent again by the resume. Stays set once set.
+        *([sa.Column("possibly_duplicated", sa.Boolean, nullable=False, default=False,
+                     server_default=sa.false())] if v3 else []),
+        sa.CheckConstraint(_in("status", DELIVERY_STATUSES), name="status"),
+        sa.Index("ix_deliveries_send_status", "send_id", "status"),
+    )
+    return send_table, delivery_table
 
-deliveries = sa.Table(
-    "deliveries", metadata,
-    sa.Column("send_id", sa.Integer, sa.ForeignKey("sends.id", ondelete="CASCADE"), primary_key=True),
-    # No foreign key: the journal outlives a subscriber erased with `remove --forget`.
-    sa.Column("subscriber_id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("email", sa.String(320), nullable=False),
-    sa.Column("status", sa.String(20), nullable=False),
-    sa.Column("attempts", sa.Integer, nullable=False, default=0, server_default="0"),
-    sa.Column("smtp_code", sa.Integer, nullable=True),
-    sa.Column("smtp_reply", sa.Text, nullable=True),
-    sa.Column("message_id", sa.Text, nullable=True),
-    sa.Column("updated_at", UtcDateTime, nullable=False, server_default=NOW),
-    sa.CheckConstraint(_in("status", DELIVERY_STATUSES), name="status"),
-    sa.Index("ix_deliveries_send_status", "send_id", "status"),
-)
+
+sends, deliveries = _journal_tables(metadata, 3)
 
 
 # --- migrations -------------------------------------------------------------------------------
-# Append only; never edit a released step. A step that changes an existing table must spell
-# out its DDL (op on the old shape) instead of using the current Table objects above.
+# Append only; never change what a released step does. A step that changes an existing table
+# must spell out its DDL (op on the old shape) instead of using the current Table objects above,
+# and a step creating a table that a later step alters must create it in its own version's shape
+# (as `_v2_send_journal` does), so a fresh database and an upgraded one end up identical.
 
 
 def _v1_core(conn: Connection) -> None:
@@ -214,13 +231,45 @@ def _v1_core(conn: Connection) -> None:
 
 
 def _v2_send_journal(conn: Connection) -> None:
-    sends.create(conn)
-    deliveries.create(conn)
+    # The tables as version 2 created them (later steps ALTER them), in a scratch MetaData that
+    # also knows `lists` for the foreign key.
+    md = sa.MetaData(naming_convention=metadata.naming_convention)
+    lists.to_metadata(md)
+    for table in _journal_tables(md, 2):
+        table.create(conn)
+
+
+# What versions ≤ 2 wrote in front of `deliveries.smtp_reply` instead of a flag.
+_V2_IN_FLIGHT_PREFIX = "[in flight at an interruption; may be duplicated] "
+
+
+def _add_column(conn: Connection, table: str, column: sa.Column[Any]) -> None:
+    """ALTER TABLE … ADD COLUMN, the column spelled by the connection's dialect."""
+    sa.Table(table, sa.MetaData(), column)
+    spec = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
+    conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {spec}"))
+
+
+def _v3_journal_columns(conn: Connection) -> None:
+    _add_column(conn, "deliveries", sa.Column("possibly_duplicated", sa.Boolean, nullable=False,
+                                              server_default=sa.false()))
+    _add_column(conn, "sends", sa.Column("reason", sa.Text, nullable=True))
+    # Move the old prefix into the flag; a reply that was only the prefix becomes NULL.
+    old = sa.table("deliveries", sa.column("smtp_reply", sa.Text),
+                   sa.column("possibly_duplicated", sa.Boolean))
+    conn.execute(old.update().where(
+        old.c.smtp_reply.startswith(_V2_IN_FLIGHT_PREFIX, autoescape=True)
+    ).values(
+        possibly_duplicated=True,
+        smtp_reply=sa.func.nullif(
+            sa.func.substr(old.c.smtp_reply, len(_V2_IN_FLIGHT_PREFIX) + 1), ""),
+    ))
 
 
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "subscribers, lists, memberships, consent log, suppressions", _v1_core),
     (2, "send journal: sends, deliveries", _v2_send_journal),
+    (3, "send journal: sends.reason, deliveries.possibly_duplicated", _v3_journal_columns),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

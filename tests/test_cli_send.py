@@ -9,10 +9,12 @@ from test_send_support import make_list, parse
 from typer.testing import CliRunner
 
 from newsletter.cli import app
-from newsletter.store import deliveries
+from newsletter.store import deliveries, sends
 
 runner = CliRunner()
 ISSUE = "issues/2026-02.yaml"
+# 73 characters: "Subject:    " + this is wider than 80 columns.
+SUBJECT = "Smart zu wissen: Neue Wahlmodule, Peer-Learnings und der 8. MPSC-Kongress"
 
 
 def run(project, *args, input=None):
@@ -25,17 +27,25 @@ def test_send_to_a_list_into_the_outbox_then_history(project):
     assert result.exit_code == 0, result.output
     assert "Recipients: 4 subscribed" in result.output
     assert "Maildir" in result.output and "4 sent" in result.output
+    # Long lines are not broken at 80 columns when piped: the subject and the report stay whole.
+    lines = result.output.splitlines()
+    assert "Subject:    " + SUBJECT in lines
+    assert any(line.startswith("Send #1 finished in ") and line.endswith(
+        "4 sent, 0 failed permanently (0 bounced), 0 failed temporarily, 0 skipped "
+        "(no longer subscribed), 0 pending.") for line in lines), result.output
     assert len(list((project.outbox_dir / "new").iterdir())) == 4
 
     listing = json.loads(run(project, "sends", "ls", "--json").stdout)
-    assert [(s["issue"], s["list"], s["status"], s["counts"]["sent"]) for s in listing] == [
-        ("2026-02", "news", "finished", 4)]
+    assert [(s["issue"], s["list"], s["status"], s["reason"], s["possibly_duplicated"],
+             s["counts"]["sent"]) for s in listing] == [("2026-02", "news", "finished", None, [], 4)]
     shown = json.loads(run(project, "sends", "show", str(listing[0]["id"]), "--json").stdout)
     assert len(shown["deliveries"]) == 4
-    assert all(d["status"] == "sent" and d["smtp_reply"].startswith("250") for d in shown["deliveries"])
-    assert shown["possibly_duplicated"] == []
+    assert all(d["status"] == "sent" and d["smtp_reply"].startswith("250")
+               and d["possibly_duplicated"] is False for d in shown["deliveries"])
+    assert shown["possibly_duplicated"] == [] and shown["reason"] is None
     human = run(project, "sends", "show", str(listing[0]["id"]))
     assert human.exit_code == 0 and "person0000@example.org" in human.output
+    assert "Subject: " + SUBJECT in human.output.splitlines()
 
     again = run(project, "send", str(project.root / ISSUE), "--list", "news", "--yes")
     assert again.exit_code == 0 and "Resuming send" in again.output
@@ -97,4 +107,32 @@ def test_show_lists_the_possibly_duplicated_in_flight_rows(project):
     shown = json.loads(run(project, "sends", "show", "1", "--json").stdout)
     assert shown["possibly_duplicated"] == [addresses[1]]
     row = next(d for d in shown["deliveries"] if d["email"] == addresses[1])
-    assert row["status"] == "sent" and row["possibly_duplicated"]
+    assert row["status"] == "sent" and row["possibly_duplicated"] is True
+    assert row["smtp_reply"].startswith("250")  # the reply itself, no marker text in it
+    assert [d["email"] for d in shown["deliveries"] if d["possibly_duplicated"]] == [addresses[1]]
+    # The flag is a column of its own, kept for good.
+    with store.read() as conn:
+        flagged = conn.execute(sa.select(deliveries.c.email)
+                               .where(deliveries.c.possibly_duplicated)).scalars().all()
+    assert flagged == [addresses[1]]
+    (listed,) = json.loads(run(project, "sends", "ls", "--json").stdout)
+    assert listed["possibly_duplicated"] == [addresses[1]] and listed["status"] == "finished"
+    human = run(project, "sends", "ls")
+    assert f"#1 possibly duplicated (in flight at an interruption): {addresses[1]}" in human.output
+
+
+def test_resuming_a_paused_send_says_why_it_stopped(project):
+    store, _list_id, _addresses = make_list(project, 3)
+    assert run(project, "send", str(project.root / ISSUE), "--list", "news", "--yes").exit_code == 0
+    reason = "paused after 3 policy rejections in a row (last: 550 5.7.1 blocked)"
+    with store.write() as conn:  # what a paused run leaves: the status and why
+        conn.execute(sa.update(sends).values(status="paused", reason=reason, finished_at=None))
+    shown = json.loads(run(project, "sends", "show", "1", "--json").stdout)
+    assert (shown["status"], shown["reason"]) == ("paused", reason)
+    assert f"Reason: {reason}" in run(project, "sends", "show", "1").output.splitlines()
+    resumed = run(project, "send", str(project.root / ISSUE), "--list", "news", "--yes")
+    assert resumed.exit_code == 0, resumed.output
+    assert "Resuming send #1 (paused)" in resumed.output
+    assert f"It stopped: {reason}" in resumed.output.splitlines()
+    shown = json.loads(run(project, "sends", "show", "1", "--json").stdout)
+    assert (shown["status"], shown["reason"]) == ("finished", None)

@@ -55,6 +55,8 @@ def test_sigkill_mid_send_then_resume(project_dir, monkeypatch):
         in_flight = {r.email for r in rows if r.status == "sending"}
         assert 0 < len(in_flight) <= 4
         assert len(server.messages) < 60  # really killed mid-send
+        assert set(info.possibly_duplicated) == in_flight  # `sending` rows count before the resume
+        assert not any(r.possibly_duplicated for r in rows)  # …but are not flagged yet
 
         report = run_send(plan_send(project, issue_path(project), "news"))
     finally:
@@ -68,9 +70,13 @@ def test_sigkill_mid_send_then_resume(project_dir, monkeypatch):
     duplicated = {address for address, n in counts.items() if n > 1}
     assert duplicated <= in_flight
     assert all(n <= 2 for n in counts.values())
-    # The journal keeps the mark; `sends show` lists exactly these.
-    marked = {r.email for r in Journal(store).deliveries(info.id) if r.possibly_duplicated}
-    assert marked == in_flight
+    # The journal keeps the flag (its own column); `sends show` lists exactly these.
+    rows = Journal(store).deliveries(info.id)
+    assert {r.email for r in rows if r.possibly_duplicated} == in_flight
+    assert all(r.status == "sent" and r.smtp_reply.startswith("250") for r in rows)
+    resumed = Journal(store).get(info.id)
+    assert (resumed.status, resumed.reason) == ("finished", None)
+    assert set(resumed.possibly_duplicated) == in_flight
 
 
 def test_ctrl_c_finishes_in_flight_messages_and_resume_sends_the_rest(project_dir, monkeypatch):
@@ -99,6 +105,7 @@ def test_ctrl_c_finishes_in_flight_messages_and_resume_sends_the_rest(project_di
         (info,) = journal.all()
         rows = journal.deliveries(info.id)
         assert info.status == "interrupted"
+        assert info.reason == "interrupted (Ctrl-C); messages in flight were finished and recorded"
         assert not [r for r in rows if r.status == "sending"]  # in-flight ones finished and recorded
         sent_before = {r.email for r in rows if r.status == "sent"}
         assert sent_before == {m.rcpt_tos[0] for m in server.messages}
@@ -108,4 +115,5 @@ def test_ctrl_c_finishes_in_flight_messages_and_resume_sends_the_rest(project_di
     finally:
         controller.stop()
     assert report.sent == 60 and report.possibly_duplicated == []
+    assert Journal(store).get(info.id).reason is None
     assert Counter(m.rcpt_tos[0] for m in server.messages) == Counter(addresses)  # nobody twice

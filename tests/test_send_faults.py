@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 from collections import Counter
 
 import pytest
 from conftest import RecordingHandler, free_port, start_smtp
 from test_send_support import issue_path, make_list
+from typer.testing import CliRunner
 
+from newsletter.cli import app
 from newsletter.config import load_project
-from newsletter.journal import ContentChanged, Journal
+from newsletter.journal import CONTENT_CHANGED_NOTE, ContentChanged, Journal
 from newsletter.send import plan_send, run_send
 from newsletter.transport import DeliveryError
 
@@ -41,6 +44,12 @@ def serve(project_dir, monkeypatch):
 
 def delivered(server) -> Counter[str]:
     return Counter(m.rcpt_tos[0] for m in server.messages)
+
+
+def sends_json(project, *args):
+    result = CliRunner().invoke(app, ["sends", *args, "--json", "--project", str(project.root)])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
 
 
 def test_random_451s_are_retried_until_everybody_has_it(serve):
@@ -158,10 +167,20 @@ def test_policy_rejections_in_a_row_pause_the_send_and_leave_subscribers_alone(s
     assert (report.failed_permanent, report.sent, report.pending) == (3, 0, 7)
     assert all(store.membership_status(m.subscriber_id, list_id) == "subscribed"
                for m in store.members(list_id, status=None))
+    # The reason is stored with the send: `sends show` / `sends ls` tell it later.
+    shown = sends_json(project, "show", str(report.send_id))
+    assert shown["status"] == "paused" and shown["reason"] == report.reason
+    assert [s["reason"] for s in sends_json(project, "ls")] == [report.reason]
+    for command in ("show", "1"), ("ls",):
+        human = CliRunner().invoke(app, ["sends", *command, "--project", str(project.root)])
+        assert human.exit_code == 0
+        assert any(line.endswith(report.reason) for line in human.output.splitlines()), human.output
     handler.blocked = False
     again = run_send(plan_send(project, issue_path(project), "news"))
     assert again.status == "finished" and again.sent == 7
     assert set(delivered(server)) == set(addresses[3:])
+    shown = sends_json(project, "show", str(report.send_id))
+    assert (shown["status"], shown["reason"]) == ("finished", None)
 
 
 def test_starttls_required_but_not_offered_sends_nothing(serve):
@@ -203,12 +222,18 @@ def test_server_going_away_mid_send_loses_nothing(serve):
     handler = Dying()
     project, server, controller = serve(handler)
     store, _list_id, addresses = make_list(project, 8)
-    with pytest.raises(DeliveryError, match="nothing is lost"):
+    with pytest.raises(DeliveryError, match="nothing is lost") as stopped:
         run_send(plan_send(project, issue_path(project), "news", concurrency=1))
-    rows = Journal(store).deliveries(Journal(store).all()[0].id)
+    (info,) = Journal(store).all()
+    # Why it stopped is kept for `sends show`: the same words the raised error began with.
+    assert info.status == "interrupted"
+    assert info.reason.startswith("cannot connect to the SMTP server")
+    assert stopped.value.message.splitlines()[0] == info.reason
+    rows = Journal(store).deliveries(info.id)
     sent = {r.email for r in rows if r.status == "sent"}
     assert sent == set(delivered(server))
     assert {r.status for r in rows} <= {"sent", "pending"}  # nothing stuck `sending`, nothing lost
+    assert info.possibly_duplicated == []
     # A new server on another port: the resume delivers the rest, nobody twice.
     project2, server2, _ = serve(RecordingHandler())
     report = run_send(plan_send(project2, issue_path(project2), "news"))
@@ -230,6 +255,14 @@ def test_changed_issue_stops_the_resume_unless_forced(serve):
                     encoding="utf-8")
     with pytest.raises(ContentChanged, match="--force"):
         run_send(plan_send(project, path, "news"))
+    # The refusal is noted on the paused send, after the reason it paused for.
+    (shown,) = sends_json(project, "ls")
+    assert shown["status"] == "paused"
+    assert shown["reason"] == f"{CONTENT_CHANGED_NOTE}; it had stopped: {first.reason}"
+    with pytest.raises(ContentChanged):  # refusing again does not repeat the note
+        run_send(plan_send(project, path, "news"))
+    assert sends_json(project, "ls")[0]["reason"] == shown["reason"]
     server.handler.data_reply = lambda envelope: "250 OK"
     report = run_send(plan_send(project, path, "news"), force=True)
     assert report.status == "finished" and report.sent == 4
+    assert sends_json(project, "ls")[0]["reason"] is None

@@ -242,12 +242,76 @@ def test_opening_an_older_database_upgrades_it_and_keeps_the_data(db_url: str) -
     old.close()
 
     upgraded = Store.open(db_url)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 2
+    assert upgraded.schema_version() == SCHEMA_VERSION == 3
     assert {"sends", "deliveries"} <= set(sa.inspect(upgraded.engine).get_table_names())
     assert upgraded.membership_status(sid, news.id) == "subscribed"
     upgraded.close()
     # Opening again is a no-op.
     assert Store.open(db_url).schema_version() == SCHEMA_VERSION
+
+
+OLD_IN_FLIGHT = "[in flight at an interruption; may be duplicated] "
+
+
+def test_version_2_journal_is_upgraded_prefix_moved_into_the_flag(db_url: str) -> None:
+    """Versions ≤ 2 marked possibly duplicated deliveries with a prefix in smtp_reply."""
+    old = Store.open(db_url, migrate_to=2)
+    news = old.create_list("news")
+    with old.write() as conn:  # the old shape, written as the old code did
+        conn.execute(sa.text(
+            "INSERT INTO sends (id, issue_slug, list_id, content_hash, subject, status, transport, "
+            "created_at, updated_at) VALUES (1, '2026-02', :list, 'h', 'S', 'paused', 'smtp', "
+            "'2026-02-01 10:00:00', '2026-02-01 10:00:00')"), {"list": news.id})
+        conn.execute(sa.text(
+            "INSERT INTO deliveries (send_id, subscriber_id, email, status, attempts, smtp_reply, "
+            "updated_at) VALUES (1, :sid, :email, :status, 1, :reply, '2026-02-01 10:00:00')"), [
+            {"sid": 1, "email": "twice@example.org", "status": "sent",
+             "reply": OLD_IN_FLIGHT + "250 2.0.0 Ok: queued as 4711"},
+            {"sid": 2, "email": "again@example.org", "status": "pending",
+             "reply": OLD_IN_FLIGHT + "in flight when the send stopped"},
+            {"sid": 3, "email": "bare@example.org", "status": "sent", "reply": OLD_IN_FLIGHT},
+            {"sid": 4, "email": "once@example.org", "status": "sent", "reply": "250 2.0.0 Ok"},
+            {"sid": 5, "email": "none@example.org", "status": "pending", "reply": None},
+        ])
+    old.close()
+
+    upgraded = Store.open(db_url)
+    assert upgraded.schema_version() == 3
+    with upgraded.read() as conn:
+        rows = conn.execute(sa.select(
+            store_module.deliveries.c.email, store_module.deliveries.c.smtp_reply,
+            store_module.deliveries.c.possibly_duplicated,
+        ).order_by(store_module.deliveries.c.subscriber_id)).all()
+        reason = conn.execute(sa.select(store_module.sends.c.reason)).scalar_one()
+    assert [tuple(r) for r in rows] == [
+        ("twice@example.org", "250 2.0.0 Ok: queued as 4711", True),
+        ("again@example.org", "in flight when the send stopped", True),
+        ("bare@example.org", None, True),
+        ("once@example.org", "250 2.0.0 Ok", False),
+        ("none@example.org", None, False),
+    ]
+    assert reason is None  # never recorded before version 3
+    upgraded.close()
+
+
+def _journal_columns(url: str) -> dict[str, list[tuple[str, bool, str | None]]]:
+    with Store.open(url) as opened:
+        inspector = sa.inspect(opened.engine)
+        return {table: sorted((c["name"], c["nullable"], c["default"])
+                              for c in inspector.get_columns(table))
+                for table in ("sends", "deliveries")}
+
+
+def test_fresh_and_upgraded_databases_have_the_same_journal_columns(tmp_path: Path) -> None:
+    Store.open(f"sqlite:///{tmp_path / 'old.db'}", migrate_to=1).close()
+    upgraded = _journal_columns(f"sqlite:///{tmp_path / 'old.db'}")
+    fresh = _journal_columns(f"sqlite:///{tmp_path / 'new.db'}")
+    assert upgraded == fresh
+    # …and they are the columns the Table objects (used by every query) declare.
+    for table in (store_module.sends, store_module.deliveries):
+        assert [c[0] for c in fresh[table.name]] == sorted(table.c.keys())
+    assert ("possibly_duplicated", False, "0") in fresh["deliveries"]
+    assert ("reason", True, None) in fresh["sends"]
 
 
 def test_database_newer_than_the_program_is_refused(db_url: str) -> None:

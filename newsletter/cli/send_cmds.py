@@ -105,28 +105,34 @@ def send(
         raise typer.Exit(130)
 
 
+def _say(text: str, *, err: bool = False) -> None:
+    """One line, never broken by rich (a subject or address stays whole when piped)."""
+    (err_console if err else console).print(text, soft_wrap=True)
+
+
 def _summary(plan: SendPlan) -> None:
     for warning in plan.warnings:
-        err_console.print(escape(warning), soft_wrap=True)
+        _say(escape(warning), err=True)
     mailing_list = plan.mailing_list
     title = f" ({mailing_list.title})" if mailing_list.title else ""
-    console.print(f"[bold]Subject:[/bold]    {escape(plan.rendered.subject)}")
-    console.print(f"[bold]List:[/bold]       {escape(mailing_list.name + title)}")
-    console.print(f"[bold]Recipients:[/bold] {plan.recipients} subscribed")
+    _say(f"[bold]Subject:[/bold]    {escape(plan.rendered.subject)}")
+    _say(f"[bold]List:[/bold]       {escape(mailing_list.name + title)}")
+    _say(f"[bold]Recipients:[/bold] {plan.recipients} subscribed")
     rate = f"{plan.rate:g}/s" if plan.rate else "unlimited"
-    console.print(f"[bold]Transport:[/bold]  {escape(plan.transport.description)} — "
-                  f"{plan.concurrency} connection(s), rate {rate}")
+    _say(f"[bold]Transport:[/bold]  {escape(plan.transport.description)} — "
+         f"{plan.concurrency} connection(s), rate {rate}")
     existing = plan.existing
     if existing is not None:
         c = existing.counts
-        console.print(
-            f"[yellow]Resuming send #{existing.id} ({existing.status}):[/yellow] {c['sent']} already "
-            f"sent and not sent again, {c['pending'] + c['failed_temporary']} to (re)try"
-            + (f", {c['sending']} in flight at the interruption (sent again; may be duplicated)"
-               if c["sending"] else ""))
+        _say(f"[yellow]Resuming send #{existing.id} ({existing.status}):[/yellow] {c['sent']} already "
+             f"sent and not sent again, {c['pending'] + c['failed_temporary']} to (re)try"
+             + (f", {c['sending']} in flight at the interruption (sent again; may be duplicated)"
+                if c["sending"] else ""))
+        if existing.reason:
+            _say(f"It stopped: {escape(existing.reason)}")
         if existing.content_hash != plan.content_hash:
-            console.print("[red]The issue changed since this send started[/red] (use --force to "
-                          "send the new version to the rest).")
+            _say("[red]The issue changed since this send started[/red] (use --force to "
+                 "send the new version to the rest).")
 
 
 class _RateColumn(ProgressColumn):
@@ -152,18 +158,18 @@ def _send_with_progress(plan: SendPlan, force: bool) -> SendReport:
 
 def _final_report(report: SendReport) -> None:
     color = {"finished": "green", "paused": "yellow", "interrupted": "yellow"}[report.status]
-    console.print(f"[{color}]Send #{report.send_id} {report.status}[/{color}] in {report.seconds:.1f} s: "
-                  f"{report.sent} sent, {report.failed_permanent} failed permanently "
-                  f"({report.bounced} bounced), {report.failed_temporary} failed temporarily, "
-                  f"{report.skipped} skipped (no longer subscribed), {report.pending} pending.")
+    _say(f"[{color}]Send #{report.send_id} {report.status}[/{color}] in {report.seconds:.1f} s: "
+         f"{report.sent} sent, {report.failed_permanent} failed permanently "
+         f"({report.bounced} bounced), {report.failed_temporary} failed temporarily, "
+         f"{report.skipped} skipped (no longer subscribed), {report.pending} pending.")
     if report.reason:
-        err_console.print(escape(report.reason))
+        _say(escape(report.reason), err=True)
     if report.possibly_duplicated:
-        console.print(f"{len(report.possibly_duplicated)} recipient(s) were in flight at an "
-                      "interruption and may have got the issue twice: "
-                      + escape(", ".join(report.possibly_duplicated)))
+        _say(f"{len(report.possibly_duplicated)} recipient(s) were in flight at an "
+             "interruption and may have got the issue twice: "
+             + escape(", ".join(report.possibly_duplicated)))
     if report.failed_temporary or report.pending:
-        console.print("Re-run the same command to retry the rest; nobody gets the issue twice.")
+        _say("Re-run the same command to retry the rest; nobody gets the issue twice.")
 
 
 @sends_app.command("ls")
@@ -185,14 +191,22 @@ def sends_ls(json: JsonOption = False, project: ProjectOption = None) -> None:
     if not infos:
         console.print("No sends yet.")
         return
-    table = Table("ID", "Issue", "List", "Status", "Sent", "Failed", "Skipped", "Open", "Started (UTC)")
+    table = Table("ID", "Issue", "List", "Status", "Sent", "Failed", "Skipped", "Open", "Dup.",
+                  "Started (UTC)")
     for i in infos:
         c = i.counts
         table.add_row(str(i.id), escape(i.issue_slug), escape(i.list_name), i.status,
                       f"{c['sent']}/{c['total']}", str(c["failed_permanent"] + c["failed_temporary"]),
                       str(c["skipped"]), str(c["pending"] + c["sending"]),
-                      f"{i.created_at:%Y-%m-%d %H:%M}")
+                      str(len(i.possibly_duplicated)), f"{i.created_at:%Y-%m-%d %H:%M}")
     console.print(table)
+    # Reasons and addresses are too long for the table: one whole line each below it.
+    for i in infos:
+        if i.reason:
+            _say(f"#{i.id} {i.status}: {escape(i.reason)}")
+        if i.possibly_duplicated:
+            _say(f"#{i.id} possibly duplicated (in flight at an interruption): "
+                 + escape(", ".join(i.possibly_duplicated)))
 
 
 @sends_app.command("show")
@@ -214,23 +228,23 @@ def sends_show(
             if info is None:
                 raise NewsletterError(f"no send with ID {send_id}; see `newsletter sends ls`")
             rows = journal.deliveries(send_id)
-            duplicated = journal.possibly_duplicated(send_id)
         finally:
             store.close()
     if json:
-        print_json({**info.as_dict(), "possibly_duplicated": duplicated,
-                    "deliveries": [r.as_dict() for r in rows]})
+        print_json({**info.as_dict(), "deliveries": [r.as_dict() for r in rows]})
         return
     c = info.counts
-    console.print(f"[bold]Send #{info.id}[/bold] {escape(info.issue_slug)} → {escape(info.list_name)}: "
-                  f"{info.status}, via {escape(info.transport)}")
-    console.print(f"Subject: {escape(info.subject)}")
-    console.print(f"{c['total']} recipients: {c['sent']} sent, {c['failed_permanent']} failed "
-                  f"permanently, {c['failed_temporary']} failed temporarily, {c['skipped']} skipped, "
-                  f"{c['pending']} pending, {c['sending']} in flight")
-    if duplicated:
-        console.print("[yellow]Possibly duplicated[/yellow] (in flight at an interruption): "
-                      + escape(", ".join(duplicated)))
+    _say(f"[bold]Send #{info.id}[/bold] {escape(info.issue_slug)} → {escape(info.list_name)}: "
+         f"{info.status}, via {escape(info.transport)}")
+    if info.reason:
+        _say(f"[yellow]Reason:[/yellow] {escape(info.reason)}")
+    _say(f"Subject: {escape(info.subject)}")
+    _say(f"{c['total']} recipients: {c['sent']} sent, {c['failed_permanent']} failed "
+         f"permanently, {c['failed_temporary']} failed temporarily, {c['skipped']} skipped, "
+         f"{c['pending']} pending, {c['sending']} in flight")
+    if info.possibly_duplicated:
+        _say("[yellow]Possibly duplicated[/yellow] (in flight at an interruption): "
+             + escape(", ".join(info.possibly_duplicated)))
     table = Table()
     # Addresses stay whole (to be copied); the reply wraps instead.
     widest = max((len(r.email) for r in rows), default=10)
@@ -240,7 +254,6 @@ def sends_show(
     table.add_column("SMTP reply", overflow="fold")
     table.add_column("Time (UTC)")
     for r in rows:
-        reply = r.as_dict()["smtp_reply"] or ""
         table.add_row(escape(r.email), r.status + (" *" if r.possibly_duplicated else ""),
-                      str(r.attempts), escape(reply), f"{r.updated_at:%Y-%m-%d %H:%M:%S}")
+                      str(r.attempts), escape(r.smtp_reply or ""), f"{r.updated_at:%Y-%m-%d %H:%M:%S}")
     console.print(table)
