@@ -14,6 +14,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -37,6 +38,14 @@ def _base_url(value: str) -> str:
     return value
 
 
+def _timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"`{value}` is not a time zone name such as Europe/Berlin") from None
+    return value
+
+
 HeaderText = Annotated[str, AfterValidator(_no_control_chars)]
 
 
@@ -55,7 +64,7 @@ class NewsletterSettings(Section):
     )
     reply_to: HeaderText | None = None
     list_id: HeaderText | None = Field(None, description="List-Id; default derived from base_url")
-    timezone: str = "Europe/Berlin"
+    timezone: Annotated[str, AfterValidator(_timezone)] = "Europe/Berlin"
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

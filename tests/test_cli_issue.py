@@ -76,6 +76,28 @@ def test_new_creates_an_issue_that_validates(
     assert result.exit_code == 0, result.stderr
 
 
+def test_new_writes_into_the_projects_issues_from_a_subdirectory(
+    tmp_path: Path, runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner.invoke(app, ["init", str(tmp_path)])
+    (tmp_path / "templates" / "sub").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "templates" / "sub")
+    result = runner.invoke(app, ["new", "--date", "2026-04-01"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "issues" / "2026-04.yaml").is_file()
+    assert not (tmp_path / "templates" / "sub" / "issues").exists()
+
+
+def test_new_outside_a_project_without_dir_says_so(
+    tmp_path: Path, runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["new", "--date", "2026-04-01"])
+    assert result.exit_code == 1
+    assert "no newsletter.toml found" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_new_does_not_overwrite_an_issue_of_the_same_month(tmp_path: Path, runner: CliRunner) -> None:
     issues = tmp_path / "issues"
     assert runner.invoke(app, ["new", "--date", "2026-03-01", "--dir", str(issues)]).exit_code == 0

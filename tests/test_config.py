@@ -8,7 +8,7 @@ import pytest
 import typer
 
 from newsletter.cli.common import get_project
-from newsletter.config import load_project
+from newsletter.config import load_project, load_settings
 from newsletter.errors import ConfigError, ProjectNotFound
 
 
@@ -180,3 +180,13 @@ def test_config_error_in_a_command_is_printed_without_traceback(
     err = capsys.readouterr().err
     assert err.startswith(f"{path}:{line_of(path, 'password')}:12: smtp.password: secrets")
     assert "Traceback" not in err
+
+
+def test_unknown_time_zone_is_a_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "newsletter.toml"
+    config.write_text('[newsletter]\ntimezone = "Europe/Berln"\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config)
+    (line,) = caught.value.lines()
+    assert line.startswith(f"{config}:2:")
+    assert "newsletter.timezone: `Europe/Berln` is not a time zone name" in line

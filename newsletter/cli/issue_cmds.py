@@ -10,7 +10,15 @@ from typing import Annotated
 import typer
 
 from newsletter import scaffold
-from newsletter.cli.common import app, console, err_console, fail, user_errors
+from newsletter.cli.common import (
+    ProjectOption,
+    app,
+    console,
+    err_console,
+    fail,
+    get_project,
+    user_errors,
+)
 from newsletter.errors import NewsletterError, Problem
 from newsletter.model import Issue
 from newsletter.validate import load_issue
@@ -94,7 +102,12 @@ def new(
         str | None,
         typer.Option("--date", help="Publication date (2026-03-01); default: today.", show_default=False),
     ] = None,
-    directory: Annotated[Path, typer.Option("--dir", help="Where to put the file.")] = Path("issues"),
+    directory: Annotated[
+        Path | None,
+        typer.Option("--dir", help="Where to put the file (default: the project's issues/).",
+                     show_default=False),
+    ] = None,
+    project: ProjectOption = None,
 ) -> None:
     """Start a new issue file from a skeleton, named after its date.
 
@@ -105,6 +118,16 @@ def new(
     except ValueError:
         message = f"`{on}` is not a date like 2026-03-01"
         fail(NewsletterError(problems=[Problem("--date", None, None, "", message)]))
+    if directory is None:
+        directory = get_project(project).issues_dir
     with user_errors():
         path = scaffold.new_issue(directory, when)
-    console.print(f"created {path}", markup=False)
+    console.print(f"created {_relative(path)}", markup=False)
+
+
+def _relative(path: Path) -> Path:
+    """`path` relative to the current directory where it is below it, for shorter output."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
