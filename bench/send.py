@@ -80,7 +80,7 @@ def message_size(project) -> int:
     rendered = render_issue(load_issue(project.root / "issues" / "2026-02.yaml"), project)
     prepared = prepare(project, rendered, list_name="bench")
     raw = prepared.personalise(Recipient("user1@example.org", "Person 1", 1, 1),
-                               Tokens.for_project(project).unsubscribe(1, 1))
+                               Tokens.for_project(project).unsubscribe("bench-sample", 1))
     return len(raw)
 
 

@@ -55,9 +55,10 @@ def seed(root: Path, count: int) -> tuple[list[str], int]:
         conn.execute(memberships.insert(), [
             {"subscriber_id": i, "list_id": lst.id, "status": "subscribed", "created_at": now,
              "updated_at": now} for i in range(1, count + 1)])
+    token_ids = store.token_ids(lst.id)
     store.close()
     tokens = Tokens.for_project(project)
-    return [tokens.unsubscribe(i, lst.id) for i in range(1, count + 1)], lst.id
+    return [tokens.unsubscribe(token_ids[i], lst.id) for i in range(1, count + 1)], lst.id
 
 
 async def phase(client: httpx.AsyncClient, requests: list[tuple[str, str, dict | None]],

@@ -8,6 +8,8 @@ A row becomes `sending` in a committed transaction *before* its message is hande
 after a crash the rows still `sending` are exactly the messages that may or may not have been
 accepted (at most one per connection). A resume sends those again — nobody may miss the issue —
 and flags them `possibly_duplicated` for good; everything already `sent` is never sent again.
+A connection lost after the whole message was written is the same uncertainty: the row is
+flagged when that result is recorded (it is sent again, by a retry or the next resume).
 Why a send paused or was interrupted is kept in `sends.reason` (NULL while running and once
 finished).
 
@@ -17,7 +19,6 @@ just finished, checks the subscription state of the next recipients and marks th
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -50,7 +51,8 @@ _ROW = (deliveries.c.send_id == sa.bindparam("send")) & (
     deliveries.c.subscriber_id == sa.bindparam("sid"))
 _RECORD = deliveries.update().where(_ROW).values(
     status=sa.bindparam("st"), smtp_code=sa.bindparam("code"), smtp_reply=sa.bindparam("reply"),
-    updated_at=sa.bindparam("now"), attempts=deliveries.c.attempts + sa.bindparam("inc"))
+    updated_at=sa.bindparam("now"), attempts=deliveries.c.attempts + sa.bindparam("inc"),
+    possibly_duplicated=deliveries.c.possibly_duplicated | sa.bindparam("dup", type_=sa.Boolean))
 _CLAIM = deliveries.update().where(_ROW).values(
     status="sending", updated_at=sa.bindparam("now"), message_id=sa.bindparam("mid"))
 _SKIP = deliveries.update().where(_ROW).values(
@@ -62,14 +64,6 @@ _MEMBERSHIP = sa.select(memberships.c.subscriber_id, memberships.c.status).where
 
 class ContentChanged(NewsletterError):
     """The issue changed since the interrupted send started."""
-
-
-def content_hash(subject: str, html: str, text: str) -> str:
-    digest = hashlib.sha256()
-    for part in (subject, html, text):
-        digest.update(part.encode("utf-8"))
-        digest.update(b"\0")
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +85,7 @@ class Outcome:
     code: int | None = None
     reply: str | None = None
     counted: bool = True  # False: released unsent (connection failure), no attempt used
+    uncertain: bool = False  # the server may have accepted it: flag the row possibly duplicated
 
 
 @dataclass
@@ -148,7 +143,6 @@ class Resume:
     send: SendInfo
     resumed: bool
     jobs: list[Job]  # rows still to send, in order
-    recovered_in_flight: list[str]  # addresses `sending` at the interruption, sent again now
 
 
 class Journal:
@@ -215,21 +209,23 @@ class Journal:
             else:
                 send_id = row.id
                 if row.content_hash != content and not force:
+                    sent = conn.execute(sa.select(sa.func.count()).where(
+                        deliveries.c.send_id == send_id, deliveries.c.status == "sent")).scalar_one()
+                    name = conn.execute(sa.select(lists.c.name).where(
+                        lists.c.id == list_id)).scalar_one()
                     raise ContentChanged(
-                        f"the issue `{issue_slug}` changed since send #{send_id} to this list started "
-                        f"({row.created_at:%Y-%m-%d %H:%M} UTC); recipients already served got the "
-                        "old version. Re-run with --force to send the new version to the rest.")
+                        f"the issue `{issue_slug}` changed since send #{send_id} to the list "
+                        f"`{name}` started ({row.created_at:%Y-%m-%d %H:%M} UTC); {sent} "
+                        "recipients got the old version. Re-run with --force to send the new "
+                        "version to the rest.")
                 conn.execute(sends.update().where(sends.c.id == send_id).values(
                     status="running", reason=None, content_hash=content, subject=subject,
                     transport=transport, updated_at=now, finished_at=None))
             # A crash left these `sending`: maybe accepted, maybe not. Send again, flagged.
-            in_flight = conn.execute(sa.select(deliveries.c.email).where(
-                deliveries.c.send_id == send_id, deliveries.c.status == "sending")).scalars().all()
-            if in_flight:
-                conn.execute(deliveries.update().where(
-                    deliveries.c.send_id == send_id, deliveries.c.status == "sending",
-                ).values(status="pending", possibly_duplicated=True, updated_at=now, smtp_code=None,
-                         smtp_reply="in flight when the send stopped"))
+            conn.execute(deliveries.update().where(
+                deliveries.c.send_id == send_id, deliveries.c.status == "sending",
+            ).values(status="pending", possibly_duplicated=True, updated_at=now, smtp_code=None,
+                     smtp_reply="in flight when the send stopped"))
             # Every subscribed member without a row (all of them on a new send; people who joined
             # since, on a resume) gets one — in SQL, so 100,000 members cost no Python memory.
             done = sa.select(deliveries.c.subscriber_id).where(
@@ -250,7 +246,7 @@ class Journal:
             jobs = [Job(r.subscriber_id, r.email, r.name) for r in rows]
         info = self.get(send_id)
         assert info is not None
-        return Resume(info, resumed, jobs, list(in_flight))
+        return Resume(info, resumed, jobs)
 
     # --- the group commit -------------------------------------------------------------------
 
@@ -266,7 +262,8 @@ class Journal:
             if outcomes:
                 conn.execute(_RECORD, [
                     {"send": send_id, "sid": o.job.subscriber_id, "st": o.status, "code": o.code,
-                     "reply": o.reply, "inc": 1 if o.counted else 0, "now": now}
+                     "reply": o.reply, "inc": 1 if o.counted else 0, "now": now,
+                     "dup": o.uncertain}
                     for o in outcomes])
             if not candidates:
                 return [], []

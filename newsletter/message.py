@@ -31,6 +31,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from newsletter.config import Project
 from newsletter.errors import HeaderInjection, NewsletterError, Problem
 from newsletter.render import UNSUBSCRIBE_PLACEHOLDER
+from newsletter.tokens import signing_keys
 
 MAX_LINE = 998
 DKIM_HEADERS = (
@@ -56,6 +57,15 @@ class Recipient:
     name: str | None = None
     subscriber_id: int = 0
     list_id: int = 0
+
+
+def content_hash(subject: str, html: str, text: str) -> str:
+    """What identifies an issue's content: a send resumes only with the same hash."""
+    digest = hashlib.sha256()
+    for part in (subject, html, text):
+        digest.update(part.encode("utf-8"))
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 def check_header_value(value: str, what: str, source: str = "") -> str:
@@ -166,7 +176,9 @@ class PreparedMessage:
         return raw
 
     def message_id(self, recipient: Recipient) -> str:
-        """Unique per recipient, and the same on a resumed send (so clients can drop a duplicate)."""
+        """Unique per recipient; the same on a resumed send of the same content (so clients can
+        drop a duplicate), new when the content changed (`--force`), so the new version is not
+        dropped as a duplicate of the old one."""
         if not recipient.subscriber_id:
             return f"<{uuid.uuid4().hex}@{self.domain}>"
         digest = hashlib.blake2b(f"{recipient.subscriber_id}/{recipient.list_id}".encode(),
@@ -292,7 +304,11 @@ def prepare(
     for part in merged:
         if isinstance(part, bytes):
             _check_lines(part)
-    key = hashlib.blake2b(f"{rendered.slug}/{list_name}".encode(), digest_size=16).digest()
+    # Keyed with the project's secret: nobody outside can predict or forge the IDs.
+    secret = signing_keys(project)[0].encode("utf-8")
+    content = content_hash(rendered.subject, rendered.html, rendered.text)
+    key = hashlib.blake2b(f"{rendered.slug}/{list_name}/{content}".encode(),
+                          key=hashlib.sha256(secret).digest(), digest_size=16).digest()
     return PreparedMessage(
         parts=tuple(merged), sender=sender, domain=domain, unsubscribe_base=f"{base}/u/",
         message_id_key=key, dkim=dkim_signer(project, domain) if sign else None,

@@ -154,7 +154,8 @@ def _short(file: str, root: Path) -> str:
 
 
 def _sample_token(project: Project) -> str:
-    return Tokens.for_project(project).unsubscribe(SAMPLE_RECIPIENT.subscriber_id, SAMPLE_RECIPIENT.list_id)
+    # A token_id no subscriber has (real ones are 16 characters): the sample link unsubscribes nobody.
+    return Tokens.for_project(project).unsubscribe("preview-sample", SAMPLE_RECIPIENT.list_id)
 
 
 def _headers(project: Project, rendered: RenderedIssue, token: str) -> tuple[list[tuple[str, str]], str]:

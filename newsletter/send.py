@@ -4,19 +4,29 @@ Error policy (DESIGN.md section 5):
 
 * 4xx — retried with exponential backoff and jitter (`delivery.retry_delay`, doubling) up to
   `delivery.retries` times in this run, then `failed_temporary` (the next resume tries again).
-  421 and dropped connections also make the connection reconnect.
-* 5.1.x (mailbox unknown …) — `failed_permanent`, and the membership becomes `bounced`.
-* 5.7.x and other 5xx — `failed_permanent` for this message only, the subscriber is untouched;
-  after `delivery.max_policy_failures` of them in a row the send pauses and says why.
+  421 and dropped connections also make the connection reconnect; a connection lost after the
+  whole message was written flags the row `possibly_duplicated` (the server may have it).
+* 5xx at MAIL FROM, or 5.1.7 / 5.1.8 anywhere — the *sender* address is refused: the send pauses
+  at once, the message goes back to `pending`, nobody is marked.
+* 5.1.x at RCPT or DATA (one recipient per message) — the mailbox is unknown: `failed_permanent`,
+  and the membership becomes `bounced`.
+* 5.2.x (mailbox full / disabled) — `failed_permanent` for this message, subscriber untouched.
+* 5.7.x and other 5xx — the sender's problem (policy, reputation, content): `failed_temporary`
+  with the reply, so the next resume tries again; the subscriber is untouched. After
+  `delivery.max_policy_failures` of them in a row the send pauses and says why.
 * no connection / TLS / login — the send stops at once; the message in hand goes back to
   `pending`, nothing is lost.
 * Ctrl-C — no new message is started; those in flight finish and are recorded.
+
+The subscription is checked when a message is claimed, and a message is claimed only after its
+rate-limit slot has come: the check is at most one group commit old when SMTP gets the message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import heapq
 import random
 import re
@@ -30,8 +40,8 @@ from pathlib import Path
 
 from newsletter.config import Project
 from newsletter.errors import NewsletterError
-from newsletter.journal import ContentChanged, Job, Journal, Outcome, SendInfo, content_hash
-from newsletter.message import PreparedMessage, Recipient, check_address, prepare
+from newsletter.journal import ContentChanged, Job, Journal, Outcome, SendInfo
+from newsletter.message import PreparedMessage, Recipient, check_address, content_hash, prepare
 from newsletter.render import RenderedIssue, render_issue
 from newsletter.store import MailingList, Store, open_store
 from newsletter.tokens import Tokens
@@ -42,6 +52,9 @@ __all__ = ["ContentChanged", "DeliveryError", "Progress", "SendPlan", "SendRepor
            "plan_send", "run_send", "send_test"]
 
 MAX_BACKOFF = 300.0
+# What a [TEST] mail's unsubscribe link ends in: `{base_url}/u/test`, a page of `newsletter serve`
+# explaining that this was a test send (no subscriber, nothing to unsubscribe).
+TEST_UNSUBSCRIBE_TOKEN = "test"
 
 
 @dataclass
@@ -135,12 +148,6 @@ def run_send(plan: SendPlan, *, force: bool = False,
     """Send (or resume) the issue to the list; returns the report, raises DeliveryError on a
     connection/authentication failure after recording everything."""
     journal = Journal(plan.store)
-    if plan.existing is not None and plan.existing.content_hash != plan.content_hash and not force:
-        journal.refuse_changed(plan.existing.id)
-        raise ContentChanged(
-            f"the issue `{plan.rendered.slug}` changed since send #{plan.existing.id} to the list "
-            f"`{plan.mailing_list.name}` started; {plan.existing.counts.get('sent', 0)} recipients got "
-            "the old version. Re-run with --force to send the new version to the rest.")
     started = time.monotonic()
     prepared = prepare(plan.project, plan.rendered, list_name=plan.mailing_list.name,
                        list_title=plan.mailing_list.title)
@@ -151,7 +158,7 @@ def run_send(plan: SendPlan, *, force: bool = False,
             issue_slug=plan.rendered.slug, list_id=plan.mailing_list.id,
             subject=plan.rendered.subject, content=plan.content_hash,
             transport=plan.transport.description, force=force)
-    except ContentChanged:  # changed by someone else since plan_send looked
+    except ContentChanged:  # the issue changed since the send started: note it on the send
         existing = journal.find(plan.rendered.slug, plan.mailing_list.id)
         if existing is not None:
             journal.refuse_changed(existing.id)
@@ -182,12 +189,15 @@ def run_send(plan: SendPlan, *, force: bool = False,
 
 
 def classify(reply: Reply) -> str:
-    """sent | retry | bounce | policy | permanent."""
+    """sent | retry | sender | bounce | policy | permanent."""
     if reply.ok:
         return "sent"
     if reply.temporary:
         return "retry"
     enhanced = reply.enhanced
+    # MAIL FROM refused, or RFC 3463's "bad sender's address" (5.1.7, 5.1.8): the sender's problem.
+    if reply.stage == "mail" or enhanced in ("5.1.7", "5.1.8"):
+        return "sender"
     if enhanced.startswith("5.1.") or (
             not enhanced and reply.stage == "rcpt" and reply.code in (550, 551, 553)):
         return "bounce"
@@ -209,11 +219,12 @@ class _Run:
         self.list_id = plan.mailing_list.id
         self.settings = plan.project.settings.delivery
         self.tokens = Tokens.for_project(plan.project)
+        self.token_ids = plan.store.token_ids(self.list_id)  # links name token_ids, not ids
         self.queue: deque[Job] = deque(jobs)
         self.retry_heap: list[tuple[float, int, Job]] = []
         self.outcomes: list[Outcome] = []
         self.bounces: list[Outcome] = []
-        self.claims: list[tuple[Job, asyncio.Future[bool]]] = []
+        self.claims: list[tuple[Job, str, asyncio.Future[bool]]] = []  # job, Message-ID, claim
         self.flush_handle: asyncio.Handle | None = None
         self.committing = False
         self.progress_cb = progress
@@ -247,7 +258,7 @@ class _Run:
                 await asyncio.sleep(0.001)
             if self.outcomes or self.bounces or self.claims:  # results of the last messages
                 self._write(self.outcomes, self.bounces, [], {})
-                for _job, claim in self.claims:
+                for _job, _message_id, claim in self.claims:
                     claim.cancel()
             self.executor.shutdown()
             self._report(force=True)
@@ -261,14 +272,15 @@ class _Run:
             item = await self.next(outcome)
             if item is None:
                 return
-            job, claim = item
+            job, message_id, claim = item
             outcome = None
             try:
-                await self.rate.wait()
                 recipient = Recipient(job.email, job.name, job.subscriber_id, self.list_id)
+                # No token_id: the subscriber was erased after the jobs were loaded; the claim
+                # (membership check) then refuses the message before DATA, so "-" never goes out.
+                token_id = self.token_ids.get(job.subscriber_id, "-")
                 raw = self.prepared.personalise(
-                    recipient, self.tokens.unsubscribe(job.subscriber_id, self.list_id),
-                    self.prepared.message_id(recipient))
+                    recipient, self.tokens.unsubscribe(token_id, self.list_id), message_id)
                 # The claim (membership check + row `sending`) commits while MAIL/RCPT go out;
                 # the connection waits for it before DATA.
                 reply = await connection.send(sender, job.email, raw, claim)
@@ -295,13 +307,24 @@ class _Run:
         if kind == "retry":
             attempts = job.attempts + 1
             if attempts > self.settings.retries:
-                return Outcome(job, "failed_temporary", reply.code, text)
+                return Outcome(job, "failed_temporary", reply.code, text, uncertain=reply.uncertain)
             delay = min(self.settings.retry_delay * 2 ** (attempts - 1), MAX_BACKOFF)
             delay *= random.uniform(0.5, 1.5)  # jitter: retries of many messages spread out
-            again = Job(job.subscriber_id, job.email, job.name, attempts)
+            again = dataclasses.replace(job, attempts=attempts)
             self._seq += 1
             heapq.heappush(self.retry_heap, (time.monotonic() + delay, self._seq, again))
-            return Outcome(job, "pending", reply.code, f"{text} (retrying)")
+            return Outcome(job, "pending", reply.code, f"{text} (retrying)", uncertain=reply.uncertain)
+        if kind == "sender":
+            if not self.stopped:
+                self.paused = True
+                where = " at MAIL FROM" if reply.stage == "mail" else ""
+                self.stop(
+                    f"paused: the SMTP server refused the sender address <{self.prepared.sender}>"
+                    f"{where} ({text}). No recipient is at fault and nobody was marked bounced "
+                    "— check newsletter.from, the addresses the SMTP account may send as, and SPF, "
+                    "then re-run the same command to resume.")
+            # Never handed over: back to `pending`, no attempt used; the resume sends it.
+            return Outcome(job, "pending", reply.code, text, counted=False)
         if kind == "bounce":
             self.policy_streak = 0
             self.bounced += 1
@@ -317,7 +340,9 @@ class _Run:
                     "The receiving servers refuse the sender, not the recipients — check SPF/DKIM/"
                     "DMARC, the sending reputation, the content or the rate, then re-run the "
                     "same command to resume.")
-        return Outcome(job, "failed_permanent", reply.code, text)
+            # The sender's problem, not the subscriber's: open, so the next resume tries again.
+            return Outcome(job, "failed_temporary", reply.code, text)
+        return Outcome(job, "failed_permanent", reply.code, text)  # 5.2.x: this mailbox, for now
 
     # --- dispatcher (group commit) ----------------------------------------------------------
 
@@ -332,8 +357,9 @@ class _Run:
             self.stopped = True
             self.reason = reason
 
-    async def next(self, outcome: Outcome | None) -> tuple[Job, asyncio.Future[bool]] | None:
-        """Record `outcome`; the next job and its claim (True once committed as `sending`)."""
+    async def next(self, outcome: Outcome | None) -> tuple[Job, str, asyncio.Future[bool]] | None:
+        """Record `outcome`; the next job, its Message-ID and its claim (True once committed as
+        `sending`, False if the person is no longer subscribed)."""
         loop = asyncio.get_running_loop()
         if outcome is not None:
             self.outcomes.append(outcome)
@@ -352,10 +378,17 @@ class _Run:
                 continue
             else:
                 return None
+            # Wait for the rate limit *before* claiming: the claim checks the subscription, and
+            # that check must be fresh when SMTP gets the message, not a rate-limit slot old.
+            await self.rate.wait()
+            if self.stopped:  # the job is still `pending` in the journal: the resume sends it
+                return None
+            message_id = self.prepared.message_id(
+                Recipient(job.email, job.name, job.subscriber_id, self.list_id))
             claim: asyncio.Future[bool] = loop.create_future()
-            self.claims.append((job, claim))
+            self.claims.append((job, message_id, claim))
             self._wake()
-            return job, claim
+            return job, message_id, claim
 
     def _wake(self) -> None:
         if self.committing or self.flush_handle is not None or not (self.outcomes or self.claims):
@@ -370,9 +403,8 @@ class _Run:
         outcomes, self.outcomes = self.outcomes, []
         bounces, self.bounces = self.bounces, []
         claims, self.claims = self.claims, []
-        jobs = [job for job, _claim in claims]
-        ids = {j.subscriber_id: self.prepared.message_id(
-            Recipient(j.email, j.name, j.subscriber_id, self.list_id)) for j in jobs}
+        jobs = [job for job, _message_id, _claim in claims]
+        ids = {job.subscriber_id: message_id for job, message_id, _claim in claims}
         self.committing = True
         future = asyncio.get_running_loop().run_in_executor(
             self.executor, self._write, outcomes, bounces, jobs, ids)
@@ -387,7 +419,7 @@ class _Run:
         return result
 
     def _committed(self, future: asyncio.Future[tuple[list[Job], list[Job]]],
-                   claims: list[tuple[Job, asyncio.Future[bool]]]) -> None:
+                   claims: list[tuple[Job, str, asyncio.Future[bool]]]) -> None:
         self.committing = False
         try:
             go, skipped = future.result()
@@ -397,7 +429,7 @@ class _Run:
             self.reason = self.reason or f"the journal could not be written: {exc}"
             go, skipped = [], []
         cleared = {job.subscriber_id for job in go}
-        for job, claim in claims:
+        for job, _message_id, claim in claims:
             if not claim.done():
                 claim.set_result(job.subscriber_id in cleared)
         self.progress.skipped += len(skipped)
@@ -425,12 +457,13 @@ class _Run:
 
 
 def send_test(project: Project, issue_path: Path, addresses: Sequence[str]) -> list[tuple[str, Reply]]:
-    """Send the issue to `addresses` with subject "[TEST] …": no journal, no list needed."""
+    """Send the issue to `addresses` with subject "[TEST] …": no journal, no list needed.
+
+    The unsubscribe link is `{base_url}/u/test` (no subscriber behind it; `serve` says so)."""
     for address in addresses:
         check_address(address, "--to", "command line")
     rendered = render_issue(load_issue(issue_path), project)
     prepared = prepare(project, rendered, subject_prefix="[TEST] ")
-    tokens = Tokens.for_project(project)
     transport = transport_for(project)
 
     async def deliver() -> list[tuple[str, Reply]]:
@@ -439,7 +472,7 @@ def send_test(project: Project, issue_path: Path, addresses: Sequence[str]) -> l
         replies = []
         try:
             for address in addresses:
-                raw = prepared.personalise(Recipient(address), tokens.unsubscribe(0, 0))
+                raw = prepared.personalise(Recipient(address), TEST_UNSUBSCRIBE_TOKEN)
                 reply = await connection.send(prepared.sender, address, raw)
                 assert reply is not None  # only None when a `ready` claim says no
                 replies.append((address, reply))
@@ -451,8 +484,11 @@ def send_test(project: Project, issue_path: Path, addresses: Sequence[str]) -> l
 
 
 def dry_run(plan: SendPlan, directory: Path | None = None) -> tuple[Path, int]:
-    """Write the personalised message of every subscribed member as an .eml file; send nothing."""
-    directory = directory or plan.project.dist_dir / plan.rendered.slug / "dry-run"
+    """Write the personalised message of every subscribed member as an .eml file; send nothing.
+
+    The default directory is `outbox/dry-run/<slug>/`: git-ignored and never served (unlike
+    `dist/`, which `serve` publishes) — the files hold addresses and working unsubscribe links."""
+    directory = directory or plan.project.outbox_dir / "dry-run" / plan.rendered.slug
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -463,7 +499,7 @@ def dry_run(plan: SendPlan, directory: Path | None = None) -> tuple[Path, int]:
     count = 0
     for member in plan.store.members(plan.mailing_list.id):
         recipient = Recipient(member.email, member.name, member.subscriber_id, plan.mailing_list.id)
-        raw = prepared.personalise(recipient, tokens.unsubscribe(member.subscriber_id,
+        raw = prepared.personalise(recipient, tokens.unsubscribe(member.token_id,
                                                                  plan.mailing_list.id))
         name = re.sub(r"[^A-Za-z0-9@._+-]", "_", member.email)
         (directory / f"{member.subscriber_id:06d}-{name}.eml").write_bytes(raw)

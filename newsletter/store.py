@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -113,17 +114,40 @@ schema_version = sa.Table(
     sa.Column("applied_at", UtcDateTime, nullable=False),
 )
 
-subscribers = sa.Table(
-    "subscribers", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    # As normalised by email-validator: local part as written, domain lower-cased, IDN in Unicode.
-    sa.Column("email", sa.String(320), nullable=False, unique=True),
-    # email.lower(): the identity used for duplicates (Anna@x.de and anna@x.de are one person).
-    sa.Column("email_key", sa.String(320), nullable=False, unique=True),
-    sa.Column("name", sa.String(300), nullable=True),
-    sa.Column("attributes", sa.JSON, nullable=False, default=dict),
-    sa.Column("created_at", UtcDateTime, nullable=False, server_default=NOW),
-)
+def new_token_id() -> str:
+    """A subscriber's random, public handle for links (16 URL-safe characters, 96 bits)."""
+    return secrets.token_urlsafe(12)
+
+
+def _subscribers_table(md: sa.MetaData, version: int) -> sa.Table:
+    """`subscribers` as of schema `version`: 1 as first created, 4 with the columns migration 4
+    added (at the end, where ALTER TABLE puts them)."""
+    v4 = version >= 4
+    return sa.Table(
+        "subscribers", md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        # As normalised by email-validator: local part as written, domain lower-cased, IDN in Unicode.
+        sa.Column("email", sa.String(320), nullable=False, unique=True),
+        # email.lower(): the identity used for duplicates (Anna@x.de and anna@x.de are one person).
+        sa.Column("email_key", sa.String(320), nullable=False, unique=True),
+        sa.Column("name", sa.String(300), nullable=True),
+        sa.Column("attributes", sa.JSON, nullable=False, default=dict),
+        sa.Column("created_at", UtcDateTime, nullable=False, server_default=NOW),
+        *([
+            # What unsubscribe and confirmation links name instead of the (reusable, sequential)
+            # id. The Python default fills it on every insert through this Table, bulk ones too.
+            # Nullable only because SQLite cannot add a NOT NULL column without a constant default.
+            sa.Column("token_id", sa.String(32), nullable=True, default=new_token_id),
+            # Existed before migration 4: links already mailed name this row by id and stay valid
+            # while the row exists. Never true for a row created later, even one reusing an id.
+            sa.Column("legacy_tokens", sa.Boolean, nullable=False, default=False,
+                      server_default=sa.false()),
+            sa.Index("ix_subscribers_token_id", "token_id", unique=True),
+        ] if v4 else []),
+    )
+
+
+subscribers = _subscribers_table(metadata, 4)
 
 lists = sa.Table(
     "lists", metadata,
@@ -226,7 +250,12 @@ sends, deliveries = _journal_tables(metadata, 3)
 
 
 def _v1_core(conn: Connection) -> None:
-    for table in (subscribers, lists, memberships, consent_log, suppressions):
+    # `subscribers` as version 1 created it (migration 4 alters it), with the other tables in the
+    # same scratch MetaData so their foreign keys find it.
+    md = sa.MetaData(naming_convention=metadata.naming_convention)
+    tables = [_subscribers_table(md, 1)]
+    tables += [t.to_metadata(md) for t in (lists, memberships, consent_log, suppressions)]
+    for table in tables:
         table.create(conn)
 
 
@@ -266,10 +295,28 @@ def _v3_journal_columns(conn: Connection) -> None:
     ))
 
 
+def _v4_token_ids(conn: Connection) -> None:
+    _add_column(conn, "subscribers", sa.Column("token_id", sa.String(32), nullable=True))
+    _add_column(conn, "subscribers", sa.Column("legacy_tokens", sa.Boolean, nullable=False,
+                                               server_default=sa.false()))
+    old = sa.table("subscribers", sa.column("id", sa.Integer), sa.column("token_id", sa.String),
+                   sa.column("legacy_tokens", sa.Boolean))
+    ids = conn.execute(sa.select(old.c.id)).scalars().all()
+    for batch in chunked(list(ids), 5000):
+        conn.execute(
+            old.update().where(old.c.id == sa.bindparam("_id"))
+            .values(token_id=sa.bindparam("_token"), legacy_tokens=sa.true()),
+            [{"_id": i, "_token": new_token_id()} for i in batch],
+        )
+    index_table = sa.Table("subscribers", sa.MetaData(), sa.Column("token_id", sa.String(32)))
+    sa.Index("ix_subscribers_token_id", index_table.c.token_id, unique=True).create(conn)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "subscribers, lists, memberships, consent log, suppressions", _v1_core),
     (2, "send journal: sends, deliveries", _v2_send_journal),
     (3, "send journal: sends.reason, deliveries.possibly_duplicated", _v3_journal_columns),
+    (4, "subscribers.token_id (opaque link handle), subscribers.legacy_tokens", _v4_token_ids),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -364,6 +411,7 @@ class Member:
     subscriber_id: int
     email: str
     name: str | None
+    token_id: str = ""  # for the member's unsubscribe link: `Tokens.unsubscribe(token_id, list_id)`
 
 
 @dataclass(frozen=True)
@@ -373,6 +421,8 @@ class Subscriber:
     name: str | None
     attributes: dict[str, Any]
     created_at: datetime
+    token_id: str | None = None
+    legacy_tokens: bool = False
 
 
 @dataclass(frozen=True)
@@ -401,6 +451,7 @@ class ConsentEntry:
 class SignupResult:
     subscriber_id: int | None
     send_confirmation: bool
+    token_id: str | None = None  # for the confirmation link
 
 
 @dataclass
@@ -550,6 +601,40 @@ class Store:
             row = conn.execute(sa.select(subscribers).where(subscribers.c.id == subscriber_id)).first()
         return _subscriber(row) if row else None
 
+    def subscriber_by_token_id(self, token_id: str | int) -> Subscriber | None:
+        """The subscriber a link names, or None.
+
+        A str is a `token_id`. An int is a subscriber id from a link mailed before migration 4
+        (tokens then named the id): it counts only while that very row exists — a subscriber
+        created later, even one that got the id of an erased person, is never found by it.
+        """
+        query = sa.select(subscribers)
+        if isinstance(token_id, bool) or not isinstance(token_id, (str, int)) or token_id == "":
+            return None
+        if isinstance(token_id, str):
+            query = query.where(subscribers.c.token_id == token_id)
+        else:
+            query = query.where(subscribers.c.id == token_id, subscribers.c.legacy_tokens == sa.true())
+        with self.read() as conn:
+            row = conn.execute(query).first()
+        return _subscriber(row) if row else None
+
+    def membership_by_token_id(self, token_id: str | int, list_id: int) -> tuple[int, str] | None:
+        """(subscriber id, membership status) for a link's token_id on a list, in one query (the
+        unsubscribe hot path); None if no such subscriber or membership. Ints: as above."""
+        query = (sa.select(subscribers.c.id, memberships.c.status)
+                 .join(memberships, memberships.c.subscriber_id == subscribers.c.id)
+                 .where(memberships.c.list_id == list_id))
+        if isinstance(token_id, bool) or not isinstance(token_id, (str, int)) or token_id == "":
+            return None
+        if isinstance(token_id, str):
+            query = query.where(subscribers.c.token_id == token_id)
+        else:
+            query = query.where(subscribers.c.id == token_id, subscribers.c.legacy_tokens == sa.true())
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return (row.id, row.status) if row else None
+
     def find_subscriber(self, email: str) -> Subscriber | None:
         """The subscriber with this address (any case of the address), or None."""
         try:
@@ -563,7 +648,7 @@ class Store:
     def members(self, list_id: int, status: str | None = "subscribed") -> list[Member]:
         """Members of a list with `status` (None: every status), in subscription order."""
         query = (
-            sa.select(subscribers.c.id, subscribers.c.email, subscribers.c.name)
+            sa.select(subscribers.c.id, subscribers.c.email, subscribers.c.name, subscribers.c.token_id)
             .join(memberships, memberships.c.subscriber_id == subscribers.c.id)
             .where(memberships.c.list_id == list_id)
             .order_by(subscribers.c.id)
@@ -572,7 +657,15 @@ class Store:
             _check_status(status)
             query = query.where(memberships.c.status == status)
         with self.read() as conn:
-            return [Member(r.id, r.email, r.name) for r in conn.execute(query)]
+            return [Member(r.id, r.email, r.name, r.token_id) for r in conn.execute(query)]
+
+    def token_ids(self, list_id: int) -> dict[int, str]:
+        """subscriber id → token_id of every member of a list (any status): the links of a send."""
+        query = (sa.select(subscribers.c.id, subscribers.c.token_id)
+                 .join(memberships, memberships.c.subscriber_id == subscribers.c.id)
+                 .where(memberships.c.list_id == list_id))
+        with self.read() as conn:
+            return {r.id: r.token_id for r in conn.execute(query)}
 
     def member_rows(self, list_id: int | None = None, status: str | None = None) -> list[dict[str, Any]]:
         """Subscribers joined with memberships (for listing and export), ordered by email."""
@@ -655,23 +748,25 @@ class Store:
             if _is_suppressed(conn, key):
                 return SignupResult(None, False)
             row = conn.execute(
-                sa.select(subscribers.c.id, subscribers.c.name)
+                sa.select(subscribers.c.id, subscribers.c.name, subscribers.c.token_id)
                 .where(subscribers.c.email_key == key).with_for_update()
             ).first()
             now = utcnow()
             if row is None:
+                token_id = new_token_id()
                 subscriber_id = conn.execute(subscribers.insert().values(
                     email=normalized, email_key=key, name=name or None, attributes={}, created_at=now,
+                    token_id=token_id,
                 )).inserted_primary_key[0]
             else:
-                subscriber_id = row.id
+                subscriber_id, token_id = row.id, row.token_id
                 # Only fill a missing name: a form must not rename somebody else's entry.
                 if name and not row.name:
                     conn.execute(subscribers.update().where(subscribers.c.id == subscriber_id)
                                  .values(name=name))
             current = _status_for_update(conn, subscriber_id, list_id)
             if current in ("subscribed", "bounced", "complained"):
-                return SignupResult(subscriber_id, False)
+                return SignupResult(subscriber_id, False, token_id)
             detail = "sign-up repeated, confirmation sent again" if current == "pending" else "sign-up"
             if current is None:
                 conn.execute(memberships.insert().values(
@@ -682,7 +777,7 @@ class Store:
                 _update_membership(conn, subscriber_id, list_id, "pending", now)
             _log(conn, subscriber_id, list_id, "pending", source, at=now, ip=ip,
                  consent_version=consent_version, detail=detail)
-            return SignupResult(subscriber_id, True)
+            return SignupResult(subscriber_id, True, token_id)
 
     def confirm(self, subscriber_id: int, list_id: int, *, source: str = "confirm",
                 ip: str | None = None) -> bool:
@@ -718,6 +813,7 @@ class Store:
             if row is None:
                 subscriber_id = conn.execute(subscribers.insert().values(
                     email=normalized, email_key=key, name=name or None, attributes={}, created_at=now,
+                    token_id=new_token_id(),
                 )).inserted_primary_key[0]
             else:
                 subscriber_id = row.id
@@ -781,7 +877,25 @@ class Store:
                              .values(email="(erased)", smtp_reply=None))
                 conn.execute(subscribers.delete().where(subscribers.c.id == found))
             _suppress(conn, suppression_hash(email), reason)
+        if found is not None:
+            self.checkpoint()
         return found is not None
+
+    def checkpoint(self) -> bool:
+        """SQLite: copy the WAL into the database file and empty it, so erased rows do not linger
+        in `-wal` (secure_delete then has zeroed them in the file). True when fully done; False if
+        a reader still needed old frames (the next checkpoint finishes it). No-op elsewhere."""
+        if self.engine.dialect.name != "sqlite":
+            return True
+        raw = self.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            # Outside any transaction (isolation_level None): a checkpoint cannot run inside one.
+            busy, _log_frames, _done = cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            cursor.close()
+        finally:
+            raw.close()
+        return not busy
 
     def suppress(self, email: str, reason: str) -> None:
         with self.write() as conn:
@@ -796,7 +910,8 @@ class Store:
 
 
 def _subscriber(row: Any) -> Subscriber:
-    return Subscriber(row.id, row.email, row.name, dict(row.attributes or {}), row.created_at)
+    return Subscriber(row.id, row.email, row.name, dict(row.attributes or {}), row.created_at,
+                      row.token_id, bool(row.legacy_tokens))
 
 
 def _status_for_update(conn: Connection, subscriber_id: int, list_id: int) -> str | None:

@@ -1,11 +1,16 @@
 """Signed, opaque tokens for unsubscribe and confirmation links (itsdangerous).
 
-* Unsubscribe tokens name one subscriber and one list by database id — never the
-  e-mail address — and never expire (a link in a mail from 2026 must still work).
+* Tokens name one subscriber by their random `token_id` (`subscribers.token_id`, see
+  `newsletter.store`) and one list — never the e-mail address, never the sequential database
+  id, which SQLite hands out again after an erasure and which would tell how many people
+  subscribed. Unsubscribe tokens never expire (a link in a mail from 2026 must still work).
 * Confirmation tokens (double opt-in) carry a timestamp and expire.
 * Each purpose has its own salt, so one kind can never be used as the other.
 * Key rotation: tokens are signed with the current key; tokens signed with any key
   listed in `secret.old_tokens` are still accepted.
+* Tokens made before schema migration 4 named the subscriber id: `read_*` still returns
+  that int, and `Store.subscriber_by_token_id` accepts it only for a subscriber row that
+  existed before the migration (so never for someone who got an erased person's id).
 
 The key comes from `NEWSLETTER_SECRET__TOKEN` (or `.env`); without one, a random
 key is created once in the git-ignored file `.newsletter-secret` of the project,
@@ -73,22 +78,26 @@ class Tokens:
     def for_project(cls, project: Project) -> Tokens:
         return cls(signing_keys(project))
 
-    def unsubscribe(self, subscriber_id: int, list_id: int) -> str:
-        return str(self._unsubscribe.dumps([subscriber_id, list_id]))
+    def unsubscribe(self, token_id: str, list_id: int) -> str:
+        """The never-expiring unsubscribe token of a subscriber (`token_id`) on one list."""
+        return str(self._unsubscribe.dumps([_check_token_id(token_id), list_id]))
 
-    def read_unsubscribe(self, token: str) -> tuple[int, int]:
-        """(subscriber_id, list_id) of a valid unsubscribe token, else `TokenInvalid`."""
+    def read_unsubscribe(self, token: str) -> tuple[str | int, int]:
+        """(token_id, list_id) of a valid unsubscribe token, else `TokenInvalid`.
+
+        An int instead of a token_id comes from a link made before migration 4 (a subscriber id);
+        resolve either with `Store.subscriber_by_token_id`."""
         try:
             value = self._unsubscribe.loads(token)
         except BadSignature:
             raise TokenInvalid("invalid unsubscribe link") from None
         return _pair(value)
 
-    def confirm(self, subscriber_id: int, list_id: int) -> str:
-        return str(self._confirm.dumps([subscriber_id, list_id]))
+    def confirm(self, token_id: str, list_id: int) -> str:
+        return str(self._confirm.dumps([_check_token_id(token_id), list_id]))
 
-    def read_confirm(self, token: str, max_age_seconds: int) -> tuple[int, int]:
-        """(subscriber_id, list_id) of a valid, unexpired confirmation token."""
+    def read_confirm(self, token: str, max_age_seconds: int) -> tuple[str | int, int]:
+        """(token_id, list_id) of a valid, unexpired confirmation token (int: see above)."""
         try:
             value = self._confirm.loads(token, max_age=max_age_seconds)
         except SignatureExpired:
@@ -98,10 +107,20 @@ class Tokens:
         return _pair(value)
 
 
-def _pair(value: object) -> tuple[int, int]:
-    if (
-        isinstance(value, list) and len(value) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    ):
-        return value[0], value[1]
+def _check_token_id(token_id: object) -> str:
+    # New tokens never name a database id: a caller still passing one is a bug, not a link.
+    if not isinstance(token_id, str) or not token_id:
+        raise TypeError(f"tokens name a subscriber by token_id (a non-empty str), got {token_id!r}")
+    return token_id
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _pair(value: object) -> tuple[str | int, int]:
+    if isinstance(value, list) and len(value) == 2 and _is_int(value[1]):
+        ref = value[0]
+        if (isinstance(ref, str) and ref) or _is_int(ref):
+            return ref, value[1]
     raise TokenInvalid("invalid link")

@@ -44,8 +44,10 @@ class Reply:
 
     code: int
     text: str
-    reconnect: bool = False  # the connection was lost / 421: reconnect before the next message
     stage: str = "data"  # where it was refused: mail | rcpt | data
+    # The connection was lost after the whole message was written: the server may have accepted
+    # it, so sending it again may duplicate it.
+    uncertain: bool = False
 
     @property
     def ok(self) -> bool:
@@ -186,6 +188,7 @@ class SmtpConnection:
         # to compute SIZE: the message is CRLF-only already, so its length is the size.
         options = [f"SIZE={len(raw)}"] if smtp.supports_extension("size") else []
         stage = "mail"
+        written: list[bool] = []  # set once the body and its final "." are on the wire
         try:
             await smtp.mail(sender, options=options)
             stage = "rcpt"
@@ -194,24 +197,25 @@ class SmtpConnection:
                 await smtp.rset()
                 return None
             stage = "data"
-            text = await _data(smtp, raw)
+            text = await _data(smtp, raw, written)
         except aiosmtplib.SMTPResponseException as exc:
             if exc.code != 421 and smtp.is_connected:
                 with contextlib.suppress(aiosmtplib.SMTPException, OSError):
                     await smtp.rset()
             return self._reply(exc.code, exc.message, stage)
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
-            # Dropped mid-message: we cannot know whether it was accepted; a temporary failure.
+            # Dropped mid-message: a temporary failure. Once the whole body was written the
+            # server may have accepted it before the reply was lost: a retry may duplicate it.
             await self.close()
-            return Reply(451, f"connection lost: {_describe(exc)}", reconnect=True, stage=stage)
+            return Reply(451, f"connection lost: {_describe(exc)}", stage=stage,
+                         uncertain=bool(written))
         return Reply(250, text)
 
     def _reply(self, code: int, text: str, stage: str) -> Reply:
         if code == 421 or (self.smtp is not None and not self.smtp.is_connected):
-            if self.smtp is not None:
+            if self.smtp is not None:  # reconnect before the next message
                 self.smtp.close()
             self.smtp = None
-            return Reply(code, text, reconnect=True, stage=stage)
         return Reply(code, text, stage=stage)
 
     async def close(self) -> None:
@@ -227,8 +231,9 @@ class SmtpConnection:
             smtp.close()
 
 
-async def _data(smtp: aiosmtplib.SMTP, raw: bytes) -> str:
-    """DATA with the message as it is; the reply text. Raises like `SMTP.data`.
+async def _data(smtp: aiosmtplib.SMTP, raw: bytes, written: list[bool]) -> str:
+    """DATA with the message as it is; the reply text. Raises like `SMTP.data`; appends to
+    `written` once the whole message is handed to the socket.
 
     `SMTP.data` runs two regular expressions over every message (line-end normalisation and
     dot-stuffing: ~0.8 ms for a 100 KB newsletter, more than everything else we do per recipient).
@@ -248,6 +253,7 @@ async def _data(smtp: aiosmtplib.SMTP, raw: bytes) -> str:
         raise aiosmtplib.SMTPServerDisconnected("Connection lost")
     try:
         protocol.write(payload + b".\r\n")
+        written.append(True)
         # read_response marks a reply as expected before the loop can deliver one.
         response = await protocol.read_response(timeout=smtp.timeout)
     except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):

@@ -6,9 +6,15 @@ Everything here faces the internet, so every request is treated as hostile:
   state changes are POSTs.
 * Unsubscribe and confirmation tokens are signed with purpose-specific salts
   (`newsletter.tokens`); a bad token gets a plain page that reveals nothing.
-* RFC 8058 one-click (`List-Unsubscribe=One-Click`) is accepted without CSRF
-  token or cookie and answered 200 without redirect. The human forms carry a
-  signed double-submit CSRF token bound to the form's path.
+* RFC 8058 one-click (`List-Unsubscribe=One-Click`) and the unsubscribe page's
+  button are accepted without CSRF token or cookie (the signed token in the URL
+  is the secret; readers who block cookies can still leave); one-click is
+  answered 200 without redirect. The subscribe and confirm forms carry a signed
+  double-submit CSRF token bound to the form's path.
+* `/u/test` (the link in test sends) shows a page and changes nothing.
+* `/archive/` serves an allow-list from `dist/`: the archive page, the feed, each
+  built issue's web version and .ics files — never the e-mail files with the
+  unsubscribe placeholder or anything else dropped there.
 * A sign-up answers the same page whether the address is new, pending,
   subscribed or suppressed; the confirmation mail goes out in a background task
   so the response time does not tell either.
@@ -34,6 +40,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parseaddr
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -46,9 +53,8 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from newsletter.config import Project
@@ -98,6 +104,13 @@ ERRORS: dict[int, tuple[str, str]] = {
     500: ("Fehler", "Leider ist ein Fehler aufgetreten. Bitte versuchen Sie es später noch einmal."),
 }
 
+META_NAME = "issue.json"  # = newsletter.archive.META_NAME; not imported: it loads the renderer
+_SLUG = r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}"
+_ARCHIVE_ISSUE = re.compile(rf"({_SLUG})/(index\.html)?")
+_ARCHIVE_ICS = re.compile(rf"({_SLUG})/({_SLUG}\.ics)")
+_ARCHIVE_TOP = {"": "index.html", "index.html": "index.html", "feed.xml": "feed.xml"}
+_MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".xml": "application/atom+xml; charset=utf-8",
+                ".ics": "text/calendar; charset=utf-8"}
 _TOKEN_PATH = re.compile(r"^/(u|confirm)/[^/]+")
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -179,6 +192,27 @@ def client_ip(scope: Scope, trusted: list[Network]) -> str:
         if not _in(hop, trusted):
             return hop
     return peer
+
+
+def archive_file(dist: Path, path: str) -> tuple[Path, str] | str | None:
+    """What `/archive/<path>` serves from `dist`: (file, media type), a redirect target
+    (an issue without its trailing slash), or None (404)."""
+    if path in _ARCHIVE_TOP:
+        file = dist / _ARCHIVE_TOP[path]
+    elif re.fullmatch(_SLUG, path) and ".." not in path and (dist / path / META_NAME).is_file():
+        return f"/archive/{path}/"
+    elif (match := _ARCHIVE_ISSUE.fullmatch(path) or _ARCHIVE_ICS.fullmatch(path)) \
+            and ".." not in path:
+        slug, name = match.group(1), match.group(2) or "index.html"
+        # Only directories `newsletter build` wrote (it leaves issue.json there).
+        if not (dist / slug / META_NAME).is_file():
+            return None
+        file = dist / slug / name
+    else:
+        return None
+    if not file.is_file():
+        return None
+    return file, _MEDIA_TYPES[file.suffix]
 
 
 def log_path(path: str) -> str:
@@ -382,55 +416,75 @@ class Site:
     async def archive_redirect(self, request: Request) -> Response:
         return RedirectResponse("/archive/", status_code=308)
 
+    async def archive(self, request: Request) -> Response:
+        """The public part of `dist/` only (an allow-list): the archive page, the feed, each issue's
+        web version and calendar files. Never `email.html`/`email.txt` (they carry the
+        unsubscribe placeholder), `issue.json`, dry-run mails or anything else put there."""
+        found = archive_file(self.project.dist_dir, request.path_params["path"])
+        if found is None:
+            return self.error(404)
+        if isinstance(found, str):
+            return RedirectResponse(found, status_code=308)
+        path, media_type = found
+        return FileResponse(path, media_type=media_type)
+
     async def unsubscribe(self, request: Request) -> Response:
         token = request.path_params["token"]
         try:
-            subscriber_id, list_id = self.tokens.read_unsubscribe(token)
+            ref, list_id = self.tokens.read_unsubscribe(token)
         except TokenInvalid:
             await _drain(request)
             return self.error(400)
         if request.method == "GET":
-            found = await self.db(self.membership, subscriber_id, list_id)
+            found = await self.db(self.membership, ref, list_id)
             if found is None:
                 return self.error(404)
-            status, info = found
-            csrf, nonce = self.csrf.issue(request)
-            page = self.page("unsubscribe.html", list_title=info.title, status=status,
-                             action=request.url.path, csrf=csrf)
-            return self.csrf.set_cookie(page, nonce)
+            _subscriber_id, status, info = found
+            return self.page("unsubscribe.html", list_title=info.title, status=status,
+                             action=request.url.path)
         form = await _form(request)
         if form is None:
             return self.error(400)
+        # No CSRF check, for the human form either: the signed token in the URL is the secret
+        # (whoever has it could post the one-click form anyway), and readers who block cookies
+        # must still be able to leave.
         one_click = form.get("List-Unsubscribe") == ONE_CLICK
-        if not one_click and not self.csrf.valid(request, form):
-            return self.error(403, link_url=request.url.path, link_text="Zurück zur Abmeldeseite")
         ip = client_ip(request.scope, self.trusted)
-        left = await self.db(self.leave, subscriber_id, list_id, one_click, ip)
+        left = await self.db(self.leave, ref, list_id, one_click, ip)
         if left is None:
             return self.error(404)
-        info, subscribe_url = left
-        return self.page("unsubscribed.html", list_title=info.title, subscribe_url=subscribe_url)
+        info, before, subscribe_url = left
+        return self.page("unsubscribed.html", list_title=info.title, status=before,
+                         subscribe_url=subscribe_url)
 
-    def membership(self, subscriber_id: int, list_id: int) -> tuple[str, ListInfo] | None:
-        status = self.store.membership_status(subscriber_id, list_id)
-        info = self.list_info(list_id) if status else None
-        return (status, info) if status and info else None
+    async def unsubscribe_test(self, request: Request) -> Response:
+        """`/u/test`: the link in test sends (`newsletter send --to`); changes nothing."""
+        await _drain(request)
+        return self.page("unsubscribe_test.html")
 
-    def leave(self, subscriber_id: int, list_id: int, one_click: bool,
-              ip: str) -> tuple[ListInfo, str | None] | None:
+    def membership(self, ref: str | int, list_id: int) -> tuple[int, str, ListInfo] | None:
+        """(subscriber id, status, list) a token names (see `Store.subscriber_by_token_id`)."""
+        found = self.store.membership_by_token_id(ref, list_id)
+        info = self.list_info(list_id) if found else None
+        return (*found, info) if found and info else None
+
+    def leave(self, ref: str | int, list_id: int, one_click: bool,
+              ip: str) -> tuple[ListInfo, str, str | None] | None:
         """Unsubscribe (idempotent; bounced/complained stay as they are); None if unknown.
+        (list, status before, subscribe URL for the page).
 
         One database round trip per step, all on one worker thread: one-click is the hot path."""
-        status = self.store.membership_status(subscriber_id, list_id)
-        if status is None:
+        found = self.store.membership_by_token_id(ref, list_id)
+        if found is None:
             return None
+        subscriber_id, status = found
         if status in ("pending", "subscribed"):
             self.store.set_status(subscriber_id, list_id, "unsubscribed",
                                   SOURCE_ONE_CLICK if one_click else SOURCE_PAGE, ip=ip)
         info = self.list_info(list_id)
         if info is None:
             return None
-        return info, None if one_click else self.subscribe_url(info)
+        return info, status, None if one_click else self.subscribe_url(info)
 
     async def subscribe(self, request: Request) -> Response:
         name = request.path_params.get("list")
@@ -488,7 +542,8 @@ class Site:
         task = None
         mail_key = hashlib.sha256(email.lower().encode()).hexdigest()
         if result.send_confirmation and result.subscriber_id is not None and self.mails.hit(mail_key):
-            token = self.tokens.confirm(result.subscriber_id, info.id)
+            assert result.token_id is not None
+            token = self.tokens.confirm(result.token_id, info.id)
             task = BackgroundTask(self.send_confirmation, email, info, token)
         return self.signup_done(task)
 
@@ -539,19 +594,19 @@ class Site:
 
     async def confirm(self, request: Request) -> Response:
         try:
-            subscriber_id, list_id = self.tokens.read_confirm(request.path_params["token"],
-                                                              self.confirm_max_age)
+            ref, list_id = self.tokens.read_confirm(request.path_params["token"],
+                                                    self.confirm_max_age)
         except TokenExpired:
             await _drain(request)
             return self.error(410, link_url="/subscribe", link_text="Zur Anmeldung")
         except TokenInvalid:
             await _drain(request)
             return self.error(400)
-        status = await self.db(self.store.membership_status, subscriber_id, list_id)
-        info = await self.db(self.list_info, list_id)
-        if status is None or info is None:
+        found = await self.db(self.membership, ref, list_id)
+        if found is None:
             await _drain(request)
             return self.error(404)
+        subscriber_id, status, info = found
         subscribe_url = await self.db(self.subscribe_url, info)
         if request.method == "GET":
             if status == "subscribed":
@@ -635,12 +690,13 @@ def create_app(project: Project, *, proxy_headers: bool = True) -> Starlette:
 
     routes = [
         Route("/healthz", site.healthz, methods=["GET"]),
+        Route("/u/test", site.unsubscribe_test, methods=["GET", "POST"]),
         Route("/u/{token}", site.unsubscribe, methods=["GET", "POST"]),
         Route("/subscribe", site.subscribe, methods=["GET", "POST"]),
         Route("/subscribe/{list}", site.subscribe, methods=["GET", "POST"]),
         Route("/confirm/{token}", site.confirm, methods=["GET", "POST"]),
         Route("/archive", site.archive_redirect, methods=["GET"]),
-        Mount("/archive", app=StaticFiles(directory=project.dist_dir, html=True, check_dir=False)),
+        Route("/archive/{path:path}", site.archive, methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={404: not_found, 405: not_found, 400: not_found})

@@ -78,9 +78,13 @@ def test_dry_run_default_directory(project):
     make_list(project, 3)
     result = run(project, "send", str(project.root / ISSUE), "--list", "news", "--dry-run")
     assert result.exit_code == 0, result.output
-    files = list((project.dist_dir / "2026-02" / "dry-run").glob("*.eml"))
+    # Outside dist/ (which `serve` publishes): the files hold addresses and working links.
+    files = list((project.outbox_dir / "dry-run" / "2026-02").glob("*.eml"))
     assert len(files) == 3
+    assert not list(project.dist_dir.rglob("*.eml"))
+    assert str(project.outbox_dir / "dry-run" / "2026-02") in result.output.replace("\n", "")
     assert not (project.outbox_dir / "new").exists()
+    assert "outbox/dry-run/<slug>/" in run(project, "send", "--help").output
 
 
 def test_unknown_list_and_missing_target_are_clear_errors(project):

@@ -140,3 +140,40 @@ def test_lists_create_exist_ok_is_idempotent(project_dir) -> None:
     again = runner.invoke(app, args)
     assert again.exit_code == 1 and "already exists" in again.output
     assert runner.invoke(app, [*args, "--exist-ok"]).exit_code == 0
+
+
+def _mail(to: str, subject: str = "Ausgabe") -> bytes:
+    return (f"From: Stadt <news@example.org>\r\nTo: {to}\r\nSubject: {subject}\r\n"
+            "MIME-Version: 1.0\r\n\r\nHallo\r\n").encode()
+
+
+def test_forget_deletes_local_copies_of_mails_to_the_address(run, project_dir: Path) -> None:
+    """GDPR erasure also covers the project's own copies: the outbox/ Maildir and dry runs."""
+    import mailbox
+
+    ok(run("lists", "create", "news"))
+    ok(run("subscribers", "add", "eva@example.org", "--list", "news", "--confirmed"))
+    box = mailbox.Maildir(project_dir / "outbox", create=True)
+    box.add(_mail("Eva <Eva@Example.org>"))
+    box.add(_mail("eva@example.org", "Bitte bestätigen"))
+    kept_key = box.add(_mail("Otto <otto@example.org>"))
+    dry = project_dir / "outbox" / "dry-run" / "2026-02"
+    dry.mkdir(parents=True)
+    (dry / "000001-eva@example.org.eml").write_bytes(_mail("eva@example.org"))
+    (dry / "000002-otto@example.org.eml").write_bytes(_mail("otto@example.org"))
+    old_dry = project_dir / "dist" / "2026-02" / "dry-run"  # where older versions wrote dry runs
+    old_dry.mkdir(parents=True)
+    (old_dry / "000001-eva@example.org.eml").write_bytes(_mail("eva@example.org"))
+
+    out = ok(run("subscribers", "remove", "eva@example.org", "--forget")).stdout
+    assert "deleted 4 local copies of mails to the address" in out
+    assert "mails already delivered and backups are not reached" in " ".join(out.split())
+    assert [m["To"] for m in mailbox.Maildir(project_dir / "outbox", create=False)] == [
+        "Otto <otto@example.org>"]
+    assert kept_key in mailbox.Maildir(project_dir / "outbox", create=False)
+    assert sorted(p.name for p in (project_dir / "outbox" / "dry-run").rglob("*.eml")) == [
+        "000002-otto@example.org.eml"]
+    assert not any(old_dry.iterdir())
+    # Nothing left to delete the second time.
+    assert "deleted 0 local copies" in ok(run("subscribers", "remove", "eva@example.org",
+                                              "--forget")).stdout

@@ -85,6 +85,22 @@ def test_message_ids_unique_per_recipient_and_stable_on_resume(project):
         Recipient("p1@example.org", None, 1, 1))
 
 
+def test_message_ids_change_with_the_content_and_are_keyed_by_the_secret(project_dir, monkeypatch):
+    """After `--force` with new content the Message-IDs are new (clients would drop the new
+    version as a duplicate of the old); they cannot be computed without the project's secret."""
+    monkeypatch.setenv("NEWSLETTER_SECRET__TOKEN", "a" * 32)
+    project = load_project(project_dir)
+    someone = Recipient("p1@example.org", None, 1, 1)
+    first = prepare(project, Rendered(), list_name="news").message_id(someone)
+    assert prepare(project, Rendered(), list_name="news").message_id(someone) == first
+    for changed in (Rendered(html="<p>Hallo!</p>"), Rendered(text="Hallo!"),
+                    Rendered(subject="Neu")):
+        assert prepare(project, changed, list_name="news").message_id(someone) != first
+    monkeypatch.setenv("NEWSLETTER_SECRET__TOKEN", "b" * 32)
+    other_secret = load_project(project_dir)
+    assert prepare(other_secret, Rendered(), list_name="news").message_id(someone) != first
+
+
 @pytest.mark.parametrize("field, value", [
     ("subject", "Hallo\r\nBcc: everyone@example.org"),
     ("subject", "Hallo\nX-Evil: 1"),

@@ -91,7 +91,7 @@ def frame_width(page: Page) -> float:
 
 
 def sample_unsubscribe_url(project: Project) -> str:
-    token = Tokens.for_project(project).unsubscribe(1, 1)
+    token = Tokens.for_project(project).unsubscribe("preview-sample", 1)  # preview._sample_token
     return f"{project.settings.newsletter.base_url}/u/{token}"
 
 

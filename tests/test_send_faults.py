@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from newsletter.cli import app
 from newsletter.config import load_project
 from newsletter.journal import CONTENT_CHANGED_NOTE, ContentChanged, Journal
-from newsletter.send import plan_send, run_send
-from newsletter.transport import DeliveryError
+from newsletter.send import classify, plan_send, run_send
+from newsletter.transport import DeliveryError, Reply
 
 
 @pytest.fixture
@@ -137,6 +137,40 @@ def test_dropped_connections_and_421_reconnect(serve):
     assert delivered(server) == Counter(addresses)
 
 
+def test_connection_lost_after_the_body_flags_the_retry_possibly_duplicated(serve):
+    class LosesReplies(RecordingHandler):
+        """Keeps the first message to person0001 but hangs up before saying 250 (the reply is
+        lost); hangs up on person0002 at RCPT (nothing sent yet)."""
+
+        def __init__(self):
+            super().__init__()
+            self.seen: Counter[str] = Counter()
+
+        async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+            self.seen[address] += 1
+            if address == "person0002@example.org" and self.seen[address] == 1:
+                server.transport.close()
+                return "451 gone"
+            return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+
+        async def handle_DATA(self, server, session, envelope):
+            reply = await super().handle_DATA(server, session, envelope)
+            if envelope.rcpt_tos == ["person0001@example.org"] and len(self.messages) == 2:
+                server.transport.close()  # accepted, but the client never hears so
+            return reply
+
+    project, server, _ = serve(LosesReplies())
+    store, _list_id, addresses = make_list(project, 4)
+    report = run_send(plan_send(project, issue_path(project), "news", concurrency=1))
+    assert report.status == "finished" and report.sent == 4
+    assert delivered(server)["person0001@example.org"] == 2  # really duplicated
+    assert report.possibly_duplicated == ["person0001@example.org"]
+    rows = {r.email: r for r in Journal(store).deliveries(report.send_id)}
+    assert rows["person0001@example.org"].possibly_duplicated
+    assert rows["person0001@example.org"].smtp_reply.startswith("250")
+    assert not any(rows[a].possibly_duplicated for a in addresses if a != "person0001@example.org")
+
+
 def test_slow_server(serve):
     class Slow(RecordingHandler):
         async def handle_DATA(self, server, session, envelope):
@@ -164,7 +198,12 @@ def test_policy_rejections_in_a_row_pause_the_send_and_leave_subscribers_alone(s
     report = run_send(plan_send(project, issue_path(project), "news", concurrency=1))
     assert report.status == "paused"
     assert "3 policy rejections in a row" in report.reason and "5.7.1" in report.reason
-    assert (report.failed_permanent, report.sent, report.pending) == (3, 0, 7)
+    # The sender's problem, not the subscribers': open for the next resume, reply kept.
+    assert (report.failed_temporary, report.failed_permanent, report.sent, report.pending) == (
+        3, 0, 0, 7)
+    rows = [r for r in Journal(store).deliveries(report.send_id) if r.status == "failed_temporary"]
+    assert [r.email for r in rows] == addresses[:3]
+    assert all(r.smtp_code == 550 and "5.7.1" in r.smtp_reply for r in rows)
     assert all(store.membership_status(m.subscriber_id, list_id) == "subscribed"
                for m in store.members(list_id, status=None))
     # The reason is stored with the send: `sends show` / `sends ls` tell it later.
@@ -177,10 +216,95 @@ def test_policy_rejections_in_a_row_pause_the_send_and_leave_subscribers_alone(s
         assert any(line.endswith(report.reason) for line in human.output.splitlines()), human.output
     handler.blocked = False
     again = run_send(plan_send(project, issue_path(project), "news"))
-    assert again.status == "finished" and again.sent == 7
-    assert set(delivered(server)) == set(addresses[3:])
+    # "Re-run to resume" retries the rejected ones too: everybody gets the issue, once.
+    assert again.status == "finished" and again.sent == 10 and again.failed_temporary == 0
+    assert delivered(server) == Counter(addresses)
     shown = sends_json(project, "show", str(report.send_id))
     assert (shown["status"], shown["reason"]) == ("finished", None)
+
+
+def test_policy_rejections_below_the_limit_are_retried_by_the_next_run(serve):
+    class OneBlocked(RecordingHandler):
+        blocked = True
+
+        def data_reply(self, envelope):
+            if self.blocked and envelope.rcpt_tos == ["person0001@example.org"]:
+                return "554 5.7.1 Service unavailable; client host blocked"
+            return "250 OK"
+
+    handler = OneBlocked()
+    project, server, _ = serve(handler, max_policy_failures=5)
+    store, list_id, addresses = make_list(project, 3)
+    report = run_send(plan_send(project, issue_path(project), "news", concurrency=1))
+    assert (report.status, report.sent, report.failed_temporary, report.failed_permanent) == (
+        "finished", 2, 1, 0)
+    subscriber = store.find_subscriber(addresses[1])
+    assert store.membership_status(subscriber.id, list_id) == "subscribed"
+    handler.blocked = False
+    again = run_send(plan_send(project, issue_path(project), "news"))
+    assert (again.sent, again.failed_temporary) == (3, 0)
+    assert delivered(server) == Counter(addresses)
+
+
+class SenderRejected(RecordingHandler):
+    """Refuses the envelope sender (MAIL FROM) while `refuse` is set."""
+
+    refuse = True
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if self.refuse:
+            return "553 5.1.8 <newsletter@example.org>: Sender address rejected: Domain not found"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+
+def test_sender_rejected_at_mail_from_pauses_and_bounces_nobody(serve):
+    handler = SenderRejected()
+    project, server, _ = serve(handler)
+    store, list_id, addresses = make_list(project, 6)
+    report = run_send(plan_send(project, issue_path(project), "news", concurrency=2))
+    assert report.status == "paused"
+    assert "sender" in report.reason and "553 5.1.8" in report.reason
+    assert (report.bounced, report.failed_permanent, report.failed_temporary, report.sent) == (
+        0, 0, 0, 0)
+    assert report.pending == 6
+    assert all(store.membership_status(m.subscriber_id, list_id) == "subscribed"
+               for m in store.members(list_id, status=None))
+    assert all(r.status == "pending" for r in Journal(store).deliveries(report.send_id))
+    shown = sends_json(project, "show", str(report.send_id))
+    assert (shown["status"], shown["reason"]) == ("paused", report.reason)
+    handler.refuse = False
+    again = run_send(plan_send(project, issue_path(project), "news"))
+    assert again.status == "finished" and again.sent == 6
+    assert delivered(server) == Counter(addresses)
+
+
+def test_sender_rejected_on_the_command_line_exits_1_with_the_reason(serve):
+    project, server, _ = serve(SenderRejected())
+    make_list(project, 2)
+    result = CliRunner().invoke(app, ["send", str(issue_path(project)), "--list", "news", "--yes",
+                                      "--project", str(project.root)])
+    assert result.exit_code == 1
+    assert "553 5.1.8" in result.output and "(0 bounced)" in result.output
+    assert server.messages == []
+
+
+@pytest.mark.parametrize("reply, expected", [
+    (Reply(553, "5.1.8 Sender address rejected", stage="mail"), "sender"),
+    (Reply(550, "5.1.7 Invalid sender address syntax", stage="mail"), "sender"),
+    (Reply(550, "Sender refused", stage="mail"), "sender"),
+    (Reply(553, "5.1.8 Bad sender's system address", stage="rcpt"), "sender"),  # RFC 3463
+    (Reply(550, "5.1.7 Bad sender's mailbox address syntax", stage="data"), "sender"),
+    (Reply(550, "5.1.1 User unknown", stage="rcpt"), "bounce"),
+    (Reply(550, "User unknown", stage="rcpt"), "bounce"),
+    (Reply(550, "5.1.1 User unknown", stage="data"), "bounce"),  # one recipient per message
+    (Reply(550, "5.7.1 blocked", stage="rcpt"), "policy"),
+    (Reply(552, "5.2.2 Mailbox full", stage="rcpt"), "permanent"),
+    (Reply(451, "4.3.0 later", stage="mail"), "retry"),
+])
+def test_classify_blames_the_sender_for_mail_from(reply, expected):
+    assert classify(reply) == expected
 
 
 def test_starttls_required_but_not_offered_sends_nothing(serve):
@@ -264,5 +388,6 @@ def test_changed_issue_stops_the_resume_unless_forced(serve):
     assert sends_json(project, "ls")[0]["reason"] == shown["reason"]
     server.handler.data_reply = lambda envelope: "250 OK"
     report = run_send(plan_send(project, path, "news"), force=True)
-    assert report.status == "finished" and report.sent == 4
+    # The two pending ones and the one refused by policy get the new version.
+    assert report.status == "finished" and report.sent == 5
     assert sends_json(project, "ls")[0]["reason"] is None

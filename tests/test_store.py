@@ -233,16 +233,29 @@ def test_schema_compiles_for_postgresql() -> None:
     assert "DEFAULT now()" in ddl
 
 
+def _old_subscriber(old: Store, address: str, list_id: int) -> int:
+    """A subscribed member written in the version-1 shape of `subscribers` (as old code did)."""
+    with old.write() as conn:
+        sid = conn.execute(sa.text(
+            "INSERT INTO subscribers (email, email_key, name, attributes, created_at) "
+            "VALUES (:e, :e, NULL, '{}', '2026-01-01 10:00:00') RETURNING id"), {"e": address}).scalar()
+        conn.execute(sa.text(
+            "INSERT INTO memberships (subscriber_id, list_id, status, created_at, updated_at) "
+            "VALUES (:sid, :list, 'subscribed', '2026-01-01 10:00:00', '2026-01-01 10:00:00')"),
+            {"sid": sid, "list": list_id})
+    return int(sid)
+
+
 def test_opening_an_older_database_upgrades_it_and_keeps_the_data(db_url: str) -> None:
     old = Store.open(db_url, migrate_to=1)
     news = old.create_list("news")
-    sid, _ = old.add_subscriber("keep@example.org", news.id, confirmed=True)
+    sid = _old_subscriber(old, "keep@example.org", news.id)
     assert old.schema_version() == 1
     assert "sends" not in sa.inspect(old.engine).get_table_names()
     old.close()
 
     upgraded = Store.open(db_url)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 3
+    assert upgraded.schema_version() == SCHEMA_VERSION == 4
     assert {"sends", "deliveries"} <= set(sa.inspect(upgraded.engine).get_table_names())
     assert upgraded.membership_status(sid, news.id) == "subscribed"
     upgraded.close()
@@ -276,7 +289,7 @@ def test_version_2_journal_is_upgraded_prefix_moved_into_the_flag(db_url: str) -
     old.close()
 
     upgraded = Store.open(db_url)
-    assert upgraded.schema_version() == 3
+    assert upgraded.schema_version() == SCHEMA_VERSION
     with upgraded.read() as conn:
         rows = conn.execute(sa.select(
             store_module.deliveries.c.email, store_module.deliveries.c.smtp_reply,
@@ -339,3 +352,100 @@ def test_open_store_creates_the_subscribers_directory(project: Project) -> None:
     opened = open_store(project)
     opened.close()
     assert db.is_file()
+
+
+# --- migration 4: token_id --------------------------------------------------------------------
+
+
+def test_migration_4_gives_every_existing_subscriber_a_random_token_id(db_url: str) -> None:
+    old = Store.open(db_url, migrate_to=3)
+    news = old.create_list("news")
+    ids = [_old_subscriber(old, f"old{i}@example.org", news.id) for i in range(5)]
+    old.close()
+
+    upgraded = Store.open(db_url)
+    found = [upgraded.subscriber(i) for i in ids]
+    token_ids = [s.token_id for s in found if s]
+    assert len(set(token_ids)) == 5 and all(t and len(t) == 16 for t in token_ids)
+    assert all(s and s.legacy_tokens for s in found)  # links mailed before keep working
+    assert [upgraded.subscriber_by_token_id(t).id for t in token_ids] == ids  # type: ignore[union-attr]
+    assert upgraded.subscriber_by_token_id(ids[0]).id == ids[0]  # type: ignore[union-attr]
+    # Rows created after the migration get a token_id and are never found by id.
+    new_id, _ = upgraded.add_subscriber("new@example.org", news.id, confirmed=True)
+    new = upgraded.subscriber(new_id)
+    assert new and new.token_id and not new.legacy_tokens
+    assert upgraded.subscriber_by_token_id(new_id) is None
+    assert upgraded.subscriber_by_token_id(new.token_id).id == new_id  # type: ignore[union-attr]
+    with pytest.raises(sa.exc.IntegrityError), upgraded.write() as conn:  # unique
+        conn.execute(store_module.subscribers.update().where(store_module.subscribers.c.id == new_id)
+                     .values(token_id=token_ids[0]))
+    upgraded.close()
+
+
+def _subscriber_schema(url: str) -> tuple[list[tuple[str, bool]], list[tuple[str, tuple[str, ...], bool]]]:
+    with Store.open(url) as opened:
+        inspector = sa.inspect(opened.engine)
+        columns = sorted((c["name"], c["nullable"]) for c in inspector.get_columns("subscribers"))
+        indexes = sorted((i["name"], tuple(i["column_names"]), bool(i["unique"]))
+                         for i in inspector.get_indexes("subscribers"))
+    return columns, indexes
+
+
+def test_fresh_and_upgraded_databases_have_the_same_subscribers_table(tmp_path: Path) -> None:
+    Store.open(f"sqlite:///{tmp_path / 'old.db'}", migrate_to=3).close()
+    upgraded = _subscriber_schema(f"sqlite:///{tmp_path / 'old.db'}")
+    fresh = _subscriber_schema(f"sqlite:///{tmp_path / 'new.db'}")
+    assert upgraded == fresh
+    assert [c[0] for c in fresh[0]] == sorted(store_module.subscribers.c.keys())
+    assert ("ix_subscribers_token_id", ("token_id",), True) in fresh[1]
+
+
+def test_migration_4_compiles_for_postgresql() -> None:
+    """Migration 4's DDL through the PostgreSQL dialect (the CI machine has no PostgreSQL driver)."""
+    from sqlalchemy.dialects import postgresql
+
+    dialect = postgresql.dialect()
+    column = sa.Column("legacy_tokens", sa.Boolean, nullable=False, server_default=sa.false())
+    sa.Table("subscribers", sa.MetaData(), column)
+    assert str(sa.schema.CreateColumn(column).compile(dialect=dialect)) == \
+        "legacy_tokens BOOLEAN DEFAULT false NOT NULL"
+    ddl = str(sa.schema.CreateTable(store_module.subscribers).compile(dialect=dialect))
+    assert "token_id VARCHAR(32)" in ddl
+    index = next(i for i in store_module.subscribers.indexes if i.name == "ix_subscribers_token_id")
+    assert str(sa.schema.CreateIndex(index).compile(dialect=dialect)) == \
+        "CREATE UNIQUE INDEX ix_subscribers_token_id ON subscribers (token_id)"
+
+
+@pytest.mark.parametrize("path", ["add", "request", "import"])
+def test_every_new_subscriber_gets_a_distinct_token_id(store: Store, tmp_path: Path, path: str) -> None:
+    from newsletter.subscribers import import_csv
+
+    news = store.create_list("news")
+    addresses = [f"p{i}@example.org" for i in range(3)]
+    if path == "add":
+        for a in addresses:
+            store.add_subscriber(a, news.id)
+    elif path == "request":
+        for a in addresses:
+            assert store.request_subscription(a, news.id).token_id
+    else:
+        csv_file = tmp_path / "in.csv"
+        csv_file.write_text("email\n" + "\n".join(addresses) + "\n", encoding="utf-8")
+        import_csv(store, csv_file, news)
+    members = store.members(news.id, status=None)
+    assert len(members) == 3
+    token_ids = {m.token_id for m in members}
+    assert len(token_ids) == 3 and all(len(t) == 16 for t in token_ids)
+    assert store.token_ids(news.id) == {m.subscriber_id: m.token_id for m in members}
+
+
+def test_erasure_leaves_nothing_in_the_wal(store: Store, db_url: str) -> None:
+    """GDPR erasure: the deleted rows must not survive in `newsletter.db-wal` either."""
+    news = store.create_list("news")
+    store.add_subscriber("wal.erase@example.org", news.id, name="Walburga", confirmed=True)
+    wal = Path(sa.make_url(db_url).database + "-wal")
+    assert store.forget("wal.erase@example.org")
+    # The store stays open (as in `newsletter serve`): no close-time checkpoint helps here.
+    on_disk = Path(sa.make_url(db_url).database).read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+    assert b"wal.erase" not in on_disk.lower()
+    assert b"Walburga" not in on_disk

@@ -37,7 +37,7 @@ def test_security_headers_on_every_response(served: Served) -> None:
     served.project.dist_dir.mkdir()
     (served.project.dist_dir / "index.html").write_text("<h1>Archiv</h1>", encoding="utf-8")
     sid = served.add("anna@example.org")
-    token = served.tokens.unsubscribe(sid, served.list_id)
+    token = served.tokens.unsubscribe(served.token_id(sid), served.list_id)
     with served.client() as client:
         responses = [
             client.get("/healthz"), client.get("/subscribe"), client.get(f"/u/{token}"),
@@ -66,29 +66,40 @@ def test_error_pages_reveal_nothing(served: Served) -> None:
     assert bad.text == missing.text  # which check failed is nobody's business
 
 
-def test_csrf_is_required_on_the_human_forms(served: Served) -> None:
-    sid = served.add("bernd@example.org")
-    token = served.tokens.unsubscribe(sid, served.list_id)
+def test_csrf_is_required_on_the_subscribe_form(served: Served) -> None:
     with served.client() as client:
         form = client.get("/subscribe")
         good = csrf_of(form)
-        unsub_page = client.get(f"/u/{token}")
+        other_form = client.get("/subscribe/news")  # same list, another path: another form
+        assert other_form.status_code == 200
         data = {"email": "mallory@example.org", "consent": "1", "website": ""}
         attempts = [
             client.post("/subscribe", data=data),  # no token
             client.post("/subscribe", data={**data, "csrf": good + "x"}),  # tampered
-            client.post("/subscribe", data={**data, "csrf": csrf_of(unsub_page)}),  # other form's token
+            client.post("/subscribe", data={**data, "csrf": csrf_of(other_form)}),  # other form's token
             client.post("/subscribe", data={**data, "csrf": good},
                         headers={"sec-fetch-site": "cross-site"}),
         ]
-        # A human-form unsubscribe without the token (and without One-Click) is refused too.
-        attempts.append(client.post(f"/u/{token}", data={"confirm": "1"}))
     with served.client() as cookieless:  # the token alone, without the cookie it was bound to
         attempts.append(cookieless.post("/subscribe", data={**data, "csrf": good}))
-    assert [r.status_code for r in attempts] == [403] * 6
+    assert [r.status_code for r in attempts] == [403] * 5
     assert "Formular abgelaufen" in attempts[0].text
     assert served.store.find_subscriber("mallory@example.org") is None
-    assert served.status(sid) == "subscribed"
+
+
+def test_unsubscribe_button_works_without_cookies(served: Served) -> None:
+    """Readers who block cookies must be able to leave: the signed token is the secret."""
+    sid = served.add("bernd@example.org")
+    token = served.tokens.unsubscribe(served.token_id(sid), served.list_id)
+    with served.client() as client:
+        page = client.get(f"/u/{token}")
+        assert "set-cookie" not in page.headers  # no cookie offered on the unsubscribe page
+    with served.client() as cookieless:
+        done = cookieless.post(f"/u/{token}", data={})  # the page's form: just the button
+        assert "cookie" not in done.request.headers
+    assert done.status_code == 200 and "Sie wurden abgemeldet" in done.text
+    assert served.status(sid) == "unsubscribed"
+    assert served.store.history(sid)[-1].source == "unsubscribe_page"
 
 
 def test_csrf_cookie_is_httponly_and_samesite(served: Served) -> None:
@@ -144,7 +155,7 @@ def _sign_up_from(client: httpx.Client, address: str, ip: str) -> httpx.Response
 
 def test_request_body_limit(served: Served) -> None:
     sid = served.add("carla@example.org")
-    token = served.tokens.unsubscribe(sid, served.list_id)
+    token = served.tokens.unsubscribe(served.token_id(sid), served.list_id)
     big = "List-Unsubscribe=One-Click&pad=" + "x" * 50_000
     with served.client() as client:
         declared = client.post(f"/u/{token}", content=big.encode(),
@@ -163,6 +174,7 @@ def test_no_open_redirects(served: Served) -> None:
     served.project.dist_dir.mkdir()
     (served.project.dist_dir / "2026-02").mkdir()
     (served.project.dist_dir / "2026-02" / "index.html").write_text("Februar", encoding="utf-8")
+    (served.project.dist_dir / "2026-02" / "issue.json").write_text("{}", encoding="utf-8")
     with served.client(headers={"host": "evil.example"}) as client:
         locations = [client.get(path).headers.get("location")
                      for path in ("/archive", "/archive/2026-02", "/subscribe/", "//evil.example/")]
@@ -174,8 +186,8 @@ def test_no_open_redirects(served: Served) -> None:
 def test_access_log_has_no_tokens_or_addresses(served: Served, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="newsletter.access")
     sid = served.add("dora@example.org", confirmed=False)
-    unsub = served.tokens.unsubscribe(sid, served.list_id)
-    confirm = served.tokens.confirm(sid, served.list_id)
+    unsub = served.tokens.unsubscribe(served.token_id(sid), served.list_id)
+    confirm = served.tokens.confirm(served.token_id(sid), served.list_id)
     with served.client() as client:
         client.get(f"/u/{unsub}")
         client.get(f"/confirm/{confirm}")
@@ -189,7 +201,7 @@ def test_access_log_has_no_tokens_or_addresses(served: Served, caplog: pytest.Lo
 
 def test_one_click_needs_no_cookie_and_no_csrf_token(served: Served) -> None:
     sid = served.add("emil@example.org")
-    token = served.tokens.unsubscribe(sid, served.list_id)
+    token = served.tokens.unsubscribe(served.token_id(sid), served.list_id)
     # A bare HTTP/1.1 POST like a mail provider sends it: nothing but the body.
     body = b"List-Unsubscribe=One-Click"
     request = (f"POST /u/{token} HTTP/1.1\r\nHost: 127.0.0.1\r\n"

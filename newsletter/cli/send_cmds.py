@@ -54,7 +54,8 @@ def send(
     dry_run_flag: Annotated[bool, typer.Option(
         "--dry-run", help="Write the personalised messages as .eml files instead of sending.")] = False,
     out: Annotated[Path | None, typer.Option(
-        "--out", help="Directory for --dry-run (default dist/<slug>/dry-run/).", show_default=False)] = None,
+        "--out", help="Directory for --dry-run (default outbox/dry-run/<slug>/, never served).",
+        show_default=False)] = None,
     concurrency: Annotated[int | None, typer.Option(
         "--concurrency", min=1, max=100, help="SMTP connections (default delivery.concurrency).",
         show_default=False)] = None,

@@ -24,7 +24,7 @@ from newsletter.cli.common import (
     user_errors,
 )
 from newsletter.store import STATUSES, Store, StoreError, open_store
-from newsletter.subscribers import export_csv, format_report, import_csv
+from newsletter.subscribers import export_csv, forget_local_copies, format_report, import_csv
 
 lists_app = typer.Typer(help="Manage mailing lists.", no_args_is_help=True, rich_markup_mode="rich")
 subscribers_app = typer.Typer(help="Manage subscribers: import, export, add, remove, list, show.",
@@ -207,7 +207,8 @@ def subscribers_remove(
     list_name: Annotated[str | None, typer.Option("--list", "-l", help="Only this list (default: all).")]
     = None,
     forget: Annotated[bool, typer.Option(
-        "--forget", help="Erase the person entirely (GDPR erasure); keep only a hashed block entry.")]
+        "--forget", help="Erase the person entirely (GDPR erasure), including local copies of mails to "
+        "them in outbox/ and dry runs; keep only a hashed block entry.")]
     = False,
     project: ProjectOption = None,
 ) -> None:
@@ -218,12 +219,18 @@ def subscribers_remove(
     with opened(project) as store:
         if forget:
             found = store.forget(email)
+            with user_errors():
+                removed = forget_local_copies(get_project(project), email)
             console.print(
                 f"erased {email.strip()} from all lists and the consent log; a hashed entry on the "
                 "suppression list keeps it from being imported or signed up again"
                 if found else
                 f"no subscriber {email.strip()}; added a hashed suppression entry so it is never "
                 "imported or signed up", markup=False, soft_wrap=True)
+            console.print(
+                f"deleted {len(removed)} local cop{'y' if len(removed) == 1 else 'ies'} of mails to "
+                "the address (outbox/, dry runs); mails already delivered and backups are not "
+                "reached by this", markup=False, soft_wrap=True)
             return
         list_id = store.get_list(list_name).id if list_name else None
         changed = store.unsubscribe(email, list_id)
