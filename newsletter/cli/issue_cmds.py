@@ -48,11 +48,15 @@ def validate(
         items = sum(_count_items(section) for section in issue.sections)
         console.print(
             f"{file}: ok — “{issue.subject}”, {issue.date:%d.%m.%Y}, "
-            f"{len(issue.sections)} sections, {items} items",
+            f"{_plural(len(issue.sections), 'section')}, {_plural(items, 'item')}",
             markup=False, soft_wrap=True,
         )
     if failed:
         raise typer.Exit(1)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def _count_items(section: object) -> int:
