@@ -31,6 +31,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from newsletter.config import Project
 from newsletter.errors import HeaderInjection, NewsletterError, Problem
 from newsletter.render import UNSUBSCRIBE_PLACEHOLDER
+from newsletter.store import ascii_email
 from newsletter.tokens import signing_keys
 
 MAX_LINE = 998
@@ -95,14 +96,14 @@ def format_address(email: str, name: str | None) -> bytes:
     if _CONTROL.search(email) or (name and _CONTROL.search(name)):
         check_address(email, "email", "subscriber data")
         check_header_value(name or "", "name", f"subscriber {email}")
+    # An IDN domain goes in as punycode (an encoded word is not allowed inside an address);
+    # a non-ASCII local part cannot go in at all without SMTPUTF8: `InvalidEmail`.
+    email = ascii_email(email)
     if not name:
-        return email.encode("ascii", "strict") if email.isascii() else _fold_address(email, None)
+        return email.encode("ascii", "strict")
     if len(name) > 60:
         return _fold_address(email, name)
-    try:
-        return formataddr((name, email), "utf-8").encode("ascii")
-    except UnicodeEncodeError:  # non-ASCII address (SMTPUTF8): let the email package handle it
-        return _fold_address(email, name)
+    return formataddr((name, email), "utf-8").encode("ascii")
 
 
 def _fold_address(email: str, name: str | None) -> bytes:

@@ -17,6 +17,10 @@ Error policy (DESIGN.md section 5):
 * no connection / TLS / login — the send stops at once; the message in hand goes back to
   `pending`, nothing is lost.
 * Ctrl-C — no new message is started; those in flight finish and are recorded.
+* a message that cannot be built for one recipient (e.g. a non-ASCII local part stored
+  before addresses were checked) — `failed_permanent` with the reason; the send goes on.
+* an internal error (a bug) — the send stops like on Ctrl-C: the other messages in flight
+  finish and are recorded; only the one in hand stays `sending` (possibly duplicated).
 
 The subscription is checked when a message is claimed, and a message is claimed only after its
 rate-limit slot has come: the check is at most one group commit old when SMTP gets the message.
@@ -43,7 +47,7 @@ from newsletter.errors import NewsletterError
 from newsletter.journal import ContentChanged, Job, Journal, Outcome, SendInfo
 from newsletter.message import PreparedMessage, Recipient, check_address, content_hash, prepare
 from newsletter.render import RenderedIssue, render_issue
-from newsletter.store import MailingList, Store, open_store
+from newsletter.store import MailingList, Store, ascii_email, normalize_email, open_store
 from newsletter.tokens import Tokens
 from newsletter.transport import Connection, DeliveryError, RateLimit, Reply, Transport, transport_for
 from newsletter.validate import load_issue
@@ -188,6 +192,12 @@ def run_send(plan: SendPlan, *, force: bool = False,
     return report
 
 
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, NewsletterError):
+        return exc.message
+    return f"{type(exc).__name__}: {exc}"
+
+
 def classify(reply: Reply) -> str:
     """sent | retry | sender | bounce | policy | permanent."""
     if reply.ok:
@@ -249,7 +259,9 @@ class _Run:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         connections = [self.plan.transport.connection() for _ in range(self.plan.concurrency)]
         try:
-            await asyncio.gather(*(self.worker(c) for c in connections))
+            # return_exceptions: one worker's bug must not leave the others' messages in flight
+            # unrecorded (they were handed to SMTP; a resume would send them twice).
+            await asyncio.gather(*(self.worker(c) for c in connections), return_exceptions=True)
         finally:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signal.SIGINT)
@@ -268,35 +280,51 @@ class _Run:
     async def worker(self, connection: Connection) -> None:
         outcome: Outcome | None = None
         sender = self.prepared.sender
-        while True:
-            item = await self.next(outcome)
-            if item is None:
-                return
-            job, message_id, claim = item
-            outcome = None
-            try:
-                recipient = Recipient(job.email, job.name, job.subscriber_id, self.list_id)
-                # No token_id: the subscriber was erased after the jobs were loaded; the claim
-                # (membership check) then refuses the message before DATA, so "-" never goes out.
-                token_id = self.token_ids.get(job.subscriber_id, "-")
-                raw = self.prepared.personalise(
-                    recipient, self.tokens.unsubscribe(token_id, self.list_id), message_id)
-                # The claim (membership check + row `sending`) commits while MAIL/RCPT go out;
-                # the connection waits for it before DATA.
-                reply = await connection.send(sender, job.email, raw, claim)
-            except DeliveryError as exc:
-                self.fatal = self.fatal or exc
-                self.stop(exc.message)
-                if await claim:  # back to pending: it was never handed over
-                    outcome = Outcome(job, "pending", None, f"not sent: {exc.message}", counted=False)
-                continue
-            except BaseException as exc:
-                # A bug, or cancellation: we cannot know whether the message left; keep `sending`.
-                self.error = self.error or exc
-                self.stop(f"internal error: {exc!r}")
-                raise
-            if reply is not None and await claim:  # else: no longer subscribed (`skipped`)
-                outcome = self.judge(job, reply)
+        try:
+            while True:
+                item = await self.next(outcome)
+                if item is None:
+                    return
+                job, message_id, claim = item
+                outcome = None
+                try:
+                    address, raw = self.build(job, message_id)
+                except Exception as exc:
+                    # Bad data for this one recipient (e.g. an address stored before it was
+                    # checked): nothing was handed over; fail this row, keep sending the others.
+                    if await claim:
+                        outcome = Outcome(job, "failed_permanent", None,
+                                          f"message not built, nothing sent: {_reason(exc)}")
+                    continue
+                try:
+                    # The claim (membership check + row `sending`) commits while MAIL/RCPT go
+                    # out; the connection waits for it before DATA.
+                    reply = await connection.send(sender, address, raw, claim)
+                except DeliveryError as exc:
+                    self.fatal = self.fatal or exc
+                    self.stop(exc.message)
+                    if await claim:  # back to pending: it was never handed over
+                        outcome = Outcome(job, "pending", None, f"not sent: {exc.message}",
+                                          counted=False)
+                    continue
+                if reply is not None and await claim:  # else: no longer subscribed (`skipped`)
+                    outcome = self.judge(job, reply)
+        except BaseException as exc:
+            # A bug, or cancellation: we cannot know whether the message in hand left, so its row
+            # stays `sending`. The other workers finish their messages (recorded by `deliver`).
+            self.error = self.error or exc
+            self.stop(f"internal error: {exc!r}")
+            raise
+
+    def build(self, job: Job, message_id: str) -> tuple[str, bytes]:
+        """Envelope recipient (IDN domain in punycode) and the personalised message."""
+        recipient = Recipient(job.email, job.name, job.subscriber_id, self.list_id)
+        # No token_id: the subscriber was erased after the jobs were loaded; the claim
+        # (membership check) then refuses the message before DATA, so "-" never goes out.
+        token_id = self.token_ids.get(job.subscriber_id, "-")
+        raw = self.prepared.personalise(
+            recipient, self.tokens.unsubscribe(token_id, self.list_id), message_id)
+        return ascii_email(job.email), raw
 
     def judge(self, job: Job, reply: Reply) -> Outcome:
         kind = classify(reply)
@@ -462,6 +490,7 @@ def send_test(project: Project, issue_path: Path, addresses: Sequence[str]) -> l
     The unsubscribe link is `{base_url}/u/test` (no subscriber behind it; `serve` says so)."""
     for address in addresses:
         check_address(address, "--to", "command line")
+    addresses = [ascii_email(normalize_email(address)) for address in addresses]
     rendered = render_issue(load_issue(issue_path), project)
     prepared = prepare(project, rendered, subject_prefix="[TEST] ")
     transport = transport_for(project)
@@ -483,11 +512,14 @@ def send_test(project: Project, issue_path: Path, addresses: Sequence[str]) -> l
     return asyncio.run(deliver())
 
 
-def dry_run(plan: SendPlan, directory: Path | None = None) -> tuple[Path, int]:
+def dry_run(plan: SendPlan, directory: Path | None = None,
+            skipped: list[str] | None = None) -> tuple[Path, int]:
     """Write the personalised message of every subscribed member as an .eml file; send nothing.
 
     The default directory is `outbox/dry-run/<slug>/`: git-ignored and never served (unlike
-    `dist/`, which `serve` publishes) — the files hold addresses and working unsubscribe links."""
+    `dist/`, which `serve` publishes) — the files hold addresses and working unsubscribe links.
+    Members whose message cannot be built (the real send fails them) are left out and, with
+    `skipped`, listed there with the reason."""
     directory = directory or plan.project.outbox_dir / "dry-run" / plan.rendered.slug
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -499,8 +531,13 @@ def dry_run(plan: SendPlan, directory: Path | None = None) -> tuple[Path, int]:
     count = 0
     for member in plan.store.members(plan.mailing_list.id):
         recipient = Recipient(member.email, member.name, member.subscriber_id, plan.mailing_list.id)
-        raw = prepared.personalise(recipient, tokens.unsubscribe(member.token_id,
-                                                                 plan.mailing_list.id))
+        try:
+            raw = prepared.personalise(recipient, tokens.unsubscribe(member.token_id,
+                                                                     plan.mailing_list.id))
+        except Exception as exc:  # like the real send: this recipient fails, the others go on
+            if skipped is not None:
+                skipped.append(f"{member.email}: {_reason(exc)}")
+            continue
         name = re.sub(r"[^A-Za-z0-9@._+-]", "_", member.email)
         (directory / f"{member.subscriber_id:06d}-{name}.eml").write_bytes(raw)
         count += 1

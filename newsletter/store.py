@@ -59,6 +59,10 @@ class InvalidEmail(NewsletterError):
     """An e-mail address that email-validator rejects."""
 
 
+class NonAsciiLocalPart(InvalidEmail):
+    """Valid only with SMTPUTF8 (``müller@…``): refused for new addresses, see `normalize_email`."""
+
+
 # --- time -------------------------------------------------------------------------------------
 
 
@@ -359,12 +363,18 @@ def _domain(domain: str) -> tuple[str, str] | None:
     return valid.domain, valid.ascii_domain
 
 
-def normalize_email(address: str) -> str:
+NON_ASCII_LOCAL = ("non-ASCII characters before @ are not deliverable by most mail servers "
+                   "(they need SMTPUTF8); ask for the address without umlauts or accents")
+
+
+def normalize_email(address: str, *, lookup: bool = False) -> str:
     """Validate (no DNS) and normalise: local part as written, domain lower-case, IDN in Unicode.
 
     The Unicode form (email-validator's ``normalized``) keeps ``straße.de`` distinct from
-    ``strasse.de`` (IDNA 2008); ``ascii_email`` is None for internationalised local parts, so it
-    cannot be the stored key. Raises `InvalidEmail` with email-validator's reason.
+    ``strasse.de`` (IDNA 2008). A non-ASCII local part (``müller@…``) is refused: it needs
+    SMTPUTF8, which most servers lack and our `To:` header cannot carry; umlaut *domains* are
+    fine (sent as punycode). ``lookup=True`` accepts such local parts, to find rows stored before
+    this check (unsubscribe, forget). Raises `InvalidEmail` with the reason.
     """
     address = address.strip()
     # Fast path for imports of 100,000 rows: plain local part, each domain validated once.
@@ -376,9 +386,28 @@ def normalize_email(address: str) -> str:
                 and len(local) + len(forms[0].encode()) < 200:
             return f"{local}@{forms[0]}"
     try:
-        return validate_email(address, check_deliverability=False).normalized
+        valid = validate_email(address, check_deliverability=False)
     except EmailNotValidError as exc:
         raise InvalidEmail(f"invalid e-mail address `{address}`: {exc}") from None
+    if not lookup and not valid.local_part.isascii():
+        raise NonAsciiLocalPart(f"invalid e-mail address `{address}`: {NON_ASCII_LOCAL}")
+    return valid.normalized
+
+
+def ascii_email(normalized: str) -> str:
+    """The address as it goes into RCPT TO and the `To:` header: an IDN domain in punycode.
+
+    Raises `InvalidEmail` for a non-ASCII local part (stored before `normalize_email` refused it).
+    """
+    if normalized.isascii():
+        return normalized
+    local, _at, domain = normalized.rpartition("@")
+    if not local.isascii():
+        raise NonAsciiLocalPart(f"`{normalized}`: {NON_ASCII_LOCAL}")
+    forms = _domain(domain)
+    if forms is None:
+        raise InvalidEmail(f"`{normalized}`: the domain is not a valid internationalised domain")
+    return f"{local}@{forms[1]}"
 
 
 def email_key(normalized: str) -> str:
@@ -389,7 +418,7 @@ def email_key(normalized: str) -> str:
 def suppression_hash(address: str) -> str:
     """sha256 of the normalised, lower-cased address (falls back to the raw text if invalid)."""
     try:
-        key = email_key(normalize_email(address))
+        key = email_key(normalize_email(address, lookup=True))
     except InvalidEmail:
         key = address.strip().lower()
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
@@ -638,7 +667,7 @@ class Store:
     def find_subscriber(self, email: str) -> Subscriber | None:
         """The subscriber with this address (any case of the address), or None."""
         try:
-            key = email_key(normalize_email(email))
+            key = email_key(normalize_email(email, lookup=True))
         except InvalidEmail:
             return None
         with self.read() as conn:
@@ -862,7 +891,7 @@ class Store:
         send journal. Keeps only a hashed suppression entry so no import or sign-up brings the
         address back. True if a subscriber was found."""
         try:
-            key: str | None = email_key(normalize_email(email))
+            key: str | None = email_key(normalize_email(email, lookup=True))
         except InvalidEmail:
             key = None
         with self.write() as conn:

@@ -586,7 +586,7 @@ def forget_local_copies(project: Project, address: str) -> list[Path]:
     SMTP host) and dry-run `.eml` files under `outbox/dry-run/` and the older `dist/*/dry-run/`.
     Matched on the To/Cc headers, case-insensitively. The files deleted."""
     try:
-        wanted = email_key(normalize_email(address))
+        wanted = email_key(normalize_email(address, lookup=True))
     except InvalidEmail:
         wanted = address.strip().lower()
     outbox = project.outbox_dir
@@ -628,7 +628,7 @@ def _recipients(path: Path) -> set[str]:
             for _display, addr in email.utils.getaddresses([str(value)]):
                 if addr:
                     try:  # the same identity the store uses (an IDN domain may be in punycode)
-                        found.add(email_key(normalize_email(addr)))
+                        found.add(email_key(normalize_email(addr, lookup=True)))
                     except InvalidEmail:
                         found.add(addr.strip().lower())
     return found

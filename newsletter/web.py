@@ -33,7 +33,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from email_validator import EmailNotValidError, validate_email
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PackageLoader, PrefixLoader, select_autoescape
 from sqlalchemy.exc import OperationalError
@@ -59,7 +58,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from newsletter.config import Project
 from newsletter.errors import ConfigError, NewsletterError, Problem
-from newsletter.store import InvalidEmail, open_store
+from newsletter.store import (
+    InvalidEmail,
+    MailingList,
+    NonAsciiLocalPart,
+    ascii_email,
+    normalize_email,
+    open_store,
+)
 from newsletter.tokens import TokenExpired, TokenInvalid, Tokens, signing_keys
 
 log = logging.getLogger("newsletter.serve")
@@ -71,6 +77,8 @@ CSRF_MAX_AGE = 24 * 3600
 MAILS_PER_ADDRESS = 3  # confirmation mails per address and day: no mail-bombing a stranger
 ONE_CLICK = "One-Click"
 BAD_EMAIL = "Bitte geben Sie eine gültige E-Mail-Adresse an, z. B. name@example.org."
+# Umlauts before the @ need SMTPUTF8, which most mail servers lack (umlaut domains are fine).
+UMLAUT_EMAIL = "Bitte verwenden Sie eine Adresse ohne Umlaute vor dem @."
 
 SOURCE_ONE_CLICK = "one_click"
 SOURCE_PAGE = "unsubscribe_page"
@@ -400,10 +408,14 @@ class Site:
 
     def list_info(self, list_id: int) -> ListInfo | None:
         item = self.store.get_list_by_id(list_id)
-        return ListInfo(item.id, item.name, item.title or item.name) if item else None
+        return self._info(item) if item else None
 
     def all_lists(self) -> list[ListInfo]:
-        return [ListInfo(i.id, i.name, i.title or i.name) for i in self.store.lists()]
+        return [self._info(i) for i in self.store.lists()]
+
+    def _info(self, item: MailingList) -> ListInfo:
+        # A list's name is internal ("big"); readers see its title, else the newsletter's.
+        return ListInfo(item.id, item.name, item.title or self.settings.newsletter.title)
 
     def subscribe_url(self, info: ListInfo) -> str:
         return "/subscribe" if len(self.all_lists()) <= 1 else f"/subscribe/{quote(info.name, safe='')}"
@@ -494,7 +506,10 @@ class Site:
                 if request.method == "POST":
                     await _drain(request)
                     return self.error(404)
-                choices = [{"url": f"/subscribe/{quote(i.name, safe='')}", "title": i.title} for i in lists]
+                titles = Counter(i.title for i in lists)  # untitled lists: tell them apart
+                choices = [{"url": f"/subscribe/{quote(i.name, safe='')}",
+                            "title": i.title if titles[i.title] == 1 else f"{i.title} ({i.name})"}
+                           for i in lists]
                 return self.page("subscribe_lists.html", lists=choices)
             info = lists[0] if lists else None
         else:
@@ -522,9 +537,12 @@ class Site:
             return self.signup_done()
         errors, invalid = [], set()
         email = ""
-        try:
-            email = validate_email(values["email"], check_deliverability=False).normalized
-        except EmailNotValidError:
+        try:  # a syntax check only, the same answer whether the address is known or not
+            email = normalize_email(values["email"])
+        except NonAsciiLocalPart:
+            errors.append(UMLAUT_EMAIL)
+            invalid.add("email")
+        except InvalidEmail:
             errors.append(BAD_EMAIL)
             invalid.add("email")
         if form.get("consent") is None:
@@ -579,7 +597,9 @@ class Site:
         message = EmailMessage()
         message["Subject"] = _clean(self.env.get_template("confirm/subject.txt").render(values), 200)
         message["From"] = s.newsletter.from_
-        message["To"] = email  # the address alone: a name typed into a form never goes into a header
+        # The address alone: a name typed into a form never goes into a header. An IDN domain
+        # goes in as punycode (the email package would put an encoded word into the domain).
+        message["To"] = ascii_email(email)
         if s.newsletter.reply_to:
             message["Reply-To"] = s.newsletter.reply_to
         message["Date"] = format_datetime(datetime.now(UTC))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import html
 import re
 import socket
 import threading
@@ -447,3 +448,56 @@ def test_newsletter_serve_command_runs_and_logs_no_tokens(project_dir: Path, tmp
     assert token not in output and "nora" not in output
     with open_store(project) as store:
         assert store.membership_status(sid, lst.id) == "unsubscribed"
+
+
+# --- addresses with umlauts, lists without a title ----------------------------------------------
+
+UMLAUT_HINT = "Bitte verwenden Sie eine Adresse ohne Umlaute vor dem @."
+
+
+@pytest.mark.parametrize("address", ["müller@example.org", "greta.groß@example.org", "jörg@müller.de"])
+def test_umlaut_before_the_at_is_refused_on_the_form(serve: ServeFactory, smtp_server: Any,
+                                                     address: str) -> None:
+    served = serve(smtp__host=smtp_server.host, smtp__port=str(smtp_server.port), smtp__security="none")
+    with served.client() as client:
+        page = sign_up(client, address)
+    assert page.status_code == 400
+    assert UMLAUT_HINT in html.unescape(page.text)
+    assert f'value="{html.escape(address)}"' in page.text  # the input is kept for correcting
+    assert served.store.find_subscriber(address) is None
+    assert served.store.members(served.list_id, status=None) == []
+    assert smtp_server.messages == []
+
+
+def test_umlaut_domain_confirmation_goes_to_the_punycode_address(serve: ServeFactory,
+                                                                 smtp_server: Any) -> None:
+    served = serve(smtp__host=smtp_server.host, smtp__port=str(smtp_server.port), smtp__security="none")
+    with served.client() as client:
+        assert sign_up(client, "info@müller.de").status_code == 200
+    wait_for(lambda: len(smtp_server.messages) == 1)
+    received = smtp_server.messages[0]
+    assert received.rcpt_tos == ["info@xn--mller-kva.de"]
+    message = email.message_from_bytes(received.data, policy=email.policy.default)
+    assert str(message["To"]) == "info@xn--mller-kva.de"
+    assert b"=?" not in received.data.split(b"\r\nTo:", 1)[1].split(b"\r\n", 1)[0]
+    assert served.store.find_subscriber("info@müller.de") is not None
+
+
+def test_list_without_title_shows_the_newsletter_title(project_dir, serve: ServeFactory,
+                                                       smtp_server: Any) -> None:
+    store = open_store(load_project(project_dir))
+    store.create_list("news")  # no title
+    store.close()
+    served = serve(smtp__host=smtp_server.host, smtp__port=str(smtp_server.port), smtp__security="none",
+                   newsletter__title="Stadtbrief Musterstadt")
+    subscriber_id = served.add("hans@example.org")
+    with served.client() as client:
+        token = served.tokens.unsubscribe(served.token_id(subscriber_id), served.list_id)
+        page = html.unescape(client.get(f"/u/{token}").text)
+        assert "„Stadtbrief Musterstadt“" in page and "„news“" not in page
+        form = html.unescape(client.get("/subscribe").text)
+        assert "„Stadtbrief Musterstadt“" in form and "„news“" not in form
+        assert sign_up(client, "greta@example.org").status_code == 200
+    wait_for(lambda: len(smtp_server.messages) == 1)
+    message = email.message_from_bytes(smtp_server.messages[0].data, policy=email.policy.default)
+    assert message["Subject"] == "Bitte bestätigen Sie Ihre Anmeldung: Stadtbrief Musterstadt"

@@ -74,10 +74,16 @@ def test_fast_path_agrees_with_email_validator(address: str) -> None:
     except EmailNotValidError:
         expected = None
     try:
-        got: str | None = normalize_email(address)
+        got: str | None = normalize_email(address, lookup=True)
     except InvalidEmail:
         got = None
     assert got == expected
+    # New addresses: the same, except that a non-ASCII local part (SMTPUTF8 only) is refused.
+    try:
+        new: str | None = normalize_email(address)
+    except InvalidEmail:
+        new = None
+    assert new == (expected if address.rpartition("@")[0].isascii() else None)
 
 
 # --- lists ------------------------------------------------------------------------------------
