@@ -637,29 +637,22 @@ class Store:
         (tokens then named the id): it counts only while that very row exists — a subscriber
         created later, even one that got the id of an erased person, is never found by it.
         """
-        query = sa.select(subscribers)
-        if isinstance(token_id, bool) or not isinstance(token_id, (str, int)) or token_id == "":
+        condition = _token_condition(token_id)
+        if condition is None:
             return None
-        if isinstance(token_id, str):
-            query = query.where(subscribers.c.token_id == token_id)
-        else:
-            query = query.where(subscribers.c.id == token_id, subscribers.c.legacy_tokens == sa.true())
         with self.read() as conn:
-            row = conn.execute(query).first()
+            row = conn.execute(sa.select(subscribers).where(condition)).first()
         return _subscriber(row) if row else None
 
     def membership_by_token_id(self, token_id: str | int, list_id: int) -> tuple[int, str] | None:
         """(subscriber id, membership status) for a link's token_id on a list, in one query (the
         unsubscribe hot path); None if no such subscriber or membership. Ints: as above."""
+        condition = _token_condition(token_id)
+        if condition is None:
+            return None
         query = (sa.select(subscribers.c.id, memberships.c.status)
                  .join(memberships, memberships.c.subscriber_id == subscribers.c.id)
-                 .where(memberships.c.list_id == list_id))
-        if isinstance(token_id, bool) or not isinstance(token_id, (str, int)) or token_id == "":
-            return None
-        if isinstance(token_id, str):
-            query = query.where(subscribers.c.token_id == token_id)
-        else:
-            query = query.where(subscribers.c.id == token_id, subscribers.c.legacy_tokens == sa.true())
+                 .where(memberships.c.list_id == list_id, condition))
         with self.engine.connect() as conn:
             row = conn.execute(query).first()
         return (row.id, row.status) if row else None
@@ -776,23 +769,10 @@ class Store:
         with self.write() as conn:
             if _is_suppressed(conn, key):
                 return SignupResult(None, False)
-            row = conn.execute(
-                sa.select(subscribers.c.id, subscribers.c.name, subscribers.c.token_id)
-                .where(subscribers.c.email_key == key).with_for_update()
-            ).first()
             now = utcnow()
-            if row is None:
-                token_id = new_token_id()
-                subscriber_id = conn.execute(subscribers.insert().values(
-                    email=normalized, email_key=key, name=name or None, attributes={}, created_at=now,
-                    token_id=token_id,
-                )).inserted_primary_key[0]
-            else:
-                subscriber_id, token_id = row.id, row.token_id
-                # Only fill a missing name: a form must not rename somebody else's entry.
-                if name and not row.name:
-                    conn.execute(subscribers.update().where(subscribers.c.id == subscriber_id)
-                                 .values(name=name))
+            # Only fill a missing name: a form must not rename somebody else's entry.
+            subscriber_id, token_id = _find_or_create_subscriber(
+                conn, normalized, key, name, now, replace_name=False)
             current = _status_for_update(conn, subscriber_id, list_id)
             if current in ("subscribed", "bounced", "complained"):
                 return SignupResult(subscriber_id, False, token_id)
@@ -837,18 +817,8 @@ class Store:
                 raise StoreError(f"{normalized} is on the suppression list (erased on request or "
                                  "blocked); it cannot be added again")
             now = utcnow()
-            row = conn.execute(sa.select(subscribers.c.id, subscribers.c.name)
-                               .where(subscribers.c.email_key == key).with_for_update()).first()
-            if row is None:
-                subscriber_id = conn.execute(subscribers.insert().values(
-                    email=normalized, email_key=key, name=name or None, attributes={}, created_at=now,
-                    token_id=new_token_id(),
-                )).inserted_primary_key[0]
-            else:
-                subscriber_id = row.id
-                if name and name != row.name:
-                    conn.execute(subscribers.update().where(subscribers.c.id == subscriber_id)
-                                 .values(name=name))
+            subscriber_id, _token_id = _find_or_create_subscriber(
+                conn, normalized, key, name, now, replace_name=True)
             current = _status_for_update(conn, subscriber_id, list_id)
             if current in OPTED_OUT:
                 raise StoreError(
@@ -1040,3 +1010,39 @@ def open_store(project: Project) -> Store:
     if sa_url.get_backend_name() == "sqlite" and sa_url.database and sa_url.database != ":memory:":
         Path(sa_url.database).parent.mkdir(parents=True, exist_ok=True)
     return Store.open(url)
+
+
+def _token_condition(token_id: object) -> sa.ColumnElement[bool] | None:
+    """The WHERE clause finding the subscriber a link names; None for a malformed reference.
+
+    A str is a `token_id`; an int is a subscriber id from a link mailed before migration 4,
+    valid only for rows that existed then (`legacy_tokens`).
+    """
+    if isinstance(token_id, bool) or not isinstance(token_id, (str, int)) or token_id == "":
+        return None
+    if isinstance(token_id, str):
+        return subscribers.c.token_id == token_id
+    return sa.and_(subscribers.c.id == token_id, subscribers.c.legacy_tokens == sa.true())
+
+
+def _find_or_create_subscriber(conn: Connection, normalized: str, key: str, name: str | None,
+                               now: datetime, *, replace_name: bool) -> tuple[int, str]:
+    """(id, token_id) of the subscriber with this address key, created if new (row locked).
+
+    `replace_name`: an editor's name replaces the stored one; otherwise (web forms) a name
+    only fills a missing one.
+    """
+    row = conn.execute(
+        sa.select(subscribers.c.id, subscribers.c.name, subscribers.c.token_id)
+        .where(subscribers.c.email_key == key).with_for_update()
+    ).first()
+    if row is None:
+        token_id = new_token_id()
+        subscriber_id = conn.execute(subscribers.insert().values(
+            email=normalized, email_key=key, name=name or None, attributes={}, created_at=now,
+            token_id=token_id,
+        )).inserted_primary_key[0]
+        return subscriber_id, token_id
+    if name and name != row.name and (replace_name or not row.name):
+        conn.execute(subscribers.update().where(subscribers.c.id == row.id).values(name=name))
+    return row.id, row.token_id

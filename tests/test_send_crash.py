@@ -27,23 +27,30 @@ class SlowToAnswer(RecordingHandler):
         return reply
 
 
-def test_sigkill_mid_send_then_resume(project_dir, monkeypatch):
-    controller, server = start_smtp(SlowToAnswer())
+def start_send_process(project_dir, monkeypatch, server, *, stdout, wait_for: int):
+    """A `newsletter send` subprocess to a 60-member list, once `wait_for` messages arrived."""
     env = {**os.environ, "NEWSLETTER_SMTP__HOST": server.host,
            "NEWSLETTER_SMTP__PORT": str(server.port), "NEWSLETTER_SMTP__SECURITY": "none",
            "PYTHONPATH": str(REPO)}
     for key in ("HOST", "PORT", "SECURITY"):
         monkeypatch.setenv(f"NEWSLETTER_SMTP__{key}", env[f"NEWSLETTER_SMTP__{key}"])
+    project = load_project(project_dir)
+    store, _list_id, addresses = make_list(project, 60)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "newsletter", "send", str(issue_path(project)), "--list", "news",
+         "--yes", "--concurrency", "4", "--project", str(project.root)],
+        env=env, cwd=REPO, stdout=stdout, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while len(server.messages) < wait_for and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return project, store, addresses, process
+
+
+def test_sigkill_mid_send_then_resume(project_dir, monkeypatch):
+    controller, server = start_smtp(SlowToAnswer())
     try:
-        project = load_project(project_dir)
-        store, _list_id, addresses = make_list(project, 60)
-        process = subprocess.Popen(
-            [sys.executable, "-m", "newsletter", "send", str(issue_path(project)), "--list", "news",
-             "--yes", "--concurrency", "4", "--project", str(project.root)],
-            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while len(server.messages) < 15 and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
+        project, store, addresses, process = start_send_process(
+            project_dir, monkeypatch, server, stdout=subprocess.DEVNULL, wait_for=15)
         assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
@@ -81,21 +88,9 @@ def test_sigkill_mid_send_then_resume(project_dir, monkeypatch):
 
 def test_ctrl_c_finishes_in_flight_messages_and_resume_sends_the_rest(project_dir, monkeypatch):
     controller, server = start_smtp(SlowToAnswer())
-    env = {**os.environ, "NEWSLETTER_SMTP__HOST": server.host,
-           "NEWSLETTER_SMTP__PORT": str(server.port), "NEWSLETTER_SMTP__SECURITY": "none",
-           "PYTHONPATH": str(REPO)}
-    for key in ("HOST", "PORT", "SECURITY"):
-        monkeypatch.setenv(f"NEWSLETTER_SMTP__{key}", env[f"NEWSLETTER_SMTP__{key}"])
     try:
-        project = load_project(project_dir)
-        store, _list_id, addresses = make_list(project, 60)
-        process = subprocess.Popen(
-            [sys.executable, "-m", "newsletter", "send", str(issue_path(project)), "--list", "news",
-             "--yes", "--concurrency", "4", "--project", str(project.root)],
-            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while len(server.messages) < 10 and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
+        project, store, addresses, process = start_send_process(
+            project_dir, monkeypatch, server, stdout=subprocess.PIPE, wait_for=10)
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=60)
         assert process.returncode == 130, (out + err).decode()
