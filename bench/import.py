@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from newsletter.store import Store
-from newsletter.subscribers import import_csv
+from newsletter.audience.importer import import_csv
+from newsletter.audience.store import Store
 
 FIRST = ["Anna", "Bernd", "Claudia", "Dilek", "Erik", "Jörg", "Mónica", "Özlem", "Sara", "Lukas"]
 LAST = ["Schmidt", "Müller", "Weiß", "Yılmaz", "Jansen", "Groß", "Nguyen", "Kowalski"]

@@ -25,8 +25,8 @@ from playwright.sync_api import Route, sync_playwright
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from newsletter.config import load_project
-from newsletter.preview import build_snapshot, create_preview_app, serve_in_background
 from newsletter.scaffold import init_project
+from newsletter.web.preview import build_snapshot, create_preview_app, serve_in_background
 
 HEADLINE = "Jetzt anmelden zum 8. MPSC-Kongress in Berlin"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -24,8 +24,8 @@ from pathlib import Path
 from mjml import mjml2html
 
 from newsletter.config import load_project
-from newsletter.render import environment, render_issue
-from newsletter.validate import load_issue
+from newsletter.content.validate import load_issue
+from newsletter.render.html import environment, render_issue
 
 REPO = Path(__file__).resolve().parent.parent
 

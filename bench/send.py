@@ -54,7 +54,7 @@ def start_sink(port: int) -> subprocess.Popen[bytes]:
 
 def make_recipients(project, n: int) -> None:
     """A list `bench` with n subscribed members (bulk insert: this is set-up, not measured)."""
-    from newsletter.store import memberships, open_store, subscribers, utcnow
+    from newsletter.audience.store import memberships, open_store, subscribers, utcnow
 
     store = open_store(project)
     mailing_list = store.create_list("bench", title="Benchmark")
@@ -72,10 +72,10 @@ def make_recipients(project, n: int) -> None:
 
 
 def message_size(project) -> int:
-    from newsletter.message import Recipient, prepare
-    from newsletter.render import render_issue
+    from newsletter.content.validate import load_issue
+    from newsletter.delivery.message import Recipient, prepare
+    from newsletter.render.html import render_issue
     from newsletter.tokens import Tokens
-    from newsletter.validate import load_issue
 
     rendered = render_issue(load_issue(project.root / "issues" / "2026-02.yaml"), project)
     prepared = prepare(project, rendered, list_name="bench")
@@ -95,8 +95,8 @@ def main() -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from newsletter.config import load_project
+    from newsletter.delivery.sender import plan_send, run_send
     from newsletter.scaffold import init_project
-    from newsletter.send import plan_send, run_send
 
     tmp = Path(tempfile.mkdtemp(prefix="newsletter-bench-"))
     port = free_port()

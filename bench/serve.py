@@ -27,9 +27,9 @@ import sqlalchemy as sa
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from newsletter.audience.store import memberships, open_store, subscribers, utcnow  # noqa: E402
 from newsletter.config import load_project  # noqa: E402
 from newsletter.scaffold import init_project  # noqa: E402
-from newsletter.store import memberships, open_store, subscribers, utcnow  # noqa: E402
 from newsletter.tokens import Tokens  # noqa: E402
 
 MAX_REQUESTS = 20_000

@@ -1,7 +1,7 @@
 """Signed, opaque tokens for unsubscribe and confirmation links (itsdangerous).
 
 * Tokens name one subscriber by their random `token_id` (`subscribers.token_id`, see
-  `newsletter.store`) and one list — never the e-mail address, never the sequential database
+  `newsletter.audience.store`) and one list — never the e-mail address, never the sequential database
   id, which SQLite hands out again after an erasure and which would tell how many people
   subscribed. Unsubscribe tokens never expire (a link in a mail from 2026 must still work).
 * Confirmation tokens (double opt-in) carry a timestamp and expire.

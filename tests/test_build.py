@@ -10,7 +10,7 @@ import lxml.html
 from typer.testing import CliRunner
 
 from newsletter.cli import app
-from newsletter.render import UNSUBSCRIBE_PLACEHOLDER
+from newsletter.render.html import UNSUBSCRIBE_PLACEHOLDER
 
 GOLDEN = Path(__file__).parent / "golden"
 ATOM = "{http://www.w3.org/2005/Atom}"

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from newsletter.check import check_issue
 from newsletter.cli import app
 from newsletter.config import load_project
-from newsletter.validate import load_issue
+from newsletter.content.validate import load_issue
+from newsletter.render.check import check_issue
 
 
 def check(project_dir: Path, *args: str):

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from newsletter.cli import app
 from newsletter.config import load_project
-from newsletter.validate import load_issue
+from newsletter.content.validate import load_issue
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -12,9 +12,9 @@ from pydantic import BaseModel
 from typer.testing import CliRunner
 
 from newsletter.cli import app
-from newsletter.markdown import parse
-from newsletter.model import ArticleSection, DigestSection, Image, Issue, NewsSection
-from newsletter.validate import load_issue
+from newsletter.content.markdown import parse
+from newsletter.content.model import ArticleSection, DigestSection, Image, Issue, NewsSection
+from newsletter.content.validate import load_issue
 
 REPO = Path(__file__).resolve().parent.parent
 SEEDS = REPO.parent / "shared" / "seeds"

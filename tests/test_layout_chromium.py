@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from newsletter.config import Project
-from newsletter.render import render_issue
-from newsletter.validate import load_issue
+from newsletter.content.validate import load_issue
+from newsletter.render.html import render_issue
 
 playwright = pytest.importorskip("playwright.sync_api")
 CHROMIUM = "/usr/bin/chromium"

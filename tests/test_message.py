@@ -12,9 +12,9 @@ import pytest
 from test_send_support import LONG_BASE_URL, header_line, parse
 
 from newsletter.config import load_project
+from newsletter.delivery.message import Recipient, prepare
 from newsletter.errors import HeaderInjection
-from newsletter.message import Recipient, prepare
-from newsletter.render import UNSUBSCRIBE_PLACEHOLDER
+from newsletter.render.html import UNSUBSCRIBE_PLACEHOLDER
 
 P = UNSUBSCRIBE_PLACEHOLDER
 

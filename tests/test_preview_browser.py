@@ -16,15 +16,15 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import Browser, FrameLocator, Locator, Page, Route, expect, sync_playwright
 
-from newsletter.check import check_issue
 from newsletter.config import Project, load_project
+from newsletter.content.validate import load_issue
+from newsletter.delivery.message import Recipient, mime_message, prepare
+from newsletter.delivery.transport import MaildirTransport, send_message_now, transport_for
 from newsletter.errors import NewsletterError
-from newsletter.message import Recipient, mime_message, prepare
-from newsletter.preview import create_preview_app, serve_in_background
-from newsletter.render import UNSUBSCRIBE_PLACEHOLDER, render_issue
+from newsletter.render.check import check_issue
+from newsletter.render.html import UNSUBSCRIBE_PLACEHOLDER, render_issue
 from newsletter.tokens import Tokens
-from newsletter.transport import MaildirTransport, send_message_now, transport_for
-from newsletter.validate import load_issue
+from newsletter.web.preview import create_preview_app, serve_in_background
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -16,7 +16,7 @@ import httpx
 from typer.testing import CliRunner
 
 from newsletter.cli import app
-from newsletter.preview import HOST
+from newsletter.web.preview import HOST
 
 REPO = Path(__file__).resolve().parent.parent
 HEADLINE = "Jetzt anmelden zum 8. MPSC-Kongress in Berlin"

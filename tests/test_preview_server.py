@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from newsletter.config import load_project
-from newsletter.preview import bind, create_preview_app, serve_in_background
+from newsletter.web.preview import bind, create_preview_app, serve_in_background
 
 
 def wait_for_state(url: str, predicate, timeout: float = 30) -> dict:

@@ -12,10 +12,10 @@ import icalendar
 import lxml.html
 import pytest
 
-from newsletter import dates
 from newsletter.config import Project, load_project
-from newsletter.plaintext import markdown_to_text, wrap
-from newsletter.render import (
+from newsletter.content.validate import load_issue
+from newsletter.render import dates as dates
+from newsletter.render.html import (
     DEFAULT_TEMPLATES,
     UNSUBSCRIBE_PLACEHOLDER,
     RenderedIssue,
@@ -24,7 +24,7 @@ from newsletter.render import (
     mjml_problems,
     render_issue,
 )
-from newsletter.validate import load_issue
+from newsletter.render.text import markdown_to_text, wrap
 
 FULL = Path(__file__).parent / "golden" / "full-issue.yaml"
 

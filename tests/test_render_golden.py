@@ -19,10 +19,10 @@ import pytest
 from pydantic import BaseModel
 
 from newsletter.config import Project
-from newsletter.markdown import parser
-from newsletter.model import Image, Link, LinkItem, NewsItem, RegisterLink
-from newsletter.render import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue, render_issue
-from newsletter.validate import load_issue
+from newsletter.content.markdown import parser
+from newsletter.content.model import Image, Link, LinkItem, NewsItem, RegisterLink
+from newsletter.content.validate import load_issue
+from newsletter.render.html import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue, render_issue
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = REPO / "tests" / "golden"

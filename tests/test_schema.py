@@ -8,7 +8,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from newsletter.cli import app
-from newsletter.model import SECTION_KINDS
+from newsletter.content.model import SECTION_KINDS
 
 REPO = Path(__file__).resolve().parent.parent
 # The example issues' modeline `# yaml-language-server: $schema=../issue.schema.json`

@@ -10,8 +10,8 @@ from conftest import RecordingHandler, start_smtp
 from test_send_support import LONG_BASE_URL, header_line, issue_path, make_list, parse
 
 from newsletter.config import load_project
-from newsletter.journal import Journal
-from newsletter.send import dry_run, plan_send, run_send, send_test
+from newsletter.delivery.journal import Journal
+from newsletter.delivery.sender import dry_run, plan_send, run_send, send_test
 from newsletter.tokens import Tokens
 
 URL = re.compile(r"https://[^\s\"<>]+/u/([A-Za-z0-9_.-]+)")

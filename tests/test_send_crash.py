@@ -14,8 +14,8 @@ from conftest import REPO, RecordingHandler, start_smtp
 from test_send_support import issue_path, make_list
 
 from newsletter.config import load_project
-from newsletter.journal import Journal
-from newsletter.send import plan_send, run_send
+from newsletter.delivery.journal import Journal
+from newsletter.delivery.sender import plan_send, run_send
 
 
 class SlowToAnswer(RecordingHandler):

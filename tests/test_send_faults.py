@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from newsletter.cli import app
 from newsletter.config import load_project
-from newsletter.journal import CONTENT_CHANGED_NOTE, ContentChanged, Journal
-from newsletter.send import classify, plan_send, run_send
-from newsletter.transport import DeliveryError, Reply
+from newsletter.delivery.journal import CONTENT_CHANGED_NOTE, ContentChanged, Journal
+from newsletter.delivery.sender import classify, plan_send, run_send
+from newsletter.delivery.transport import DeliveryError, Reply
 
 
 @pytest.fixture

@@ -10,11 +10,11 @@ import pytest
 from conftest import RecordingHandler, start_smtp
 from test_send_support import header_line, issue_path, make_list, parse
 
-from newsletter import send as send_module
+from newsletter.audience.store import memberships, new_token_id, subscribers, utcnow
 from newsletter.config import load_project
-from newsletter.journal import Journal
-from newsletter.send import dry_run, plan_send, run_send
-from newsletter.store import memberships, new_token_id, subscribers, utcnow
+from newsletter.delivery import sender as send_module
+from newsletter.delivery.journal import Journal
+from newsletter.delivery.sender import dry_run, plan_send, run_send
 
 
 def insert_raw(store, list_id: int, address: str) -> int:

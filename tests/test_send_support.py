@@ -8,8 +8,8 @@ import re
 from email.message import EmailMessage
 from pathlib import Path
 
+from newsletter.audience.store import Store, open_store
 from newsletter.config import Project
-from newsletter.store import Store, open_store
 
 ISSUE = "issues/2026-02.yaml"
 LONG_BASE_URL = "https://newsletter.musterstadt-smart-city.example.org/stabsstelle-digitalisierung/newsletter"

@@ -19,10 +19,10 @@ import httpx
 import pytest
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
+from newsletter.audience.store import Store, open_store
 from newsletter.config import Project, load_project
-from newsletter.store import Store, open_store
 from newsletter.tokens import CONFIRM_SALT, Tokens, signing_keys
-from newsletter.web import make_server
+from newsletter.web.app import make_server
 
 # --- a real server ----------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import pytest
 import test_serve
 from test_serve import ServeFactory, csrf_of, wait_for
 
-from newsletter.store import Store
+from newsletter.audience.store import Store
 
 serve = test_serve.serve  # the real-server fixture
 

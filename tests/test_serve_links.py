@@ -10,11 +10,11 @@ import test_serve
 from itsdangerous import URLSafeSerializer
 from test_serve import Served, ServeFactory
 
-from newsletter.archive import build_issue
+from newsletter.audience.store import Store
 from newsletter.config import load_project
-from newsletter.store import Store
+from newsletter.content.validate import load_issue
+from newsletter.render.archive import build_issue
 from newsletter.tokens import UNSUBSCRIBE_SALT, signing_keys
-from newsletter.validate import load_issue
 
 # The real-server fixtures live in test_serve.py.
 serve = test_serve.serve

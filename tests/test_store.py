@@ -9,10 +9,8 @@ import pytest
 import sqlalchemy as sa
 from email_validator import EmailNotValidError, validate_email
 
-from newsletter import store as store_module
-from newsletter.config import Project
-from newsletter.errors import NewsletterError
-from newsletter.store import (
+from newsletter.audience import store as store_module
+from newsletter.audience.store import (
     SCHEMA_VERSION,
     InvalidEmail,
     Store,
@@ -21,6 +19,8 @@ from newsletter.store import (
     open_store,
     suppression_hash,
 )
+from newsletter.config import Project
+from newsletter.errors import NewsletterError
 
 
 @pytest.fixture
@@ -424,7 +424,7 @@ def test_migration_4_compiles_for_postgresql() -> None:
 
 @pytest.mark.parametrize("path", ["add", "request", "import"])
 def test_every_new_subscriber_gets_a_distinct_token_id(store: Store, tmp_path: Path, path: str) -> None:
-    from newsletter.subscribers import import_csv
+    from newsletter.audience.importer import import_csv
 
     news = store.create_list("news")
     addresses = [f"p{i}@example.org" for i in range(3)]

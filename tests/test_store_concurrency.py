@@ -10,12 +10,12 @@ import threading
 import time
 from pathlib import Path
 
-from newsletter.store import Store
+from newsletter.audience.store import Store
 
 WORKER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from newsletter.store import Store
+    from newsletter.audience.store import Store
 
     url, name, go, rounds = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
     store = Store.open(url)

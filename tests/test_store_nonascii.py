@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from newsletter.store import InvalidEmail, normalize_email, open_store
-from newsletter.subscribers import import_csv
+from newsletter.audience.importer import import_csv
+from newsletter.audience.store import InvalidEmail, normalize_email, open_store
 
 NON_ASCII_LOCAL = ["müller@example.org", "greta.groß@example.org", "jörg@müller.de"]
 

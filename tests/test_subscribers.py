@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from newsletter.audience.importer import export_csv, import_csv, read_csv
+from newsletter.audience.store import MailingList, Store
 from newsletter.errors import NewsletterError
-from newsletter.store import MailingList, Store
-from newsletter.subscribers import export_csv, import_csv, read_csv
 
 
 @pytest.fixture

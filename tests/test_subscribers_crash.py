@@ -9,14 +9,14 @@ import sys
 import textwrap
 from pathlib import Path
 
-from newsletter.store import Store
-from newsletter.subscribers import import_csv
+from newsletter.audience.importer import import_csv
+from newsletter.audience.store import Store
 
 IMPORTER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from newsletter.store import Store
-    from newsletter.subscribers import import_csv
+    from newsletter.audience.store import Store
+    from newsletter.audience.importer import import_csv
 
     store = Store.open(sys.argv[1])
     news = store.get_list("news")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from itsdangerous import URLSafeSerializer
 
-from newsletter.store import Store
+from newsletter.audience.store import Store
 from newsletter.tokens import UNSUBSCRIBE_SALT, TokenInvalid, Tokens
 
 KEYS = ["k" * 43]

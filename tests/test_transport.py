@@ -14,8 +14,8 @@ from conftest import RecordingHandler, SmtpServer, free_port
 from test_send_support import issue_path, make_list, parse
 
 from newsletter.config import load_project
-from newsletter.send import plan_send, run_send, send_test
-from newsletter.transport import DeliveryError, send_message_now
+from newsletter.delivery.sender import plan_send, run_send, send_test
+from newsletter.delivery.transport import DeliveryError, send_message_now
 
 
 @pytest.fixture(scope="module")

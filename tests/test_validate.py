@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from newsletter.cli import app
+from newsletter.content.model import ArticleSection, EventsSection, LinksSection, TextSection
+from newsletter.content.validate import load_issue
 from newsletter.errors import IssueInvalid
-from newsletter.model import ArticleSection, EventsSection, LinksSection, TextSection
-from newsletter.validate import load_issue
 
 EVENT = """\
 subject: Termine

@@ -11,7 +11,7 @@ import pytest
 import test_serve
 from test_serve import Served, ServeFactory, csrf_of, sign_up, wait_for
 
-from newsletter.web import client_ip, log_path, parse_networks
+from newsletter.web.app import client_ip, log_path, parse_networks
 
 # The real-server fixtures live in test_serve.py.
 serve = test_serve.serve

@@ -7,11 +7,11 @@ from typing import Annotated
 
 import typer
 
-from newsletter.archive import build_issue
-from newsletter.check import check_issue
 from newsletter.cli.common import ProjectOption, app, console, err_console, user_errors
 from newsletter.config import Project, load_project
-from newsletter.validate import LoadedIssue, load_issue
+from newsletter.content.validate import LoadedIssue, load_issue
+from newsletter.render.archive import build_issue
+from newsletter.render.check import check_issue
 
 IssueFile = Annotated[Path, typer.Argument(help="The issue file, e.g. issues/2026-02.yaml.",
                                            show_default=False)]

@@ -19,9 +19,9 @@ from newsletter.cli.common import (
     get_project,
     user_errors,
 )
+from newsletter.content.model import Issue
+from newsletter.content.validate import load_issue
 from newsletter.errors import NewsletterError, Problem
-from newsletter.model import Issue
-from newsletter.validate import load_issue
 
 
 @app.command()

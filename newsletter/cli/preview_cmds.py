@@ -24,7 +24,7 @@ def preview(
 
     Example: [bold]newsletter preview issues/2026-02.yaml[/bold]
     """
-    from newsletter.preview import run_preview  # the web stack loads only for this command
+    from newsletter.web.preview import run_preview  # the web stack loads only for this command
 
     loaded = get_project(project)
 

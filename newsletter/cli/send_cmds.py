@@ -20,6 +20,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from newsletter.audience.store import open_store
 from newsletter.cli.common import (
     JsonOption,
     ProjectOption,
@@ -30,11 +31,10 @@ from newsletter.cli.common import (
     print_json,
     user_errors,
 )
+from newsletter.delivery.journal import Journal
+from newsletter.delivery.sender import Progress as SendProgress
+from newsletter.delivery.sender import SendPlan, SendReport, dry_run, plan_send, run_send, send_test
 from newsletter.errors import NewsletterError
-from newsletter.journal import Journal
-from newsletter.send import Progress as SendProgress
-from newsletter.send import SendPlan, SendReport, dry_run, plan_send, run_send, send_test
-from newsletter.store import open_store
 
 sends_app = typer.Typer(help="History of sends: per recipient status and SMTP replies.",
                         no_args_is_help=True, rich_markup_mode="rich")

@@ -27,7 +27,7 @@ def serve(
 
     Example: [bold]newsletter serve --host 127.0.0.1 --port 8000[/bold]
     """
-    from newsletter.web import run
+    from newsletter.web.app import run
 
     proj = get_project(project)
     host = host or proj.settings.serve.host

@@ -1,4 +1,4 @@
-"""CLI commands: `lists …` and `subscribers …` over newsletter.store and newsletter.subscribers."""
+"""CLI commands: `lists …` and `subscribers …` over the audience package."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Column, Table
 
+from newsletter.audience.importer import export_csv, forget_local_copies, format_report, import_csv
+from newsletter.audience.store import STATUSES, Store, StoreError, open_store
 from newsletter.cli.common import (
     JsonOption,
     ProjectOption,
@@ -23,8 +25,6 @@ from newsletter.cli.common import (
     print_json,
     user_errors,
 )
-from newsletter.store import STATUSES, Store, StoreError, open_store
-from newsletter.subscribers import export_csv, forget_local_copies, format_report, import_csv
 
 lists_app = typer.Typer(help="Manage mailing lists.", no_args_is_help=True, rich_markup_mode="rich")
 subscribers_app = typer.Typer(help="Manage subscribers: import, export, add, remove, list, show.",

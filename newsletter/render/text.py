@@ -14,7 +14,7 @@ import textwrap
 
 from markdown_it.token import Token
 
-from newsletter.markdown import parse
+from newsletter.content.markdown import parse
 
 WIDTH = 78
 

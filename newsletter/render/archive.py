@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from newsletter.config import Project
+from newsletter.content.validate import LoadedIssue
 from newsletter.errors import NewsletterError
-from newsletter.render import RenderedIssue, render_issue, render_template
-from newsletter.validate import LoadedIssue
+from newsletter.render.html import RenderedIssue, render_issue, render_template
 
 META_NAME = "issue.json"
 

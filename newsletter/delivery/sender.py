@@ -42,15 +42,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from newsletter.audience.store import MailingList, Store, ascii_email, normalize_email, open_store
 from newsletter.config import Project
+from newsletter.content.validate import load_issue
+from newsletter.delivery.journal import ContentChanged, Job, Journal, Outcome, SendInfo
+from newsletter.delivery.message import PreparedMessage, Recipient, check_address, content_hash, prepare
+from newsletter.delivery.transport import (
+    Connection,
+    DeliveryError,
+    RateLimit,
+    Reply,
+    Transport,
+    transport_for,
+)
 from newsletter.errors import NewsletterError
-from newsletter.journal import ContentChanged, Job, Journal, Outcome, SendInfo
-from newsletter.message import PreparedMessage, Recipient, check_address, content_hash, prepare
-from newsletter.render import RenderedIssue, render_issue
-from newsletter.store import MailingList, Store, ascii_email, normalize_email, open_store
+from newsletter.render.html import RenderedIssue, render_issue
 from newsletter.tokens import Tokens
-from newsletter.transport import Connection, DeliveryError, RateLimit, Reply, Transport, transport_for
-from newsletter.validate import load_issue
 
 __all__ = ["ContentChanged", "DeliveryError", "Progress", "SendPlan", "SendReport", "dry_run",
            "plan_send", "run_send", "send_test"]

@@ -56,9 +56,7 @@ from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, R
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from newsletter.config import Project
-from newsletter.errors import ConfigError, NewsletterError, Problem
-from newsletter.store import (
+from newsletter.audience.store import (
     InvalidEmail,
     MailingList,
     NonAsciiLocalPart,
@@ -66,6 +64,8 @@ from newsletter.store import (
     normalize_email,
     open_store,
 )
+from newsletter.config import Project
+from newsletter.errors import ConfigError, NewsletterError, Problem
 from newsletter.tokens import TokenExpired, TokenInvalid, Tokens, signing_keys
 
 log = logging.getLogger("newsletter.serve")
@@ -112,7 +112,7 @@ ERRORS: dict[int, tuple[str, str]] = {
     500: ("Fehler", "Leider ist ein Fehler aufgetreten. Bitte versuchen Sie es später noch einmal."),
 }
 
-META_NAME = "issue.json"  # = newsletter.archive.META_NAME; not imported: it loads the renderer
+META_NAME = "issue.json"  # = newsletter.render.archive.META_NAME; not imported: it loads the renderer
 _SLUG = r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}"
 _ARCHIVE_ISSUE = re.compile(rf"({_SLUG})/(index\.html)?")
 _ARCHIVE_ICS = re.compile(rf"({_SLUG})/({_SLUG}\.ics)")
@@ -580,7 +580,7 @@ class Site:
         return page
 
     def send_confirmation(self, email: str, info: ListInfo, token: str) -> None:
-        from newsletter.transport import send_message_now
+        from newsletter.delivery.transport import send_message_now
 
         try:
             send_message_now(self.project, self.confirmation_message(email, info, token))

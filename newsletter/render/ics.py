@@ -18,8 +18,8 @@ from zoneinfo import ZoneInfo
 from icalendar import Calendar
 from icalendar import Event as VEvent
 
-from newsletter.model import Event, EventsSection, Issue
-from newsletter.plaintext import markdown_to_text
+from newsletter.content.model import Event, EventsSection, Issue
+from newsletter.render.text import markdown_to_text
 
 PRODID = "-//newsletter//Newsletter//DE"
 

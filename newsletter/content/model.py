@@ -4,7 +4,7 @@ Pydantic v2 models. Every model forbids unknown keys (the loader suggests the
 closest known key). Scalars arrive from the YAML loader as text and are converted
 here, so the YAML 1.1 traps (`18:00`, `no`, `2026-02-31`) cannot corrupt content.
 Checks that need more than one field (end before start, …) are model validators
-raising `_field_error`, which names the field so `newsletter.validate` can point at
+raising `_field_error`, which names the field so `newsletter.content.validate` can point at
 the exact offending value; only warnings (long subject, …) live in `validate`.
 """
 
@@ -27,7 +27,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from newsletter.markdown import is_absolute_link, located_markdown_problems, summarize
+from newsletter.content.markdown import is_absolute_link, located_markdown_problems, summarize
 
 # --------------------------------------------------------------------------- scalars
 

@@ -46,19 +46,19 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from watchfiles import Change, awatch
 
-from newsletter import message
-from newsletter.check import check_issue
 from newsletter.config import CONFIG_NAME, Project, load_project
+from newsletter.content.validate import LoadedIssue, load_issue
+from newsletter.delivery import message
 from newsletter.errors import NewsletterError, Problem
-from newsletter.render import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue, render_issue
+from newsletter.render.check import check_issue
+from newsletter.render.html import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue, render_issue
 from newsletter.tokens import Tokens
-from newsletter.validate import LoadedIssue, load_issue
 
-log = logging.getLogger("newsletter.preview")
+log = logging.getLogger("newsletter.web.preview")
 
 HOST = "127.0.0.1"  # the preview shows unpublished drafts: never listen beyond this machine
 DEFAULT_PORT = 8025
-PAGE_DIR = Path(__file__).parent / "templates" / "preview"
+PAGE_DIR = Path(__file__).parent.parent / "templates" / "preview"
 # The headers view shows a subscriber's copy: a made-up reader on a list called "main".
 SAMPLE_RECIPIENT = message.Recipient("erika.mustermann@example.org", "Erika Mustermann",
                                      subscriber_id=1, list_id=1)

@@ -19,10 +19,10 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from newsletter import model
+from newsletter.content import model
+from newsletter.content.model import Image, Issue
+from newsletter.content.source import Loc, SourceMap, dotted, read_yaml
 from newsletter.errors import IssueInvalid, Problem
-from newsletter.model import Image, Issue
-from newsletter.yamlsource import Loc, SourceMap, dotted, read_yaml
 
 SUBJECT_MAX = 78
 PREHEADER_MAX = 140

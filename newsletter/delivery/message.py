@@ -28,10 +28,10 @@ from typing import Protocol
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from newsletter.audience.store import ascii_email
 from newsletter.config import Project
 from newsletter.errors import HeaderInjection, NewsletterError, Problem
-from newsletter.render import UNSUBSCRIBE_PLACEHOLDER
-from newsletter.store import ascii_email
+from newsletter.render.html import UNSUBSCRIBE_PLACEHOLDER
 from newsletter.tokens import signing_keys
 
 MAX_LINE = 998

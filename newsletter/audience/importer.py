@@ -28,9 +28,7 @@ from typing import Any, TextIO
 
 import sqlalchemy as sa
 
-from newsletter.config import Project
-from newsletter.errors import NewsletterError, Problem
-from newsletter.store import (
+from newsletter.audience.store import (
     NOW,
     OPTED_OUT,
     STATUSES,
@@ -46,6 +44,8 @@ from newsletter.store import (
     subscribers,
     suppressions,
 )
+from newsletter.config import Project
+from newsletter.errors import NewsletterError, Problem
 
 # progress(phase, done, total): "read" counts physical lines, "write" database rows written.
 Progress = Callable[[str, int, int], None]

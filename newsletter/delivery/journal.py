@@ -26,8 +26,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from newsletter.errors import NewsletterError
-from newsletter.store import (
+from newsletter.audience.store import (
     Store,
     UtcDateTime,
     chunked,
@@ -38,6 +37,7 @@ from newsletter.store import (
     subscribers,
     utcnow,
 )
+from newsletter.errors import NewsletterError
 
 OPEN = ("pending", "failed_temporary")
 STOPPED = ("paused", "interrupted")

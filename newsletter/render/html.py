@@ -30,16 +30,17 @@ from markupsafe import Markup
 from mjml import mjml2html
 from premailer import Premailer
 
-from newsletter import dates, plaintext
 from newsletter.config import Project
+from newsletter.content.markdown import parser
+from newsletter.content.model import Entry, Event, HeadingBlock, Image, ImageBlock, QuoteBlock, TextBlock
+from newsletter.content.validate import LoadedIssue
 from newsletter.errors import NewsletterError
-from newsletter.ics import event_calendars
-from newsletter.markdown import parser
-from newsletter.model import Entry, Event, HeadingBlock, Image, ImageBlock, QuoteBlock, TextBlock
-from newsletter.validate import LoadedIssue
+from newsletter.render import dates
+from newsletter.render import text as plaintext
+from newsletter.render.ics import event_calendars
 
 UNSUBSCRIBE_PLACEHOLDER = "%%UNSUBSCRIBE_URL%%"
-DEFAULT_TEMPLATES = Path(__file__).parent / "templates" / "email"
+DEFAULT_TEMPLATES = Path(__file__).parent.parent / "templates" / "email"
 EMAIL_WIDTH = 600
 GUTTER = 24  # left/right padding of the content column, in px
 

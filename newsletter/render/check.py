@@ -20,12 +20,12 @@ import lxml.html
 from pydantic import BaseModel
 
 from newsletter.config import Project
+from newsletter.content.markdown import parse
+from newsletter.content.model import Image, Link, RegisterLink
+from newsletter.content.source import Loc, dotted
+from newsletter.content.validate import LoadedIssue
 from newsletter.errors import Problem
-from newsletter.markdown import parse
-from newsletter.model import Image, Link, RegisterLink
-from newsletter.render import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue, render_issue
-from newsletter.validate import LoadedIssue
-from newsletter.yamlsource import Loc, dotted
+from newsletter.render.html import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue, render_issue
 
 # Gmail hides everything after ~102 KB of HTML behind "[Nachricht gekürzt]".
 SIZE_LIMIT = 102_000

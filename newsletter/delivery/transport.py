@@ -6,7 +6,7 @@
   `tls` is implicit TLS (port 465); `none` is plain SMTP. AUTH when `smtp.username` is set, with
   the password from `NEWSLETTER_SMTP__PASSWORD`.
 * Messages go out as raw bytes through aiosmtplib's MAIL/RCPT/DATA (what `SMTP.sendmail` does):
-  the bytes built by `newsletter.message` are sent as they are (`send_message` would re-serialise
+  the bytes built by `newsletter.delivery.message` are sent as they are (`send_message` would re-serialise
   and re-fold them).
 * `MaildirTransport`: with no `smtp.host`, messages land in `outbox/` (`mailbox.Maildir`).
 * `RateLimit`: one limit (messages per second) shared by all connections.
@@ -237,7 +237,7 @@ async def _data(smtp: aiosmtplib.SMTP, raw: bytes, written: list[bool]) -> str:
 
     `SMTP.data` runs two regular expressions over every message (line-end normalisation and
     dot-stuffing: ~0.8 ms for a 100 KB newsletter, more than everything else we do per recipient).
-    `raw` must be CRLF-only, as `newsletter.message` and the SMTP email policy produce it; lines
+    `raw` must be CRLF-only, as `newsletter.delivery.message` and the SMTP email policy produce it; lines
     starting with "." are rare (message.py encodes them), so dot-stuffing is a search.
     """
     payload = raw.replace(b"\r\n.", b"\r\n..") if b"\r\n." in raw else raw

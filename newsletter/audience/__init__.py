@@ -1,0 +1,1 @@
+"""Lists, subscribers, consent log, suppression, CSV import/export: the subscriber store."""

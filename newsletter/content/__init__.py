@@ -1,0 +1,1 @@
+"""The issue format: YAML source with positions, the model, validation, the Markdown subset."""

@@ -1,0 +1,1 @@
+"""From a rendered issue to sent mail: messages, tokens, transport, journal, the send loop."""

@@ -1,0 +1,1 @@
+"""HTTP: the public site (`newsletter serve`) and the local preview server."""
