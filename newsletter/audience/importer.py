@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import email.parser
-import email.policy
-import email.utils
 import hashlib
 import io
 import re
@@ -44,7 +41,6 @@ from newsletter.audience.store import (
     subscribers,
     suppressions,
 )
-from newsletter.config import Project
 from newsletter.errors import NewsletterError, Problem
 
 # progress(phase, done, total): "read" counts physical lines, "write" database rows written.
@@ -575,60 +571,3 @@ def format_report(report: ImportReport) -> Iterable[str]:
         yield f"  line {skip.line}: {skip.email} skipped: {skip.reason}"
     if report.dry_run:
         yield "  dry run: nothing was changed"
-
-
-# --- erasure of local copies ------------------------------------------------------------------
-
-
-def forget_local_copies(project: Project, address: str) -> list[Path]:
-    """Delete the project's local copies of mails to `address` (GDPR erasure, with
-    `Store.forget`): messages in the `outbox/` Maildir (sends and confirmation mails without an
-    SMTP host) and dry-run `.eml` files under `outbox/dry-run/` and the older `dist/*/dry-run/`.
-    Matched on the To/Cc headers, case-insensitively. The files deleted."""
-    try:
-        wanted = email_key(normalize_email(address, lookup=True))
-    except InvalidEmail:
-        wanted = address.strip().lower()
-    outbox = project.outbox_dir
-    candidates: list[Path] = []
-    for sub in ("new", "cur", "tmp"):
-        folder = outbox / sub
-        if folder.is_dir():
-            candidates += [p for p in folder.iterdir() if p.is_file()]
-    for root in (outbox / "dry-run", *project.dist_dir.glob("*/dry-run")):
-        if root.is_dir():
-            candidates += [p for p in root.rglob("*.eml") if p.is_file()]
-    removed = []
-    for path in sorted(candidates):
-        if wanted in _recipients(path):
-            try:
-                path.unlink(missing_ok=True)
-            except OSError as exc:
-                raise NewsletterError(f"{path}: cannot delete this copy of a mail to {address.strip()}: "
-                                      f"{exc.strerror}; delete it by hand") from None
-            removed.append(path)
-    return removed
-
-
-def _recipients(path: Path) -> set[str]:
-    """Addresses (as `email_key`) in the To and Cc headers of a stored message (headers only)."""
-    head = bytearray()
-    try:
-        with path.open("rb") as handle:
-            for line in handle:
-                if line in (b"\r\n", b"\n"):
-                    break
-                head += line
-    except OSError:
-        return set()
-    parsed = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(bytes(head))
-    found = set()
-    for name in ("to", "cc"):
-        for value in parsed.get_all(name, []):
-            for _display, addr in email.utils.getaddresses([str(value)]):
-                if addr:
-                    try:  # the same identity the store uses (an IDN domain may be in punycode)
-                        found.add(email_key(normalize_email(addr, lookup=True)))
-                    except InvalidEmail:
-                        found.add(addr.strip().lower())
-    return found

@@ -40,6 +40,8 @@ Status = Literal["pending", "subscribed", "unsubscribed", "bounced", "complained
 STATUSES: tuple[str, ...] = ("pending", "subscribed", "unsubscribed", "bounced", "complained")
 # Statuses that mean "this person left or must not be mailed": never re-activated by import.
 OPTED_OUT: frozenset[str] = frozenset({"unsubscribed", "bounced", "complained"})
+# The statuses an unsubscribe changes (to "unsubscribed"); bounced and complained stay as they are.
+LEAVABLE: frozenset[str] = frozenset({"pending", "subscribed"})
 SOURCES: frozenset[str] = frozenset(
     {"import", "web", "cli", "unsubscribe_page", "one_click", "bounce", "complaint", "confirm"}
 )
@@ -657,6 +659,15 @@ class Store:
             row = conn.execute(query).first()
         return (row.id, row.status) if row else None
 
+    def leave(self, token_id: str | int, list_id: int, *, source: str,
+              ip: str | None = None) -> tuple[int, str] | None:
+        """An unsubscribe link was used: (subscriber id, status before), None if the link names
+        no membership. Idempotent; only LEAVABLE statuses change (logged with `source`)."""
+        found = self.membership_by_token_id(token_id, list_id)
+        if found is not None and found[1] in LEAVABLE:
+            self.set_status(found[0], list_id, "unsubscribed", source, ip=ip)
+        return found
+
     def find_subscriber(self, email: str) -> Subscriber | None:
         """The subscriber with this address (any case of the address), or None."""
         try:
@@ -850,7 +861,7 @@ class Store:
                 raise StoreError(f"{found.email} is not on that list")
             for row in rows:
                 current = _status_for_update(conn, found.id, row.list_id)
-                if current in ("pending", "subscribed") and _set_status(
+                if current in LEAVABLE and _set_status(
                     conn, found.id, row.list_id, "unsubscribed", source, detail=detail
                 ):
                     changed.append(row.name)

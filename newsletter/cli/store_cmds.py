@@ -13,7 +13,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Column, Table
 
-from newsletter.audience.importer import export_csv, forget_local_copies, format_report, import_csv
+from newsletter.audience.importer import export_csv, format_report, import_csv
 from newsletter.audience.store import STATUSES, Store, StoreError, open_store
 from newsletter.cli.common import (
     JsonOption,
@@ -25,6 +25,7 @@ from newsletter.cli.common import (
     print_json,
     user_errors,
 )
+from newsletter.delivery.outbox import forget_local_copies
 
 lists_app = typer.Typer(help="Manage mailing lists.", no_args_is_help=True, rich_markup_mode="rich")
 subscribers_app = typer.Typer(help="Manage subscribers: import, export, add, remove, list, show.",

@@ -486,13 +486,10 @@ class Site:
         (list, status before, subscribe URL for the page).
 
         One database round trip per step, all on one worker thread: one-click is the hot path."""
-        found = self.store.membership_by_token_id(ref, list_id)
+        found = self.store.leave(ref, list_id, source=SOURCE_ONE_CLICK if one_click else SOURCE_PAGE, ip=ip)
         if found is None:
             return None
-        subscriber_id, status = found
-        if status in ("pending", "subscribed"):
-            self.store.set_status(subscriber_id, list_id, "unsubscribed",
-                                  SOURCE_ONE_CLICK if one_click else SOURCE_PAGE, ip=ip)
+        status = found[1]
         info = self.list_info(list_id)
         if info is None:
             return None

@@ -20,7 +20,6 @@ import email
 import email.policy
 import json
 import logging
-import mailbox
 import socket
 import threading
 import time
@@ -29,8 +28,6 @@ import webbrowser
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from email.message import EmailMessage
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -49,6 +46,7 @@ from watchfiles import Change, awatch
 from newsletter.config import CONFIG_NAME, Project, load_project
 from newsletter.content.validate import LoadedIssue, load_issue
 from newsletter.delivery import message
+from newsletter.delivery.outbox import list_outbox, open_outbox, read_outbox_message, text_part
 from newsletter.errors import NewsletterError, Problem
 from newsletter.render.check import check_issue
 from newsletter.render.html import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue, render_issue
@@ -63,7 +61,6 @@ PAGE_DIR = Path(__file__).parent.parent / "templates" / "preview"
 SAMPLE_RECIPIENT = message.Recipient("erika.mustermann@example.org", "Erika Mustermann",
                                      subscriber_id=1, list_id=1)
 SAMPLE_LIST_NAME = "main"
-OUTBOX_PAGE_SIZE = 200
 TEMPLATE_SUFFIXES = (".j2", ".jinja", ".jinja2", ".mjml", ".html", ".txt")
 KEEPALIVE_SECONDS = 15.0
 
@@ -297,85 +294,6 @@ def _sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-# --------------------------------------------------------------------------- outbox
-
-
-@dataclass(frozen=True)
-class OutboxEntry:
-    key: str
-    subject: str
-    recipient: str
-    sender: str
-    date: datetime | None
-
-    @property
-    def url(self) -> str:
-        return "/outbox/" + quote(self.key, safe="")
-
-
-def _open_outbox(project_outbox: Path) -> mailbox.Maildir | None:
-    if not (project_outbox / "new").is_dir() and not (project_outbox / "cur").is_dir():
-        return None
-    return mailbox.Maildir(project_outbox, factory=None, create=False)
-
-
-def _key_time(key: str) -> float:
-    # Maildir keys start with the delivery time ("1760000000.M…"): sorting needs no file reads.
-    head = key.split(".", 1)[0]
-    try:
-        return float(head)
-    except ValueError:
-        return 0.0
-
-
-def list_outbox(outbox_dir: Path, limit: int = OUTBOX_PAGE_SIZE) -> tuple[list[OutboxEntry], int]:
-    """The newest `limit` messages of the outbox Maildir, newest first, and the total."""
-    box = _open_outbox(outbox_dir)
-    if box is None:
-        return [], 0
-    keys = sorted(box.keys(), key=lambda k: (_key_time(k), k), reverse=True)
-    entries = []
-    for key in keys[:limit]:
-        try:
-            with box.get_file(key) as handle:
-                msg = email.parser.BytesHeaderParser(policy=email.policy.default).parse(handle)
-        except (KeyError, FileNotFoundError):
-            continue  # moved or deleted while we listed
-        entries.append(OutboxEntry(key, str(msg.get("Subject", "")), str(msg.get("To", "")),
-                                   str(msg.get("From", "")), _date(msg.get("Date"))))
-    return entries, len(keys)
-
-
-def _date(value: Any) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        return parsedate_to_datetime(str(value))
-    except (TypeError, ValueError):
-        return None
-
-
-def read_outbox_message(outbox_dir: Path, key: str) -> EmailMessage | None:
-    box = _open_outbox(outbox_dir)
-    if box is None:
-        return None
-    try:
-        data = box.get_bytes(key)
-    except KeyError:
-        return None
-    msg = email.message_from_bytes(data, policy=email.policy.default)
-    assert isinstance(msg, EmailMessage)
-    return msg
-
-
-def _part(msg: EmailMessage, subtype: str) -> str | None:
-    body = msg.get_body(preferencelist=(subtype,))
-    if body is None:
-        return None
-    content = body.get_content()
-    return content if isinstance(content, str) else content.decode("utf-8", "replace")
-
-
 # --------------------------------------------------------------------------- web app
 
 
@@ -440,19 +358,19 @@ def create_preview_app(project: Project, issue_path: Path) -> Starlette:
         return templates.TemplateResponse(request, "outbox_message.html", {
             "key": key, "quoted_key": quote(key, safe=""),
             "headers": [(name, str(value)) for name, value in msg.items()],
-            "subject": str(msg.get("Subject", "")), "has_html": _part(msg, "html") is not None,
-            "text": _part(msg, "plain"), "issue_file": str(issue_path),
+            "subject": str(msg.get("Subject", "")), "has_html": text_part(msg, "html") is not None,
+            "text": text_part(msg, "plain"), "issue_file": str(issue_path),
         }, headers=NO_STORE)
 
     async def outbox_part(request: Request) -> Response:
         msg = read_outbox_message(live.outbox_dir, request.path_params["key"])
-        html = _part(msg, "html") if msg is not None else None
+        html = text_part(msg, "html") if msg is not None else None
         if html is None:
             return PlainTextResponse("no HTML part", status_code=404)
         return HTMLResponse(_with_base_target(html), headers=EMAIL_CSP)
 
     async def outbox_raw(request: Request) -> Response:
-        box = _open_outbox(live.outbox_dir)
+        box = open_outbox(live.outbox_dir)
         try:
             data = box.get_bytes(request.path_params["key"]) if box is not None else None
         except KeyError:
