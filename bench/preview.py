@@ -24,9 +24,10 @@ from playwright.sync_api import Route, sync_playwright
 # Benchmark the working tree, whatever the virtualenv's install of the package points to.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from newsletter.config import load_project
+from newsletter.project import open_project
 from newsletter.scaffold import init_project
-from newsletter.web.preview import build_snapshot, create_preview_app, serve_in_background
+from newsletter.web.preview import create_preview_app, serve_in_background
+from newsletter.web.preview_snapshot import build_snapshot
 
 HEADLINE = "Jetzt anmelden zum 8. MPSC-Kongress in Berlin"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -63,7 +64,7 @@ def main() -> None:
             render_ms.append((time.perf_counter() - started) * 1000)
             assert snapshot.ok, snapshot.errors
 
-        project = load_project(root)
+        project = open_project(root)
         save_to_visible_ms = []
         with serve_in_background(create_preview_app(project, issue)) as url, sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)

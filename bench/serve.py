@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from newsletter.audience.store import memberships, open_store, subscribers, utcnow  # noqa: E402
-from newsletter.config import load_project  # noqa: E402
+from newsletter.project import open_project  # noqa: E402
 from newsletter.scaffold import init_project  # noqa: E402
 from newsletter.tokens import Tokens  # noqa: E402
 
@@ -44,7 +44,7 @@ def free_port() -> int:
 
 def seed(root: Path, count: int) -> tuple[list[str], int]:
     """N subscribed members in one transaction; their unsubscribe tokens and the list id."""
-    project = load_project(root)
+    project = open_project(root)
     store = open_store(project)
     lst = store.create_list("news", "Bench")
     now = utcnow()
@@ -58,7 +58,7 @@ def seed(root: Path, count: int) -> tuple[list[str], int]:
     token_ids = store.token_ids(lst.id)
     store.close()
     tokens = Tokens.for_project(project)
-    return [tokens.unsubscribe(token_ids[i], lst.id) for i in range(1, count + 1)], lst.id
+    return [tokens.mint_unsubscribe(token_ids[i], lst.id) for i in range(1, count + 1)], lst.id
 
 
 async def phase(client: httpx.AsyncClient, requests: list[tuple[str, str, dict | None]],
@@ -150,7 +150,7 @@ def main() -> None:
                 server.kill()
             server_log.close()
 
-        store = open_store(load_project(root))
+        store = open_store(open_project(root))
         with store.read() as conn:
             left = conn.execute(sa.select(sa.func.count()).select_from(memberships).where(
                 memberships.c.list_id == list_id, memberships.c.status == "unsubscribed")).scalar()

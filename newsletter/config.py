@@ -11,7 +11,6 @@ import difflib
 import os
 import re
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -19,14 +18,16 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from newsletter.errors import ConfigError, Problem, ProjectNotFound
+from newsletter.errors import ConfigError, Problem
+from newsletter.headers import first_unsafe
+from newsletter.project import CONFIG_NAME
 
-CONFIG_NAME = "newsletter.toml"
 ENV_PREFIX = "NEWSLETTER_"
 
 
 def _no_control_chars(value: str) -> str:
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+    bad = first_unsafe(value)
+    if bad is not None:
         raise ValueError("must not contain line breaks or control characters")
     return value
 
@@ -171,63 +172,6 @@ class Settings(BaseSettings):
 
 # Keys that must never be written into newsletter.toml.
 SECRET_KEYS = {("smtp", "password"), ("secret", "token"), ("secret", "old_tokens")}
-
-
-@dataclass
-class Project:
-    """A newsletter project directory and its settings."""
-
-    root: Path
-    settings: Settings
-
-    @property
-    def issues_dir(self) -> Path:
-        return self.root / "issues"
-
-    @property
-    def templates_dir(self) -> Path:
-        return self.root / "templates"
-
-    @property
-    def subscribers_dir(self) -> Path:
-        return self.root / "subscribers"
-
-    @property
-    def dist_dir(self) -> Path:
-        return self.root / "dist"
-
-    @property
-    def outbox_dir(self) -> Path:
-        return self.root / "outbox"
-
-    @property
-    def database_url(self) -> str:
-        """The database URL with a relative SQLite path made absolute against the root."""
-        url = self.settings.database.url
-        prefix = "sqlite:///"
-        if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
-            return prefix + str((self.root / url[len(prefix):]).resolve())
-        return url
-
-
-def find_project_root(start: Path | None = None) -> Path:
-    """The nearest directory at or above `start` that holds newsletter.toml."""
-    here = (start or Path.cwd()).resolve()
-    for candidate in (here, *here.parents):
-        if (candidate / CONFIG_NAME).is_file():
-            return candidate
-    raise ProjectNotFound(
-        f"no {CONFIG_NAME} found in {here} or any parent directory; "
-        "run `newsletter init` to create a project, or pass --project DIR"
-    )
-
-
-def load_project(root: Path | None = None, *, search: bool = True) -> Project:
-    """Load the project at `root` (or found upwards from the current directory)."""
-    if root is None or search:
-        root = find_project_root(root)
-    root = root.resolve()
-    return Project(root=root, settings=load_settings(root / CONFIG_NAME))
 
 
 def load_settings(path: Path) -> Settings:

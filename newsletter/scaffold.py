@@ -7,8 +7,8 @@ from datetime import date
 from importlib import resources
 from pathlib import Path
 
-from newsletter.config import CONFIG_NAME
 from newsletter.errors import NewsletterError
+from newsletter.project import CONFIG_NAME
 
 SKELETON = "skeleton"
 

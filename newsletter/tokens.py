@@ -1,4 +1,6 @@
-"""Signed, opaque tokens for unsubscribe and confirmation links (itsdangerous).
+"""Signed, opaque tokens for unsubscribe and confirmation links, and the URLs they go into.
+
+The design (docs/tokens.md):
 
 * Tokens name one subscriber by their random `token_id` (`subscribers.token_id`, see
   `newsletter.audience.store`) and one list — never the e-mail address, never the sequential database
@@ -6,6 +8,11 @@
   subscribed. Unsubscribe tokens never expire (a link in a mail from 2026 must still work).
 * Confirmation tokens (double opt-in) carry a timestamp and expire.
 * Each purpose has its own salt, so one kind can never be used as the other.
+* The format is itsdangerous' (`URLSafeSerializer` / `URLSafeTimedSerializer`: base64 JSON
+  payload, HMAC-SHA1 signature with a per-salt derived key). A send mints one unsubscribe token
+  per recipient, so `mint_unsubscribe` builds it itself, with the keyed HMAC made once and
+  without itsdangerous' zlib attempt (~50 µs a call; it never shortens a random token_id):
+  the same string as `URLSafeSerializer.dumps`, read by it like any other.
 * Key rotation: tokens are signed with the current key; tokens signed with any key
   listed in `secret.old_tokens` are still accepted.
 * Tokens made before schema migration 4 named the subscriber id: `read_*` still returns
@@ -15,22 +22,44 @@
 The key comes from `NEWSLETTER_SECRET__TOKEN` (or `.env`); without one, a random
 key is created once in the git-ignored file `.newsletter-secret` of the project,
 so the embedded default works on a fresh machine and links stay valid.
+
+The URL shapes live here too: `unsubscribe_url` (`{base_url}/u/{token}`, also the
+`List-Unsubscribe` header) and `confirm_url` (`{base_url}/confirm/{token}`).
 """
 
 from __future__ import annotations
 
+import hmac
+import json
 import os
 import secrets
 from pathlib import Path
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
+from itsdangerous.encoding import base64_encode
 
-from newsletter.config import Project
 from newsletter.errors import NewsletterError
+from newsletter.project import Project
 
 SECRET_FILE = ".newsletter-secret"
 UNSUBSCRIBE_SALT = "newsletter.unsubscribe.v1"
 CONFIRM_SALT = "newsletter.confirm.v1"
+
+UNSUBSCRIBE_PATH = "/u/"
+CONFIRM_PATH = "/confirm/"
+# The unsubscribe "token" of a [TEST] mail: `{base_url}/u/test` is a page of `newsletter serve`
+# explaining that this was a test send (no subscriber, nothing to unsubscribe).
+TEST_UNSUBSCRIBE_TOKEN = "test"
+
+
+def unsubscribe_url(base_url: str, token: str) -> str:
+    """The unsubscribe link (page and RFC 8058 one-click POST) for `token`."""
+    return base_url.rstrip("/") + UNSUBSCRIBE_PATH + token
+
+
+def confirm_url(base_url: str, token: str) -> str:
+    """The double opt-in confirmation link for `token`."""
+    return base_url.rstrip("/") + CONFIRM_PATH + token
 
 
 class TokenInvalid(NewsletterError):
@@ -46,6 +75,14 @@ def signing_keys(project: Project) -> list[str]:
     settings = project.settings.secret
     current = settings.token.get_secret_value() if settings.token else _file_key(project.root)
     return [current, *(k.get_secret_value() for k in settings.old_tokens)]
+
+
+def serializer_keys(keys: list[str]) -> list[str]:
+    """`signing_keys` in itsdangerous' order: oldest first, the one that signs last.
+
+    itsdangerous signs with the *last* key of its list and accepts all of them; handing it
+    `[current, *old]` as it is would sign new links with an old key."""
+    return [*reversed(keys[1:]), keys[0]]
 
 
 def _file_key(root: Path) -> str:
@@ -66,21 +103,31 @@ def _file_key(root: Path) -> str:
 
 
 class Tokens:
-    """Make and read the project's tokens."""
+    """Mint and read the project's tokens. `keys`: the current key first, then old ones."""
 
     def __init__(self, keys: list[str]) -> None:
         if not keys or not keys[0]:
             raise NewsletterError("no token key configured")
-        self._unsubscribe = URLSafeSerializer(keys, salt=UNSUBSCRIBE_SALT)
-        self._confirm = URLSafeTimedSerializer(keys, salt=CONFIRM_SALT)
+        ordered = serializer_keys(keys)
+        self._unsubscribe = URLSafeSerializer(ordered, salt=UNSUBSCRIBE_SALT)
+        self._confirm = URLSafeTimedSerializer(ordered, salt=CONFIRM_SALT)
+        # itsdangerous derives the HMAC key from salt and secret on every signature; keep the
+        # keyed HMAC of the current key and copy it per token.
+        signer = self._unsubscribe.make_signer()
+        self._unsubscribe_mac = hmac.new(signer.derive_key(), digestmod=signer.digest_method)
+        self._sep = signer.sep
 
     @classmethod
     def for_project(cls, project: Project) -> Tokens:
         return cls(signing_keys(project))
 
-    def unsubscribe(self, token_id: str, list_id: int) -> str:
+    def mint_unsubscribe(self, token_id: str, list_id: int) -> str:
         """The never-expiring unsubscribe token of a subscriber (`token_id`) on one list."""
-        return str(self._unsubscribe.dumps([_check_token_id(token_id), list_id]))
+        data = _JSON([_check_token_id(token_id), list_id]).encode("utf-8")
+        payload = base64_encode(data)  # uncompressed: a valid itsdangerous payload either way
+        mac = self._unsubscribe_mac.copy()
+        mac.update(payload)
+        return (payload + self._sep + base64_encode(mac.digest())).decode("ascii")
 
     def read_unsubscribe(self, token: str) -> tuple[str | int, int]:
         """(token_id, list_id) of a valid unsubscribe token, else `TokenInvalid`.
@@ -93,7 +140,8 @@ class Tokens:
             raise TokenInvalid("invalid unsubscribe link") from None
         return _pair(value)
 
-    def confirm(self, token_id: str, list_id: int) -> str:
+    def mint_confirm(self, token_id: str, list_id: int) -> str:
+        """A confirmation token (timestamped: `read_confirm` refuses it after `max_age_seconds`)."""
         return str(self._confirm.dumps([_check_token_id(token_id), list_id]))
 
     def read_confirm(self, token: str, max_age_seconds: int) -> tuple[str | int, int]:
@@ -105,6 +153,10 @@ class Tokens:
         except BadSignature:
             raise TokenInvalid("invalid confirmation link") from None
         return _pair(value)
+
+
+# itsdangerous' compact JSON (`_CompactJSON.dumps`), the encoder made once.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def _check_token_id(token_id: object) -> str:

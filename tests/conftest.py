@@ -12,7 +12,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from newsletter.config import Project, load_project
+from newsletter.project import Project, open_project
 from newsletter.scaffold import init_project
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,7 +36,7 @@ def project_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def project(project_dir: Path) -> Project:
-    return load_project(project_dir)
+    return open_project(project_dir)
 
 
 @dataclass
@@ -120,4 +120,4 @@ def smtp_project(
     monkeypatch.setenv("NEWSLETTER_SMTP__HOST", smtp_server.host)
     monkeypatch.setenv("NEWSLETTER_SMTP__PORT", str(smtp_server.port))
     monkeypatch.setenv("NEWSLETTER_SMTP__SECURITY", "none")
-    return load_project(project_dir)
+    return open_project(project_dir)

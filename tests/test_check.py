@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from newsletter.cli import app
-from newsletter.config import load_project
 from newsletter.content.validate import load_issue
+from newsletter.project import open_project
 from newsletter.render.check import check_issue
 
 
@@ -155,6 +155,6 @@ def test_unreachable_host_is_reported(project_dir: Path) -> None:
     path = write_issue(project_dir, SIMPLE.format(
         ok="http://127.0.0.1:9/closed", label="Zur Anmeldung", missing="http://127.0.0.1:9/auch",
         image="http://127.0.0.1:9/bild.png"))
-    report = check_issue(load_issue(path), load_project(project_dir), links=True)
+    report = check_issue(load_issue(path), open_project(project_dir), links=True)
     messages = [p.message for p in report.errors]
     assert len(messages) == 3 and all("unreachable (ConnectError)" in m for m in messages)

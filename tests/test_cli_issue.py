@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from newsletter.cli import app
-from newsletter.config import load_project
 from newsletter.content.validate import load_issue
+from newsletter.project import open_project
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -30,7 +30,7 @@ def test_init_creates_a_project_that_validates(tmp_path: Path, runner: CliRunner
                  "templates", ".gitignore"):
         assert (target / name).exists(), name
     # The project's settings load, and its example issue validates without warnings.
-    assert load_project(target).root == target.resolve()
+    assert open_project(target).root == target.resolve()
     issues = sorted(str(p) for p in (target / "issues").glob("*.yaml"))
     result = runner.invoke(app, ["validate", "--strict", *issues])
     assert result.exit_code == 0, result.stderr
@@ -110,8 +110,20 @@ def test_new_does_not_overwrite_an_issue_of_the_same_month(tmp_path: Path, runne
 def test_new_rejects_a_bad_date(tmp_path: Path, runner: CliRunner) -> None:
     result = runner.invoke(app, ["new", "--date", "2026-02-31", "--dir", str(tmp_path)])
     assert result.exit_code == 1
-    assert result.stderr.strip() == "--date: `2026-02-31` is not a date like 2026-03-01"
+    assert result.stderr.strip() == "--date: `2026-02-31` is not a valid date (no such day)"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_new_takes_the_german_date_format_issues_accept(tmp_path: Path, runner: CliRunner) -> None:
+    result = runner.invoke(app, ["new", "--date", "01.04.2026", "--dir", str(tmp_path)])
+    assert result.exit_code == 0, result.stderr
+    assert load_issue(tmp_path / "2026-04.yaml").issue.date == date(2026, 4, 1)
+
+
+def test_a_month_that_does_not_exist_is_named(tmp_path: Path, runner: CliRunner) -> None:
+    result = runner.invoke(app, ["new", "--date", "01.13.2026", "--dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "--date: `01.13.2026` is not a valid date (there is no month 13)"
 
 
 @pytest.mark.parametrize("command", ["validate", "schema", "init", "new"])

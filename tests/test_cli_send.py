@@ -8,8 +8,8 @@ import sqlalchemy as sa
 from test_send_support import make_list, parse
 from typer.testing import CliRunner
 
-from newsletter.audience.store import deliveries, sends
 from newsletter.cli import app
+from newsletter.delivery.tables import deliveries, sends
 
 runner = CliRunner()
 ISSUE = "issues/2026-02.yaml"

@@ -177,3 +177,16 @@ def test_forget_deletes_local_copies_of_mails_to_the_address(run, project_dir: P
     # Nothing left to delete the second time.
     assert "deleted 0 local copies" in ok(run("subscribers", "remove", "eva@example.org",
                                               "--forget")).stdout
+
+
+def test_piped_listings_are_never_wrapped_or_cut(run) -> None:
+    """`subscribers ls | cat`: every value whole on its row, whatever the terminal width was."""
+    address = "stadtverwaltung.referat-digitalisierung." + "x" * 40 + "@example.org"
+    name = "Referat für Digitalisierung, Smart City und Bürgerbeteiligung der Stadtverwaltung"
+    ok(run("lists", "create", "news"))
+    ok(run("subscribers", "add", address, "--list", "news", "--name", name, "--confirmed"))
+    listing = ok(run("subscribers", "ls", "--list", "news")).stdout
+    row = next(line for line in listing.splitlines() if address in line)
+    assert name in row
+    shown = ok(run("subscribers", "show", address)).stdout
+    assert any(address in line for line in shown.splitlines())

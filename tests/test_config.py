@@ -8,8 +8,9 @@ import pytest
 import typer
 
 from newsletter.cli.common import get_project
-from newsletter.config import load_project, load_settings
+from newsletter.config import load_settings
 from newsletter.errors import ConfigError, ProjectNotFound
+from newsletter.project import open_project
 
 
 def config_file(project_dir: Path) -> Path:
@@ -31,12 +32,12 @@ def line_of(path: Path, start: str) -> int:
 
 def problems(project_dir: Path) -> list[str]:
     with pytest.raises(ConfigError) as caught:
-        load_project(project_dir)
+        open_project(project_dir)
     return caught.value.lines()
 
 
 def test_skeleton_settings_load(project_dir: Path) -> None:
-    settings = load_project(project_dir).settings
+    settings = open_project(project_dir).settings
     assert settings.newsletter.title == "Smart zu wissen"
     assert settings.newsletter.from_ == "Smart City Newsletter <newsletter@example.org>"
     assert settings.smtp.host is None  # no host: the outbox
@@ -47,7 +48,7 @@ def test_environment_overrides_the_file(project_dir: Path, monkeypatch: pytest.M
     monkeypatch.setenv("NEWSLETTER_SMTP__PORT", "2525")
     monkeypatch.setenv("NEWSLETTER_NEWSLETTER__TITLE", "Aus der Umgebung")
     monkeypatch.setenv("NEWSLETTER_DELIVERY__CONCURRENCY", "8")
-    settings = load_project(project_dir).settings
+    settings = open_project(project_dir).settings
     assert settings.smtp.port == 2525
     assert settings.newsletter.title == "Aus der Umgebung"
     assert settings.delivery.concurrency == 8  # also set in the file (4): the environment wins
@@ -56,7 +57,7 @@ def test_environment_overrides_the_file(project_dir: Path, monkeypatch: pytest.M
 def test_secrets_come_from_the_environment(project_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NEWSLETTER_SMTP__PASSWORD", "geheim")
     monkeypatch.setenv("NEWSLETTER_SECRET__TOKEN", "s" * 32)
-    settings = load_project(project_dir).settings
+    settings = open_project(project_dir).settings
     assert settings.smtp.password is not None
     assert settings.smtp.password.get_secret_value() == "geheim"
     assert "geheim" not in repr(settings)  # never printed by accident
@@ -64,7 +65,7 @@ def test_secrets_come_from_the_environment(project_dir: Path, monkeypatch: pytes
 
 def test_secrets_come_from_dot_env(project_dir: Path) -> None:
     (project_dir / ".env").write_text("NEWSLETTER_SMTP__PASSWORD=aus-der-datei\n", encoding="utf-8")
-    settings = load_project(project_dir).settings
+    settings = open_project(project_dir).settings
     assert settings.smtp.password is not None
     assert settings.smtp.password.get_secret_value() == "aus-der-datei"
 
@@ -162,12 +163,12 @@ def test_header_values_must_not_contain_line_breaks(project_dir: Path) -> None:
 def test_project_not_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ProjectNotFound, match="newsletter init"):
-        load_project()
+        open_project()
 
 
 def test_project_is_found_from_a_subdirectory(project_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(project_dir / "issues")
-    assert load_project().root == project_dir.resolve()
+    assert open_project().root == project_dir.resolve()
 
 
 def test_config_error_in_a_command_is_printed_without_traceback(

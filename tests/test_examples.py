@@ -17,7 +17,7 @@ from newsletter.content.model import ArticleSection, DigestSection, Image, Issue
 from newsletter.content.validate import load_issue
 
 REPO = Path(__file__).resolve().parent.parent
-SEEDS = REPO.parent / "shared" / "seeds"
+SEEDS = Path(__file__).resolve().parent / "seeds"  # the example texts of the product brief
 EXAMPLE = REPO / "issues" / "2026-02.yaml"
 REPORTS = REPO / "issues" / "2025-11-kongressberichte.yaml"
 MONTHS = ["Januar", "Februar", "März", "April", "Mai", "Juni", "Juli", "August", "September",

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from newsletter.config import Project
 from newsletter.content.validate import load_issue
+from newsletter.project import Project
 from newsletter.render.html import render_issue
 
 playwright = pytest.importorskip("playwright.sync_api")

@@ -6,14 +6,15 @@ import base64
 import re
 import subprocess
 from dataclasses import dataclass, replace
+from email.policy import SMTP
 
 import dkim
 import pytest
 from test_send_support import LONG_BASE_URL, header_line, parse
 
-from newsletter.config import load_project
-from newsletter.delivery.message import Recipient, prepare
+from newsletter.delivery.message import Recipient, confirmation_message, prepare
 from newsletter.errors import HeaderInjection
+from newsletter.project import open_project
 from newsletter.render.html import UNSUBSCRIBE_PLACEHOLDER
 
 P = UNSUBSCRIBE_PLACEHOLDER
@@ -34,7 +35,7 @@ def url_for(token: str) -> str:
 @pytest.fixture
 def project(project_dir, monkeypatch):
     monkeypatch.setenv("NEWSLETTER_NEWSLETTER__BASE_URL", LONG_BASE_URL)
-    return load_project(project_dir)
+    return open_project(project_dir)
 
 
 TOKEN = "WzEyMzQ1LDJd.Xy9nUcYzq8YQ2k3u7oVh5fA1b2Q"
@@ -89,7 +90,7 @@ def test_message_ids_change_with_the_content_and_are_keyed_by_the_secret(project
     """After `--force` with new content the Message-IDs are new (clients would drop the new
     version as a duplicate of the old); they cannot be computed without the project's secret."""
     monkeypatch.setenv("NEWSLETTER_SECRET__TOKEN", "a" * 32)
-    project = load_project(project_dir)
+    project = open_project(project_dir)
     someone = Recipient("p1@example.org", None, 1, 1)
     first = prepare(project, Rendered(), list_name="news").message_id(someone)
     assert prepare(project, Rendered(), list_name="news").message_id(someone) == first
@@ -97,7 +98,7 @@ def test_message_ids_change_with_the_content_and_are_keyed_by_the_secret(project
                     Rendered(subject="Neu")):
         assert prepare(project, changed, list_name="news").message_id(someone) != first
     monkeypatch.setenv("NEWSLETTER_SECRET__TOKEN", "b" * 32)
-    other_secret = load_project(project_dir)
+    other_secret = open_project(project_dir)
     assert prepare(other_secret, Rendered(), list_name="news").message_id(someone) != first
 
 
@@ -127,7 +128,7 @@ def test_control_characters_in_config_are_refused(project_dir, monkeypatch):
 
     monkeypatch.setenv("NEWSLETTER_NEWSLETTER__FROM", "x <a@example.org>\r\nBcc: y@example.org")
     with pytest.raises(ConfigError, match="control characters"):
-        load_project(project_dir)
+        open_project(project_dir)
 
 
 def test_dkim_signature_verifies_and_covers_the_list_headers(project_dir, monkeypatch, tmp_path):
@@ -137,7 +138,7 @@ def test_dkim_signature_verifies_and_covers_the_list_headers(project_dir, monkey
                                 check=True, capture_output=True).stdout
     monkeypatch.setenv("NEWSLETTER_SECRET__DKIM_KEY_FILE", str(key))
     monkeypatch.setenv("NEWSLETTER_SECRET__DKIM_SELECTOR", "nl2026")
-    project = load_project(project_dir)
+    project = open_project(project_dir)
     raw = prepare(project, Rendered(text=f"Abmelden: {P}\n"), list_name="news").personalise(
         Recipient("a@example.org", "Anna", 1, 1), TOKEN)
     assert raw.startswith(b"DKIM-Signature:")
@@ -157,3 +158,34 @@ def test_dkim_signature_verifies_and_covers_the_list_headers(project_dir, monkey
     forged = head.replace(TOKEN.encode(), b"WzEsMV0.forged") + b"\r\n\r\n" + body
     assert forged != raw
     assert not dkim.verify(forged, dnsfunc=dns)
+
+
+def test_no_line_of_a_personalised_message_starts_with_a_dot(project):
+    """`personalise` promises `dot_safe` to SMTP (no dot-stuffing search per recipient): every
+    line starting with "." is encoded as "=2E", whatever the text and the substituted values."""
+    dots = "\n".join([".", ". Punkt", ".." * 40, "x" * 75 + ".y", f"{P}", f".{P}."]) + "\n"
+    rendered = Rendered(text=dots, html=f"<p>{dots}</p>\n.<a href=\"{P}\">.</a>\n")
+    prepared = prepare(project, rendered, list_name="news")
+    for recipient in (Recipient("a@example.org"), Recipient("b@example.org", "." * 80, 3, 1)):
+        raw = prepared.personalise(recipient, "." + TOKEN)
+        assert b"\r\n." not in raw and not raw.startswith(b".")
+        body = parse(raw).get_body(("plain",)).get_content().replace("\r\n", "\n")
+        assert body.startswith(".\n. Punkt\n" + ".." * 40)
+
+
+def test_confirmation_message(project, monkeypatch):
+    message = confirmation_message(project, "anna@bücher.example", "Bitte bestätigen",
+                                   "Text\n", "<p>HTML</p>\n")
+    raw = message.as_bytes(policy=SMTP)
+    assert raw.split(b"\r\n\r\n", 1)[0].isascii()
+    parsed = parse(raw)
+    assert parsed["To"] == "anna@xn--bcher-kva.example"  # punycode, no name
+    assert parsed["From"].addresses[0].addr_spec == "newsletter@example.org"
+    assert parsed["Reply-To"].addresses[0].addr_spec == "redaktion@example.org"
+    assert parsed["Subject"] == "Bitte bestätigen"
+    assert parsed["Auto-Submitted"] == "auto-generated"
+    assert re.fullmatch(r"<[^@<>]+@example\.org>", parsed["Message-ID"]) and parsed["Date"]
+    assert parsed.get_body(("html",)).get_content().rstrip() == "<p>HTML</p>"
+    for to, subject in (("a@example.org\r\nBcc: x@example.org", "ok"), ("a@example.org", "x\nBcc: y")):
+        with pytest.raises(HeaderInjection):
+            confirmation_message(project, to, subject, "t", "h")

@@ -16,11 +16,11 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import Browser, FrameLocator, Locator, Page, Route, expect, sync_playwright
 
-from newsletter.config import Project, load_project
 from newsletter.content.validate import load_issue
 from newsletter.delivery.message import Recipient, mime_message, prepare
 from newsletter.delivery.transport import MaildirTransport, send_message_now, transport_for
 from newsletter.errors import NewsletterError
+from newsletter.project import Project, open_project
 from newsletter.render.check import check_issue
 from newsletter.render.html import UNSUBSCRIBE_PLACEHOLDER, render_issue
 from newsletter.tokens import Tokens
@@ -71,7 +71,7 @@ class Preview:
 
 @pytest.fixture
 def preview(project_dir: Path) -> Iterator[Preview]:
-    project = load_project(project_dir)
+    project = open_project(project_dir)
     issue = project_dir / "issues" / "2026-02.yaml"
     assert f"title: {HEADLINE}" in issue.read_text(encoding="utf-8"), "the example issue changed"
     with serve_in_background(create_preview_app(project, issue)) as url:
@@ -91,7 +91,7 @@ def frame_width(page: Page) -> float:
 
 
 def sample_unsubscribe_url(project: Project) -> str:
-    token = Tokens.for_project(project).unsubscribe("preview-sample", 1)  # preview._sample_token
+    token = Tokens.for_project(project).mint_unsubscribe("preview-sample", 1)  # preview._sample_token
     return f"{project.settings.newsletter.base_url}/u/{token}"
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from newsletter.config import load_project
+from newsletter.project import open_project
 from newsletter.web.preview import bind, create_preview_app, serve_in_background
 
 
@@ -32,7 +32,7 @@ def test_the_server_listens_on_loopback_only() -> None:
 
 
 def test_outbox_pages_without_mail(project_dir: Path) -> None:
-    project = load_project(project_dir)
+    project = open_project(project_dir)
     with serve_in_background(create_preview_app(project, project_dir / "issues" / "2026-02.yaml")) as url:
         listing = httpx.get(url + "outbox", timeout=30)
         assert listing.status_code == 200
@@ -48,7 +48,7 @@ def test_an_issue_outside_the_project_is_watched_too(project_dir: Path, tmp_path
     drafts.mkdir()
     issue = drafts / "entwurf.yaml"
     shutil.copy(project_dir / "issues" / "2026-02.yaml", issue)
-    project = load_project(project_dir)
+    project = open_project(project_dir)
     with serve_in_background(create_preview_app(project, issue)) as url:
         assert wait_for_state(url, lambda s: s["ok"])["ok"]
         text = issue.read_text(encoding="utf-8")

@@ -12,11 +12,10 @@ import icalendar
 import lxml.html
 import pytest
 
-from newsletter.config import Project, load_project
 from newsletter.content.validate import load_issue
+from newsletter.project import Project, open_project
 from newsletter.render import dates as dates
 from newsletter.render.html import (
-    DEFAULT_TEMPLATES,
     UNSUBSCRIBE_PLACEHOLDER,
     RenderedIssue,
     RenderError,
@@ -24,6 +23,7 @@ from newsletter.render.html import (
     mjml_problems,
     render_issue,
 )
+from newsletter.render.templates import PACKAGED_TEMPLATES
 from newsletter.render.text import markdown_to_text, wrap
 
 FULL = Path(__file__).parent / "golden" / "full-issue.yaml"
@@ -173,7 +173,7 @@ def test_theme_settings_reach_the_html(project_dir: Path) -> None:
         toml.read_text().replace("[theme]", '[theme]\nlogo_url = "https://example.org/logo.png"\n'
                                  'logo_alt = "Logo der Musterstadt"\nlogo_height = 40'),
         encoding="utf-8")
-    rendered = render_issue(load_issue(FULL), load_project(project_dir))
+    rendered = render_issue(load_issue(FULL), open_project(project_dir))
     assert "#aa3300" in rendered.html
     logo = html_doc(rendered.html).xpath('//img[@src="https://example.org/logo.png"]')[0]
     assert (logo.get("alt"), logo.get("width"), logo.get("height")) == ("Logo der Musterstadt", "160", "40")
@@ -187,7 +187,7 @@ def test_project_template_extends_the_default(project_dir: Path) -> None:
     (project_dir / "templates" / "sections").mkdir()
     (project_dir / "templates" / "sections" / "text.txt.j2").write_text(
         "EIGENER TEXTABSCHNITT: {{ section.heading }}\n", encoding="utf-8")
-    rendered = render_issue(load_issue(FULL), load_project(project_dir))
+    rendered = render_issue(load_issue(FULL), open_project(project_dir))
     assert "Eigener Kopf" in rendered.html and "Eigener Kopf" in rendered.web_html
     assert "Termine" in rendered.html  # the rest of the default layout is still there
     assert "EIGENER TEXTABSCHNITT: In eigener Sache" in rendered.text
@@ -199,7 +199,7 @@ def test_misspelled_mjml_tag_in_a_template_fails_loudly(project_dir: Path) -> No
         "<mj-section><mj-colum><mj-text>{{ section.heading }}</mj-text></mj-colum></mj-section>\n",
         encoding="utf-8")
     with pytest.raises(RenderError, match=r"unknown MJML tag <mj-colum>"):
-        render_issue(load_issue(FULL), load_project(project_dir))
+        render_issue(load_issue(FULL), open_project(project_dir))
 
 
 def test_template_syntax_error_names_the_file(project_dir: Path) -> None:
@@ -207,18 +207,18 @@ def test_template_syntax_error_names_the_file(project_dir: Path) -> None:
     (project_dir / "templates" / "sections" / "news.mjml.j2").write_text(
         "<mj-section>{% if %}</mj-section>\n", encoding="utf-8")
     with pytest.raises(RenderError, match=r"news\.mjml\.j2:1: template error"):
-        render_issue(load_issue(FULL), load_project(project_dir))
+        render_issue(load_issue(FULL), open_project(project_dir))
 
 
 def test_every_packaged_template_emits_only_known_mjml_tags(project: Project) -> None:
     """Walk the MJML of every packaged template (each section partial is rendered by the
     fixture issue) and of the templates' source text: no typo like <mj-colum> survives."""
-    for path in DEFAULT_TEMPLATES.rglob("*.mjml.j2"):
+    for path in PACKAGED_TEMPLATES.rglob("*.mjml.j2"):
         assert mjml_problems(path.read_text(encoding="utf-8")) == [], path
     loaded = load_issue(FULL)
     env = environment(project)
     kinds = {s.kind for s in loaded.issue.sections}
-    assert kinds == {p.name.split(".")[0] for p in (DEFAULT_TEMPLATES / "sections").glob("*.mjml.j2")}
+    assert kinds == {p.name.split(".")[0] for p in (PACKAGED_TEMPLATES / "sections").glob("*.mjml.j2")}
     issue = loaded.issue
     for web in (False, True):
         source = env.get_template("base.mjml.j2").render(

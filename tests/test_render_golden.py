@@ -18,10 +18,10 @@ import lxml.html
 import pytest
 from pydantic import BaseModel
 
-from newsletter.config import Project
 from newsletter.content.markdown import parser
 from newsletter.content.model import Image, Link, LinkItem, NewsItem, RegisterLink
 from newsletter.content.validate import load_issue
+from newsletter.project import Project
 from newsletter.render.html import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue, render_issue
 
 REPO = Path(__file__).resolve().parent.parent

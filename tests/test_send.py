@@ -7,11 +7,21 @@ from urllib.parse import urlsplit
 
 import pytest
 from conftest import RecordingHandler, start_smtp
-from test_send_support import LONG_BASE_URL, header_line, issue_path, make_list, parse
+from test_send_support import (
+    LONG_BASE_URL,
+    header_line,
+    issue_path,
+    make_list,
+    offer_pipelining,
+    parse,
+)
 
-from newsletter.config import load_project
+from newsletter.delivery.dryrun import dry_run
 from newsletter.delivery.journal import Journal
-from newsletter.delivery.sender import dry_run, plan_send, run_send, send_test
+from newsletter.delivery.plan import plan_send
+from newsletter.delivery.sender import run_send
+from newsletter.delivery.testsend import send_test
+from newsletter.project import open_project
 from newsletter.tokens import Tokens
 
 URL = re.compile(r"https://[^\s\"<>]+/u/([A-Za-z0-9_.-]+)")
@@ -21,7 +31,7 @@ URL = re.compile(r"https://[^\s\"<>]+/u/([A-Za-z0-9_.-]+)")
 def long_url_project(smtp_project, monkeypatch):
     monkeypatch.setenv("NEWSLETTER_NEWSLETTER__BASE_URL", LONG_BASE_URL)
     monkeypatch.setenv("NEWSLETTER_DELIVERY__RETRY_DELAY", "0.01")
-    return load_project(smtp_project.root)
+    return open_project(smtp_project.root)
 
 
 def test_every_subscriber_gets_exactly_one_correct_message(long_url_project, smtp_server):
@@ -101,8 +111,10 @@ def test_test_send_needs_no_list_and_no_journal(smtp_project, smtp_server):
     assert Journal(store).all() == []
 
 
-def test_unsubscribe_during_the_send_is_honoured(project_dir, monkeypatch):
-    """Someone unsubscribes while the send runs: no message once the store says so."""
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_unsubscribe_during_the_send_is_honoured(project_dir, monkeypatch, pipelining):
+    """Someone unsubscribes while the send runs: no message once the store says so (with
+    PIPELINING too, where MAIL and RCPT go out before the membership check has committed)."""
 
     class Unsubscribing(RecordingHandler):
         def data_reply(self, envelope):
@@ -110,12 +122,13 @@ def test_unsubscribe_during_the_send_is_honoured(project_dir, monkeypatch):
                 store.unsubscribe(addresses[-1], list_id, source="one_click")
             return super().data_reply(envelope)
 
-    controller, server = start_smtp(Unsubscribing())
+    handler = Unsubscribing()
+    controller, server = start_smtp(offer_pipelining(handler) if pipelining else handler)
     try:
         monkeypatch.setenv("NEWSLETTER_SMTP__HOST", server.host)
         monkeypatch.setenv("NEWSLETTER_SMTP__PORT", str(server.port))
         monkeypatch.setenv("NEWSLETTER_SMTP__SECURITY", "none")
-        project = load_project(project_dir)
+        project = open_project(project_dir)
         store, list_id, addresses = make_list(project, 5)
         report = run_send(plan_send(project, issue_path(project), "news", concurrency=1))
     finally:
@@ -126,7 +139,9 @@ def test_unsubscribe_during_the_send_is_honoured(project_dir, monkeypatch):
     assert row.email == addresses[-1] and "unsubscribed" in (row.smtp_reply or "")
 
 
-def test_unsubscribe_while_waiting_for_the_rate_limit_is_honoured(project_dir, monkeypatch):
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_unsubscribe_while_waiting_for_the_rate_limit_is_honoured(project_dir, monkeypatch,
+                                                                   pipelining):
     """With a rate limit, workers wait for their slot; the subscription is checked after the wait,
     not before it (at 2 messages/s the third slot comes a second after the first message)."""
 
@@ -136,12 +151,13 @@ def test_unsubscribe_while_waiting_for_the_rate_limit_is_honoured(project_dir, m
                 store.unsubscribe(addresses[-1], list_id, source="one_click")
             return super().data_reply(envelope)
 
-    controller, server = start_smtp(Unsubscribing())
+    handler = Unsubscribing()
+    controller, server = start_smtp(offer_pipelining(handler) if pipelining else handler)
     try:
         monkeypatch.setenv("NEWSLETTER_SMTP__HOST", server.host)
         monkeypatch.setenv("NEWSLETTER_SMTP__PORT", str(server.port))
         monkeypatch.setenv("NEWSLETTER_SMTP__SECURITY", "none")
-        project = load_project(project_dir)
+        project = open_project(project_dir)
         store, list_id, addresses = make_list(project, 3)
         report = run_send(plan_send(project, issue_path(project), "news", concurrency=4, rate=2))
     finally:

@@ -13,9 +13,10 @@ from collections import Counter
 from conftest import REPO, RecordingHandler, start_smtp
 from test_send_support import issue_path, make_list
 
-from newsletter.config import load_project
 from newsletter.delivery.journal import Journal
-from newsletter.delivery.sender import plan_send, run_send
+from newsletter.delivery.plan import plan_send
+from newsletter.delivery.sender import run_send
+from newsletter.project import open_project
 
 
 class SlowToAnswer(RecordingHandler):
@@ -34,7 +35,7 @@ def start_send_process(project_dir, monkeypatch, server, *, stdout, wait_for: in
            "PYTHONPATH": str(REPO)}
     for key in ("HOST", "PORT", "SECURITY"):
         monkeypatch.setenv(f"NEWSLETTER_SMTP__{key}", env[f"NEWSLETTER_SMTP__{key}"])
-    project = load_project(project_dir)
+    project = open_project(project_dir)
     store, _list_id, addresses = make_list(project, 60)
     process = subprocess.Popen(
         [sys.executable, "-m", "newsletter", "send", str(issue_path(project)), "--list", "news",

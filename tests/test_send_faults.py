@@ -10,22 +10,28 @@ from collections import Counter
 
 import pytest
 from conftest import RecordingHandler, free_port, start_smtp
-from test_send_support import issue_path, make_list
+from test_send_support import issue_path, make_list, offer_pipelining
 from typer.testing import CliRunner
 
 from newsletter.cli import app
-from newsletter.config import load_project
 from newsletter.delivery.journal import CONTENT_CHANGED_NOTE, ContentChanged, Journal
-from newsletter.delivery.sender import classify, plan_send, run_send
+from newsletter.delivery.plan import plan_send
+from newsletter.delivery.sender import classify, run_send
 from newsletter.delivery.transport import DeliveryError, Reply
+from newsletter.project import open_project
 
 
-@pytest.fixture
-def serve(project_dir, monkeypatch):
-    """Start a server with the given handler and return (project pointed at it, server)."""
+@pytest.fixture(params=["one-by-one", "pipelining"])
+def serve(request, project_dir, monkeypatch):
+    """Start a server with the given handler and return (project pointed at it, server).
+
+    Every fault test runs twice: against a server answering one command at a time and against
+    one offering PIPELINING (MAIL, RCPT and DATA then go out without waiting for each reply)."""
     controllers = []
 
     def start(handler, **env):
+        if request.param == "pipelining":
+            offer_pipelining(handler)
         controller, server = start_smtp(handler)
         controllers.append(controller)
         monkeypatch.setenv("NEWSLETTER_SMTP__HOST", server.host)
@@ -34,7 +40,7 @@ def serve(project_dir, monkeypatch):
         monkeypatch.setenv("NEWSLETTER_DELIVERY__RETRY_DELAY", "0.01")
         for key, value in env.items():
             monkeypatch.setenv(f"NEWSLETTER_DELIVERY__{key.upper()}", str(value))
-        return load_project(project_dir), server, controller
+        return open_project(project_dir), server, controller
 
     yield start
     for controller in controllers:
@@ -320,7 +326,7 @@ def test_unreachable_server_stops_at_once_and_changes_nothing(project_dir, monke
     monkeypatch.setenv("NEWSLETTER_SMTP__HOST", "127.0.0.1")
     monkeypatch.setenv("NEWSLETTER_SMTP__PORT", str(free_port()))
     monkeypatch.setenv("NEWSLETTER_SMTP__SECURITY", "none")
-    project = load_project(project_dir)
+    project = open_project(project_dir)
     store, _list_id, _ = make_list(project, 3)
     with pytest.raises(DeliveryError, match="cannot connect"):
         run_send(plan_send(project, issue_path(project), "news"))

@@ -10,11 +10,14 @@ import pytest
 from conftest import RecordingHandler, start_smtp
 from test_send_support import header_line, issue_path, make_list, parse
 
-from newsletter.audience.store import memberships, new_token_id, subscribers, utcnow
-from newsletter.config import load_project
+from newsletter.audience.tables import memberships, new_token_id, subscribers
+from newsletter.db.schema import utcnow
 from newsletter.delivery import sender as send_module
+from newsletter.delivery.dryrun import dry_run
 from newsletter.delivery.journal import Journal
-from newsletter.delivery.sender import dry_run, plan_send, run_send
+from newsletter.delivery.plan import plan_send
+from newsletter.delivery.sender import run_send
+from newsletter.project import open_project
 
 
 def insert_raw(store, list_id: int, address: str) -> int:
@@ -96,7 +99,7 @@ def test_internal_error_records_the_messages_already_handed_over(project_dir, mo
     for key, value in (("HOST", server.host), ("PORT", str(server.port)), ("SECURITY", "none")):
         monkeypatch.setenv(f"NEWSLETTER_SMTP__{key}", value)
     try:
-        project = load_project(project_dir)
+        project = open_project(project_dir)
         store, _list_id, addresses = make_list(project, 20)
         real = send_module.classify
         calls = []

@@ -7,9 +7,12 @@ import email.policy
 import re
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any, TypeVar
 
 from newsletter.audience.store import Store, open_store
-from newsletter.config import Project
+from newsletter.project import Project
+
+H = TypeVar("H")
 
 ISSUE = "issues/2026-02.yaml"
 LONG_BASE_URL = "https://newsletter.musterstadt-smart-city.example.org/stabsstelle-digitalisierung/newsletter"
@@ -41,3 +44,17 @@ def header_line(raw: bytes, name: bytes) -> bytes:
 
 def issue_path(project: Project) -> Path:
     return project.root / ISSUE
+
+
+def offer_pipelining(handler: H) -> H:
+    """Make an aiosmtpd handler advertise PIPELINING (RFC 2920). aiosmtpd reads pipelined
+    commands one by one and answers in order, but does not say so in its EHLO reply; with it
+    the client sends MAIL + RCPT (+ DATA) without waiting for each reply."""
+
+    async def handle_EHLO(server: Any, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
+    handler.handle_EHLO = handle_EHLO  # type: ignore[attr-defined]
+    return handler

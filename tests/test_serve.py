@@ -20,7 +20,7 @@ import pytest
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
 from newsletter.audience.store import Store, open_store
-from newsletter.config import Project, load_project
+from newsletter.project import Project, open_project
 from newsletter.tokens import CONFIRM_SALT, Tokens, signing_keys
 from newsletter.web.app import make_server
 
@@ -70,7 +70,7 @@ def serve(project_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ServeF
         monkeypatch.setenv("NEWSLETTER_NEWSLETTER__BASE_URL", f"http://127.0.0.1:{port}")
         for key, value in env.items():
             monkeypatch.setenv(f"NEWSLETTER_{key.upper()}", value)
-        project = load_project(project_dir)
+        project = open_project(project_dir)
         store = open_store(project)
         existing = [item for item in store.lists() if item.name == "news"]
         lst = existing[0] if existing else store.create_list("news", "Smart zu wissen – Stadtnachrichten")
@@ -125,7 +125,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10) -> None:
 @pytest.mark.parametrize("encoding", ["urlencoded", "multipart"])
 def test_one_click_unsubscribe_answers_200_without_redirect(served: Served, encoding: str) -> None:
     sid = served.add("anna@example.org")
-    token = served.tokens.unsubscribe(served.token_id(sid), served.list_id)
+    token = served.tokens.mint_unsubscribe(served.token_id(sid), served.list_id)
     with served.client() as client:
         if encoding == "urlencoded":
             response = client.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"})
@@ -144,7 +144,7 @@ def test_one_click_unsubscribe_answers_200_without_redirect(served: Served, enco
 
 def test_get_shows_the_page_and_changes_nothing(served: Served) -> None:
     sid = served.add("bernd@example.org")
-    token = served.tokens.unsubscribe(served.token_id(sid), served.list_id)
+    token = served.tokens.mint_unsubscribe(served.token_id(sid), served.list_id)
     before = served.store.history(sid)
     with served.client() as client:
         for _ in range(3):  # a link scanner opening the link again and again
@@ -161,7 +161,7 @@ def test_get_shows_the_page_and_changes_nothing(served: Served) -> None:
 
 def test_second_one_click_post_is_harmless(served: Served) -> None:
     sid = served.add("carla@example.org")
-    token = served.tokens.unsubscribe(served.token_id(sid), served.list_id)
+    token = served.tokens.mint_unsubscribe(served.token_id(sid), served.list_id)
     with served.client() as client:
         first = client.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"})
         second = client.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"})
@@ -172,7 +172,7 @@ def test_second_one_click_post_is_harmless(served: Served) -> None:
 
 def test_page_form_unsubscribes_and_offers_to_subscribe_again(served: Served) -> None:
     sid = served.add("dora@example.org")
-    token = served.tokens.unsubscribe(served.token_id(sid), served.list_id)
+    token = served.tokens.mint_unsubscribe(served.token_id(sid), served.list_id)
     with served.client() as client:
         page = client.get(f"/u/{token}")
         assert page.status_code == 200
@@ -195,7 +195,7 @@ def _flip(token: str, index: int) -> str:
 
 def test_token_with_one_changed_character_is_rejected(served: Served) -> None:
     sid = served.add("emil@example.org")
-    token = served.tokens.unsubscribe(served.token_id(sid), served.list_id)
+    token = served.tokens.mint_unsubscribe(served.token_id(sid), served.list_id)
     payload_end = token.index(".")
     with served.client() as client:
         for index in (1, payload_end - 2, payload_end + 5, len(token) - 6):
@@ -209,7 +209,7 @@ def test_token_with_one_changed_character_is_rejected(served: Served) -> None:
 
 
 def test_valid_signature_for_an_unknown_subscriber_is_404(served: Served) -> None:
-    token = served.tokens.unsubscribe("no-such-token-id", served.list_id)
+    token = served.tokens.mint_unsubscribe("no-such-token-id", served.list_id)
     with served.client() as client:
         response = client.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"})
     assert response.status_code == 404
@@ -218,8 +218,8 @@ def test_valid_signature_for_an_unknown_subscriber_is_404(served: Served) -> Non
 def test_tokens_of_one_purpose_never_work_for_the_other(served: Served) -> None:
     pending = served.add("fritz@example.org", confirmed=False)
     subscribed = served.add("greta@example.org")
-    unsubscribe_token = served.tokens.unsubscribe(served.token_id(pending), served.list_id)
-    confirm_token = served.tokens.confirm(served.token_id(subscribed), served.list_id)
+    unsubscribe_token = served.tokens.mint_unsubscribe(served.token_id(pending), served.list_id)
+    confirm_token = served.tokens.mint_confirm(served.token_id(subscribed), served.list_id)
     with served.client() as client:
         assert client.get(f"/confirm/{unsubscribe_token}").status_code == 400
         assert client.post(f"/confirm/{unsubscribe_token}", data={"csrf": "x"}).status_code == 400
@@ -340,7 +340,7 @@ def test_double_opt_in_round_trip_through_real_smtp(serve: ServeFactory, smtp_se
 
 def test_confirming_twice_and_after_unsubscribing(served: Served) -> None:
     sid = served.add("kai@example.org", confirmed=False)
-    token = served.tokens.confirm(served.token_id(sid), served.list_id)
+    token = served.tokens.mint_confirm(served.token_id(sid), served.list_id)
     with served.client() as client:
         page = client.get(f"/confirm/{token}")
         assert client.post(f"/confirm/{token}", data={"csrf": csrf_of(page)}).status_code == 200
@@ -419,12 +419,12 @@ def test_newsletter_serve_command_runs_and_logs_no_tokens(project_dir: Path, tmp
 
     port = free_port()
     env = {**os.environ, "NEWSLETTER_NEWSLETTER__BASE_URL": f"http://127.0.0.1:{port}"}
-    project = load_project(project_dir)
+    project = open_project(project_dir)
     with open_store(project) as store:
         lst = store.create_list("news")
         sid, _ = store.add_subscriber("nora@example.org", lst.id, confirmed=True)
         token_id = store.subscriber(sid).token_id  # type: ignore[union-attr]
-    token = Tokens.for_project(project).unsubscribe(token_id, lst.id)
+    token = Tokens.for_project(project).mint_unsubscribe(token_id, lst.id)
     log = (tmp_path / "serve.log").open("w+b")
     server = subprocess.Popen([sys.executable, "-m", "newsletter", "serve", "--project", str(project_dir),
                                "--port", str(port)], env=env, stdout=log, stderr=log)
@@ -485,14 +485,14 @@ def test_umlaut_domain_confirmation_goes_to_the_punycode_address(serve: ServeFac
 
 def test_list_without_title_shows_the_newsletter_title(project_dir, serve: ServeFactory,
                                                        smtp_server: Any) -> None:
-    store = open_store(load_project(project_dir))
+    store = open_store(open_project(project_dir))
     store.create_list("news")  # no title
     store.close()
     served = serve(smtp__host=smtp_server.host, smtp__port=str(smtp_server.port), smtp__security="none",
                    newsletter__title="Stadtbrief Musterstadt")
     subscriber_id = served.add("hans@example.org")
     with served.client() as client:
-        token = served.tokens.unsubscribe(served.token_id(subscriber_id), served.list_id)
+        token = served.tokens.mint_unsubscribe(served.token_id(subscriber_id), served.list_id)
         page = html.unescape(client.get(f"/u/{token}").text)
         assert "„Stadtbrief Musterstadt“" in page and "„news“" not in page
         form = html.unescape(client.get("/subscribe").text)
@@ -501,3 +501,21 @@ def test_list_without_title_shows_the_newsletter_title(project_dir, serve: Serve
     wait_for(lambda: len(smtp_server.messages) == 1)
     message = email.message_from_bytes(smtp_server.messages[0].data, policy=email.policy.default)
     assert message["Subject"] == "Bitte bestätigen Sie Ihre Anmeldung: Stadtbrief Musterstadt"
+
+
+# --- the words are in the templates -----------------------------------------------------------
+
+
+def test_every_code_the_handlers_pass_is_worded_by_a_template(project_dir: Path) -> None:
+    from newsletter.web.pages import ERROR_PAGES, FORM_ERRORS, Pages
+
+    pages = Pages(open_project(project_dir))
+    form_error = pages.env.get_template("web/messages.html").module.form_error  # type: ignore[attr-defined]
+    words = [str(form_error(code)) for code in FORM_ERRORS]
+    assert all(text and text not in FORM_ERRORS for text in words)
+    assert len(set(words)) == len(FORM_ERRORS)
+    headings = {status: re.findall(r"<h1>(.*?)</h1>", pages.error_html(status).decode())[0]
+                for status in ERROR_PAGES}
+    assert len(set(headings.values())) == len(ERROR_PAGES)  # each status has its own words
+    assert headings[500] == "Fehler"
+    assert "<h1>Fehler</h1>" in pages.error_html(418).decode()  # an unworded status: the 500 text

@@ -24,7 +24,7 @@ async def test_500_unsubscribes_and_500_sign_ups_at_once(
     served = serve()
     store: Store = served.store
     members = [served.add(f"leser{i}@example.org") for i in range(N)]
-    tokens = [served.tokens.unsubscribe(served.token_id(sid), served.list_id) for sid in members]
+    tokens = [served.tokens.mint_unsubscribe(served.token_id(sid), served.list_id) for sid in members]
     gate = asyncio.Semaphore(CONCURRENCY)
 
     limits = httpx.Limits(max_connections=CONCURRENCY)

@@ -11,8 +11,8 @@ from itsdangerous import URLSafeSerializer
 from test_serve import Served, ServeFactory
 
 from newsletter.audience.store import Store
-from newsletter.config import load_project
 from newsletter.content.validate import load_issue
+from newsletter.project import open_project
 from newsletter.render.archive import build_issue
 from newsletter.tokens import UNSUBSCRIBE_SALT, signing_keys
 
@@ -48,7 +48,7 @@ def test_old_link_of_an_erased_subscriber_never_unsubscribes_the_next_one(served
 
 def test_current_link_of_an_erased_subscriber_is_rejected(served: Served) -> None:
     erased = served.add("gone@example.org")
-    link = served.tokens.unsubscribe(served.token_id(erased), served.list_id)
+    link = served.tokens.mint_unsubscribe(served.token_id(erased), served.list_id)
     served.store.forget("gone@example.org")
     newcomer = served.add("next@example.org")
     with served.client() as client:
@@ -58,7 +58,7 @@ def test_current_link_of_an_erased_subscriber_is_rejected(served: Served) -> Non
 
 def test_links_mailed_before_the_upgrade_keep_working(project_dir: Path, serve: ServeFactory) -> None:
     """A database from before migration 4: its subscribers' old links still unsubscribe them."""
-    old = Store.open(load_project(project_dir).database_url, migrate_to=3)
+    old = Store.open(open_project(project_dir).database_url, migrate_to=3)
     news = old.create_list("news", "Stadtnachrichten")
     sid, _ = _old_member(old, "before@example.org", news.id)
     old.close()
@@ -92,7 +92,7 @@ def test_bounced_and_complained_members_are_not_told_they_unsubscribed(served: S
         sid = served.add(f"{status}@example.org")
         served.store.set_status(sid, served.list_id, status, "bounce" if status == "bounced" else "complaint")
         before = served.store.history(sid)
-        token = served.tokens.unsubscribe(served.token_id(sid), served.list_id)
+        token = served.tokens.mint_unsubscribe(served.token_id(sid), served.list_id)
         with served.client() as client:
             page = client.get(f"/u/{token}")
             button = client.post(f"/u/{token}", data={})

@@ -1,6 +1,6 @@
 import smtplib
 
-from newsletter.config import Project
+from newsletter.project import Project
 
 
 def test_smtp_server_records_messages(smtp_server) -> None:

@@ -9,18 +9,15 @@ import pytest
 import sqlalchemy as sa
 from email_validator import EmailNotValidError, validate_email
 
-from newsletter.audience import store as store_module
-from newsletter.audience.store import (
-    SCHEMA_VERSION,
-    InvalidEmail,
-    Store,
-    StoreError,
-    normalize_email,
-    open_store,
-    suppression_hash,
-)
-from newsletter.config import Project
+from newsletter.audience.addresses import InvalidEmail, normalize_email, suppression_hash
+from newsletter.audience.records import StoreError
+from newsletter.audience.store import Store, open_store
+from newsletter.audience.tables import subscribers
+from newsletter.db.migrations import SCHEMA_VERSION
+from newsletter.db.schema import metadata
+from newsletter.delivery.tables import deliveries, sends
 from newsletter.errors import NewsletterError
+from newsletter.project import Project
 
 
 @pytest.fixture
@@ -174,10 +171,10 @@ def test_forget_erases_everything_but_a_hash_and_blocks_the_address(store: Store
     news = store.create_list("news")
     sid, _ = store.add_subscriber("Erase.Me@Example.org", news.id, name="Eva", confirmed=True)
     with store.write() as conn:
-        send_id = conn.execute(store_module.sends.insert().values(
+        send_id = conn.execute(sends.insert().values(
             issue_slug="2026-02", list_id=news.id, content_hash="x", subject="S", status="finished",
             transport="outbox")).inserted_primary_key[0]
-        conn.execute(store_module.deliveries.insert().values(
+        conn.execute(deliveries.insert().values(
             send_id=send_id, subscriber_id=sid, email="Erase.Me@example.org", status="sent",
             smtp_reply="250 ok Erase.Me@example.org"))
     assert store.forget("erase.me@example.org")
@@ -221,9 +218,9 @@ def test_send_journal_tables_exist_with_their_constraints(store: Store) -> None:
     row = {"issue_slug": "2026-02", "list_id": news.id, "content_hash": "h", "subject": "S",
            "status": "running", "transport": "smtp"}
     with store.write() as conn:
-        conn.execute(store_module.sends.insert().values(**row))
+        conn.execute(sends.insert().values(**row))
     with pytest.raises(sa.exc.IntegrityError), store.write() as conn:
-        conn.execute(store_module.sends.insert().values(**row))
+        conn.execute(sends.insert().values(**row))
     index_columns = [ix["column_names"] for ix in inspector.get_indexes("deliveries")]
     assert ["send_id", "status"] in index_columns
 
@@ -233,7 +230,7 @@ def test_schema_compiles_for_postgresql() -> None:
     from sqlalchemy.dialects import postgresql
 
     ddl = "\n".join(str(sa.schema.CreateTable(table).compile(dialect=postgresql.dialect()))
-                    for table in store_module.metadata.sorted_tables)
+                    for table in metadata.sorted_tables)
     assert "TIMESTAMP WITH TIME ZONE" in ddl
     assert "status IN ('pending', 'subscribed', 'unsubscribed', 'bounced', 'complained')" in ddl
     assert "DEFAULT now()" in ddl
@@ -298,10 +295,10 @@ def test_version_2_journal_is_upgraded_prefix_moved_into_the_flag(db_url: str) -
     assert upgraded.schema_version() == SCHEMA_VERSION
     with upgraded.read() as conn:
         rows = conn.execute(sa.select(
-            store_module.deliveries.c.email, store_module.deliveries.c.smtp_reply,
-            store_module.deliveries.c.possibly_duplicated,
-        ).order_by(store_module.deliveries.c.subscriber_id)).all()
-        reason = conn.execute(sa.select(store_module.sends.c.reason)).scalar_one()
+            deliveries.c.email, deliveries.c.smtp_reply,
+            deliveries.c.possibly_duplicated,
+        ).order_by(deliveries.c.subscriber_id)).all()
+        reason = conn.execute(sa.select(sends.c.reason)).scalar_one()
     assert [tuple(r) for r in rows] == [
         ("twice@example.org", "250 2.0.0 Ok: queued as 4711", True),
         ("again@example.org", "in flight when the send stopped", True),
@@ -327,7 +324,7 @@ def test_fresh_and_upgraded_databases_have_the_same_journal_columns(tmp_path: Pa
     fresh = _journal_columns(f"sqlite:///{tmp_path / 'new.db'}")
     assert upgraded == fresh
     # …and they are the columns the Table objects (used by every query) declare.
-    for table in (store_module.sends, store_module.deliveries):
+    for table in (sends, deliveries):
         assert [c[0] for c in fresh[table.name]] == sorted(table.c.keys())
     assert ("possibly_duplicated", False, "0") in fresh["deliveries"]
     assert ("reason", True, None) in fresh["sends"]
@@ -383,7 +380,7 @@ def test_migration_4_gives_every_existing_subscriber_a_random_token_id(db_url: s
     assert upgraded.subscriber_by_token_id(new_id) is None
     assert upgraded.subscriber_by_token_id(new.token_id).id == new_id  # type: ignore[union-attr]
     with pytest.raises(sa.exc.IntegrityError), upgraded.write() as conn:  # unique
-        conn.execute(store_module.subscribers.update().where(store_module.subscribers.c.id == new_id)
+        conn.execute(subscribers.update().where(subscribers.c.id == new_id)
                      .values(token_id=token_ids[0]))
     upgraded.close()
 
@@ -402,7 +399,7 @@ def test_fresh_and_upgraded_databases_have_the_same_subscribers_table(tmp_path: 
     upgraded = _subscriber_schema(f"sqlite:///{tmp_path / 'old.db'}")
     fresh = _subscriber_schema(f"sqlite:///{tmp_path / 'new.db'}")
     assert upgraded == fresh
-    assert [c[0] for c in fresh[0]] == sorted(store_module.subscribers.c.keys())
+    assert [c[0] for c in fresh[0]] == sorted(subscribers.c.keys())
     assert ("ix_subscribers_token_id", ("token_id",), True) in fresh[1]
 
 
@@ -415,9 +412,9 @@ def test_migration_4_compiles_for_postgresql() -> None:
     sa.Table("subscribers", sa.MetaData(), column)
     assert str(sa.schema.CreateColumn(column).compile(dialect=dialect)) == \
         "legacy_tokens BOOLEAN DEFAULT false NOT NULL"
-    ddl = str(sa.schema.CreateTable(store_module.subscribers).compile(dialect=dialect))
+    ddl = str(sa.schema.CreateTable(subscribers).compile(dialect=dialect))
     assert "token_id VARCHAR(32)" in ddl
-    index = next(i for i in store_module.subscribers.indexes if i.name == "ix_subscribers_token_id")
+    index = next(i for i in subscribers.indexes if i.name == "ix_subscribers_token_id")
     assert str(sa.schema.CreateIndex(index).compile(dialect=dialect)) == \
         "CREATE UNIQUE INDEX ix_subscribers_token_id ON subscribers (token_id)"
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from newsletter.audience.addresses import InvalidEmail, normalize_email
 from newsletter.audience.importer import import_csv
-from newsletter.audience.store import InvalidEmail, normalize_email, open_store
+from newsletter.audience.store import open_store
 
 NON_ASCII_LOCAL = ["müller@example.org", "greta.groß@example.org", "jörg@müller.de"]
 

@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from newsletter.audience.importer import export_csv, import_csv, read_csv
-from newsletter.audience.store import MailingList, Store
+from newsletter.audience.csvfile import read_csv
+from newsletter.audience.export import export_csv
+from newsletter.audience.importer import import_csv
+from newsletter.audience.records import MailingList
+from newsletter.audience.store import Store
 from newsletter.errors import NewsletterError
 
 
@@ -248,7 +251,7 @@ def test_progress_callback_sees_read_and_write_phases(tmp_path: Path, store: Sto
     lines = "\n".join(f"user{i}@example.org" for i in range(12_000))
     path = write(tmp_path, "email\n" + lines + "\n")
     calls: list[tuple[str, int, int]] = []
-    report = import_csv(store, path, news, progress=lambda *call: calls.append(call))
+    report = import_csv(store, path, news, on_progress=lambda *call: calls.append(call))
     assert report.added == 12_000
     assert {phase for phase, _, _ in calls} == {"read", "write"}
     last_write = [c for c in calls if c[0] == "write"][-1]

@@ -26,7 +26,7 @@ IMPORTER = textwrap.dedent("""
             print(phase, done, total, flush=True)
             time.sleep(0.05)  # keep the transaction open long enough to be killed inside it
 
-    import_csv(store, Path(sys.argv[2]), news, confirmed=True, progress=progress)
+    import_csv(store, Path(sys.argv[2]), news, confirmed=True, on_progress=progress)
     print("committed", flush=True)
 """)
 

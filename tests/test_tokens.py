@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 from pathlib import Path
 
 import pytest
 from itsdangerous import URLSafeSerializer
 
 from newsletter.audience.store import Store
-from newsletter.tokens import UNSUBSCRIBE_SALT, TokenInvalid, Tokens
+from newsletter.tokens import UNSUBSCRIBE_SALT, TokenInvalid, Tokens, confirm_url, unsubscribe_url
 
 KEYS = ["k" * 43]
 
@@ -35,19 +36,20 @@ def test_tokens_reveal_neither_subscriber_ids_nor_addresses(store: Store) -> Non
         store.add_subscriber(f"person{n}@example.org", news.id, confirmed=True)
     tokens = Tokens(KEYS)
     for member in store.members(news.id):
-        for token in (tokens.unsubscribe(member.token_id, news.id), tokens.confirm(member.token_id, news.id)):
+        for token in (tokens.mint_unsubscribe(member.token_id, news.id),
+                      tokens.mint_confirm(member.token_id, news.id)):
             # The random token_id and the list: nothing about the person, nothing sequential.
             assert payload(token) == [member.token_id, news.id]
             assert "person" not in token
-        assert tokens.read_unsubscribe(tokens.unsubscribe(member.token_id, news.id)) == (member.token_id,
-                                                                                         news.id)
+        assert tokens.read_unsubscribe(tokens.mint_unsubscribe(member.token_id, news.id)) == (
+            member.token_id, news.id)
 
 
 def test_new_tokens_cannot_be_made_from_a_database_id() -> None:
     with pytest.raises(TypeError, match="token_id"):
-        Tokens(KEYS).unsubscribe(1, 1)  # type: ignore[arg-type]
+        Tokens(KEYS).mint_unsubscribe(1, 1)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="token_id"):
-        Tokens(KEYS).confirm("", 1)
+        Tokens(KEYS).mint_confirm("", 1)
 
 
 def test_old_format_tokens_are_read_as_ids_for_the_store_to_judge() -> None:
@@ -72,3 +74,36 @@ def test_legacy_ids_only_find_rows_that_existed_before_migration_4(store: Store)
     assert store.membership_by_token_id(token_id, news.id) == (sid, "pending")
     assert store.membership_by_token_id(sid, news.id) is None
     assert store.membership_by_token_id(token_id, news.id + 1) is None
+
+
+def test_new_tokens_are_signed_with_the_current_key_and_old_keys_still_read() -> None:
+    """Rotation (README "Key rotation"): new links carry the new key — they must keep working
+    once the old key is removed — and links signed with an old key are still accepted."""
+    current, old = "n" * 43, "o" * 43
+    rotated = Tokens([current, old])
+    assert URLSafeSerializer(current, salt=UNSUBSCRIBE_SALT).loads(
+        rotated.mint_unsubscribe("tid-1", 1)) == ["tid-1", 1]
+    only_current = Tokens([current])
+    assert only_current.read_unsubscribe(rotated.mint_unsubscribe("tid-1", 1)) == ("tid-1", 1)
+    assert only_current.read_confirm(rotated.mint_confirm("tid-1", 1), 60) == ("tid-1", 1)
+    from_old_key = Tokens([old])
+    assert rotated.read_unsubscribe(from_old_key.mint_unsubscribe("tid-2", 3)) == ("tid-2", 3)
+    assert rotated.read_confirm(from_old_key.mint_confirm("tid-2", 3), 60) == ("tid-2", 3)
+    with pytest.raises(TokenInvalid):
+        only_current.read_unsubscribe(from_old_key.mint_unsubscribe("tid-2", 3))
+
+
+def test_minted_unsubscribe_tokens_are_itsdangerous_tokens() -> None:
+    """`mint_unsubscribe` builds the token itself (speed); it is the string itsdangerous makes."""
+    reference = URLSafeSerializer(KEYS, salt=UNSUBSCRIBE_SALT)
+    tokens = Tokens(KEYS)
+    for n in range(200):
+        token_id = secrets.token_urlsafe(12)
+        assert tokens.mint_unsubscribe(token_id, n) == reference.dumps([token_id, n])
+    # A token_id zlib could shorten: itsdangerous would compress it; ours is longer but valid.
+    assert reference.loads(tokens.mint_unsubscribe("a" * 60, 1)) == ["a" * 60, 1]
+
+
+def test_link_urls() -> None:
+    assert unsubscribe_url("https://example.org/news/", "T.k") == "https://example.org/news/u/T.k"
+    assert confirm_url("https://example.org", "T.k") == "https://example.org/confirm/T.k"

@@ -16,6 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from newsletter.cli import app
+from newsletter.content.validate import load_issue
+from newsletter.errors import IssueInvalid
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -426,3 +428,39 @@ def test_bad_input_through_a_real_process(name: str, tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     assert proc.stdout == ""
     assert proc.stderr.splitlines() == [line.replace("F:", f"{path}:", 1) for line in expected]
+
+
+# --- hardening: aliases and header injection ---------------------------------------------------
+
+
+def test_yaml_alias_bomb_is_refused_fast_with_its_position(tmp_path: Path) -> None:
+    """Nine levels of aliases would expand to 9**9 strings; they are refused before that."""
+    lines = ["subject: Hallo", "date: 2026-02-10", 'a: &a ["x","x","x","x","x","x","x","x","x"]']
+    prev = "a"
+    for name in "bcdefghi":
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+        prev = name
+    lines.append(f"sections: *{prev}")
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(IssueInvalid) as raised:
+        load_issue(path)
+    (line,) = raised.value.lines()
+    assert line.startswith(f"{path}:3:4:") and "anchors and aliases" in line
+
+
+@pytest.mark.parametrize(("field", "value", "named"), [
+    ("subject", '"Hallo\\r\\nBcc: x@example.org"', "U+000D (carriage return)"),
+    ("subject", '"Hallo\\u2028Welt"', "U+2028 (line separator)"),
+    ("preheader", '"Vorschau\\x85mehr"', "U+0085 (next line (NEL))"),
+])
+def test_header_fields_with_line_breaks_are_errors_with_position(tmp_path: Path, field: str, value: str,
+                                                                named: str) -> None:
+    path = tmp_path / "inject.yaml"
+    other = "preheader: Kurz" if field == "subject" else "subject: Hallo"
+    path.write_text(f"{field}: {value}\n{other}\ndate: 2026-02-10\nsections:\n"
+                    "  - kind: text\n    heading: Hallo\n    body: Text\n", encoding="utf-8")
+    with pytest.raises(IssueInvalid) as raised:
+        load_issue(path)
+    (line,) = raised.value.lines()
+    assert line.startswith(f"{path}:1:{len(field) + 3}: {field}: contains {named}"), line

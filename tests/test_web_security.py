@@ -11,7 +11,7 @@ import pytest
 import test_serve
 from test_serve import Served, ServeFactory, csrf_of, sign_up, wait_for
 
-from newsletter.web.app import client_ip, log_path, parse_networks
+from newsletter.web.security import client_ip, log_path, parse_networks
 
 # The real-server fixtures live in test_serve.py.
 serve = test_serve.serve
@@ -37,7 +37,7 @@ def test_security_headers_on_every_response(served: Served) -> None:
     served.project.dist_dir.mkdir()
     (served.project.dist_dir / "index.html").write_text("<h1>Archiv</h1>", encoding="utf-8")
     sid = served.add("anna@example.org")
-    token = served.tokens.unsubscribe(served.token_id(sid), served.list_id)
+    token = served.tokens.mint_unsubscribe(served.token_id(sid), served.list_id)
     with served.client() as client:
         responses = [
             client.get("/healthz"), client.get("/subscribe"), client.get(f"/u/{token}"),
@@ -90,7 +90,7 @@ def test_csrf_is_required_on_the_subscribe_form(served: Served) -> None:
 def test_unsubscribe_button_works_without_cookies(served: Served) -> None:
     """Readers who block cookies must be able to leave: the signed token is the secret."""
     sid = served.add("bernd@example.org")
-    token = served.tokens.unsubscribe(served.token_id(sid), served.list_id)
+    token = served.tokens.mint_unsubscribe(served.token_id(sid), served.list_id)
     with served.client() as client:
         page = client.get(f"/u/{token}")
         assert "set-cookie" not in page.headers  # no cookie offered on the unsubscribe page
@@ -119,8 +119,12 @@ def test_honeypot_answers_like_a_sign_up_but_does_nothing(served: Served) -> Non
     assert bot.text == real.text
     assert served.store.find_subscriber("bot@example.org") is None
     assert served.store.find_subscriber("real@example.org") is not None
-    wait_for(lambda: len(list(outbox.glob("*/*"))) >= 1)
-    mails = [p.read_bytes() for p in outbox.glob("*/*") if p.is_file()]
+
+    def delivered() -> list[bytes]:  # new/ and cur/: a message is in tmp/ only while it is written
+        return [p.read_bytes() for p in outbox.glob("*/*") if p.is_file() and p.parent.name != "tmp"]
+
+    wait_for(lambda: len(delivered()) >= 1)
+    mails = delivered()
     assert len(mails) == 1 and b"real@example.org" in mails[0]
 
 
@@ -155,7 +159,7 @@ def _sign_up_from(client: httpx.Client, address: str, ip: str) -> httpx.Response
 
 def test_request_body_limit(served: Served) -> None:
     sid = served.add("carla@example.org")
-    token = served.tokens.unsubscribe(served.token_id(sid), served.list_id)
+    token = served.tokens.mint_unsubscribe(served.token_id(sid), served.list_id)
     big = "List-Unsubscribe=One-Click&pad=" + "x" * 50_000
     with served.client() as client:
         declared = client.post(f"/u/{token}", content=big.encode(),
@@ -186,8 +190,8 @@ def test_no_open_redirects(served: Served) -> None:
 def test_access_log_has_no_tokens_or_addresses(served: Served, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="newsletter.access")
     sid = served.add("dora@example.org", confirmed=False)
-    unsub = served.tokens.unsubscribe(served.token_id(sid), served.list_id)
-    confirm = served.tokens.confirm(served.token_id(sid), served.list_id)
+    unsub = served.tokens.mint_unsubscribe(served.token_id(sid), served.list_id)
+    confirm = served.tokens.mint_confirm(served.token_id(sid), served.list_id)
     with served.client() as client:
         client.get(f"/u/{unsub}")
         client.get(f"/confirm/{confirm}")
@@ -201,7 +205,7 @@ def test_access_log_has_no_tokens_or_addresses(served: Served, caplog: pytest.Lo
 
 def test_one_click_needs_no_cookie_and_no_csrf_token(served: Served) -> None:
     sid = served.add("emil@example.org")
-    token = served.tokens.unsubscribe(served.token_id(sid), served.list_id)
+    token = served.tokens.mint_unsubscribe(served.token_id(sid), served.list_id)
     # A bare HTTP/1.1 POST like a mail provider sends it: nothing but the body.
     body = b"List-Unsubscribe=One-Click"
     request = (f"POST /u/{token} HTTP/1.1\r\nHost: 127.0.0.1\r\n"

@@ -1,1 +1,15 @@
-"""Lists, subscribers, consent log, suppression, CSV import/export: the subscriber store."""
+"""Lists, subscribers, consent log, suppression, CSV import/export: the subscriber store.
+
+    addresses  e-mail address rules: normal form, identity (`email_key`), suppression hash
+    statuses   membership statuses, consent sources, the transition rules
+    records    the records the store hands out, StoreError
+    tables     the audience's tables (only this package touches them)
+    writes     the row-level steps of a store write, inside its transaction
+    store      Store: the operations (open, lists, sign-up, confirm, unsubscribe/leave, forget)
+    queries    read-only query pieces other packages join into their SQL (the send journal)
+    csvfile    reading and checking a subscriber CSV (no database)
+    importer   applying a parsed CSV to a list in one transaction
+    export     writing a list back as CSV
+
+See docs/data-model.md.
+"""

@@ -5,8 +5,6 @@ Each area registers its commands from its own module (`issue_cmds`, `store_cmds`
 with a readable message on stderr and no traceback.
 """
 
-from __future__ import annotations
-
 from newsletter.cli.common import app, main
 
 # Importing the command modules registers their commands on `app`.

@@ -1,7 +1,5 @@
 """Commands about issue files: init, new, validate, schema."""
 
-from __future__ import annotations
-
 import json
 from datetime import date
 from pathlib import Path
@@ -14,13 +12,11 @@ from newsletter.cli.common import (
     ProjectOption,
     app,
     console,
-    err_console,
     fail,
     get_project,
+    plain,
     user_errors,
 )
-from newsletter.content.model import Issue
-from newsletter.content.validate import load_issue
 from newsletter.errors import NewsletterError, Problem
 
 
@@ -33,6 +29,8 @@ def validate(
 
     Example: [bold]newsletter validate issues/*.yaml[/bold]
     """
+    from newsletter.content.validate import load_issue
+
     failed = False
     for file in files:
         try:
@@ -40,17 +38,14 @@ def validate(
         except NewsletterError as error:
             failed = True
             for line in error.lines():
-                err_console.print(line, markup=False, soft_wrap=True)
+                plain(line, err=True)
             continue
         for warning in loaded.warnings:
-            err_console.print(warning.format(), markup=False, soft_wrap=True)
+            plain(warning.format(), err=True)
         issue = loaded.issue
         items = sum(_count_items(section) for section in issue.sections)
-        console.print(
-            f"{file}: ok — “{issue.subject}”, {issue.date:%d.%m.%Y}, "
-            f"{_plural(len(issue.sections), 'section')}, {_plural(items, 'item')}",
-            markup=False, soft_wrap=True,
-        )
+        plain(f"{file}: ok — “{issue.subject}”, {issue.date:%d.%m.%Y}, "
+              f"{_plural(len(issue.sections), 'section')}, {_plural(items, 'item')}")
     if failed:
         raise typer.Exit(1)
 
@@ -80,6 +75,8 @@ def issue_json_schema() -> dict:
     """The JSON Schema of an issue file, as `newsletter schema` prints it."""
     # Draft-07: the version the yaml-language-server (VS Code's Red Hat YAML)
     # fully supports; pydantic's `$defs` references resolve in it as JSON pointers.
+    from newsletter.content.model import Issue
+
     data = {"$schema": "http://json-schema.org/draft-07/schema#", "title": "newsletter issue"}
     data.update({k: v for k, v in Issue.model_json_schema().items() if k != "title"})
     return data
@@ -104,7 +101,8 @@ def init(
 def new(
     on: Annotated[
         str | None,
-        typer.Option("--date", help="Publication date (2026-03-01); default: today.", show_default=False),
+        typer.Option("--date", help="Publication date (2026-03-01 or 01.03.2026); default: today.",
+                     show_default=False),
     ] = None,
     directory: Annotated[
         Path | None,
@@ -117,11 +115,12 @@ def new(
 
     Example: [bold]newsletter new --date 2026-03-01[/bold]
     """
+    from newsletter.content.model import parse_day
+
     try:
-        when = date.fromisoformat(on) if on else date.today()
-    except ValueError:
-        message = f"`{on}` is not a date like 2026-03-01"
-        fail(NewsletterError(problems=[Problem("--date", None, None, "", message)]))
+        when = parse_day(on) if on else date.today()
+    except ValueError as exc:
+        fail(NewsletterError(problems=[Problem("--date", None, None, "", str(exc))]))
     if directory is None:
         directory = get_project(project).issues_dir
     with user_errors():

@@ -1,7 +1,5 @@
 """CLI commands: preview (a local web page with live reload, and the outbox)."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 
@@ -26,7 +24,7 @@ def preview(
     """
     from newsletter.web.preview import run_preview  # the web stack loads only for this command
 
-    loaded = get_project(project)
+    loaded = get_project(project, near=file)
 
     def announce(url: str) -> None:
         console.print(f"Preview of {file} at {url}  (outbox: {url}outbox; Ctrl-C to stop)",

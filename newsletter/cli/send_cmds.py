@@ -1,40 +1,27 @@
 """CLI commands: `send` (test send, dry run, send to a list / resume) and `sends ls|show`."""
 
-from __future__ import annotations
-
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
-from rich.text import Text
 
-from newsletter.audience.store import open_store
 from newsletter.cli.common import (
+    IssueFile,
     JsonOption,
     ProjectOption,
     app,
     console,
-    err_console,
     get_project,
     print_json,
+    say,
     user_errors,
 )
-from newsletter.delivery.journal import Journal
-from newsletter.delivery.sender import Progress as SendProgress
-from newsletter.delivery.sender import SendPlan, SendReport, dry_run, plan_send, run_send, send_test
 from newsletter.errors import NewsletterError
+
+if TYPE_CHECKING:
+    from newsletter.delivery.plan import SendPlan
+    from newsletter.delivery.sender import SendReport
 
 sends_app = typer.Typer(help="History of sends: per recipient status and SMTP replies.",
                         no_args_is_help=True, rich_markup_mode="rich")
@@ -43,7 +30,7 @@ app.add_typer(sends_app, name="sends")
 
 @app.command()
 def send(
-    file: Annotated[Path, typer.Argument(help="The issue YAML file.", show_default=False)],
+    file: IssueFile,
     to: Annotated[list[str] | None, typer.Option(
         "--to", help="Test send to this address (repeatable): subject prefixed [TEST], no journal.",
         show_default=False)] = None,
@@ -70,13 +57,15 @@ def send(
 
     Example: [bold]newsletter send issues/2026-02.yaml --list news[/bold]
     """
-    proj = get_project(project)
+    from newsletter.delivery.dryrun import dry_run
+
     if bool(to) == bool(list_name):
-        err_console.print("give either --to ADDR (test send) or --list NAME")
+        say("give either --to ADDR (test send) or --list NAME", err=True)
         raise typer.Exit(2)
+    proj = get_project(project, near=file)
     with user_errors():
         if to:
-            replies = send_test(proj, file, to)
+            replies = proj.send_test(file, to)
             failed = [(a, r) for a, r in replies if not r.ok]
             for address, reply in replies:
                 mark = "[green]sent[/green]" if reply.ok else "[red]refused[/red]"
@@ -85,7 +74,7 @@ def send(
                 raise typer.Exit(1)
             return
         assert list_name is not None
-        plan = plan_send(proj, file, list_name, concurrency=concurrency, rate=rate)
+        plan = proj.plan_send(file, list_name, concurrency=concurrency, rate=rate)
         try:
             if dry_run_flag:
                 directory, count = dry_run(plan, out)
@@ -106,47 +95,55 @@ def send(
         raise typer.Exit(130)
 
 
-def _say(text: str, *, err: bool = False) -> None:
-    """One line, never broken by rich (a subject or address stays whole when piped)."""
-    (err_console if err else console).print(text, soft_wrap=True)
-
-
-def _summary(plan: SendPlan) -> None:
+def _summary(plan: "SendPlan") -> None:
     for warning in plan.warnings:
-        _say(escape(warning), err=True)
+        say(escape(warning), err=True)
     mailing_list = plan.mailing_list
     title = f" ({mailing_list.title})" if mailing_list.title else ""
-    _say(f"[bold]Subject:[/bold]    {escape(plan.rendered.subject)}")
-    _say(f"[bold]List:[/bold]       {escape(mailing_list.name + title)}")
-    _say(f"[bold]Recipients:[/bold] {plan.recipients} subscribed")
+    say(f"[bold]Subject:[/bold]    {escape(plan.rendered.subject)}")
+    say(f"[bold]List:[/bold]       {escape(mailing_list.name + title)}")
+    say(f"[bold]Recipients:[/bold] {plan.recipients} subscribed")
     rate = f"{plan.rate:g}/s" if plan.rate else "unlimited"
-    _say(f"[bold]Transport:[/bold]  {escape(plan.transport.description)} — "
+    say(f"[bold]Transport:[/bold]  {escape(plan.transport.description)} — "
          f"{plan.concurrency} connection(s), rate {rate}")
     existing = plan.existing
     if existing is not None:
         c = existing.counts
-        _say(f"[yellow]Resuming send #{existing.id} ({existing.status}):[/yellow] {c['sent']} already "
+        say(f"[yellow]Resuming send #{existing.id} ({existing.status}):[/yellow] {c['sent']} already "
              f"sent and not sent again, {c['pending'] + c['failed_temporary']} to (re)try"
              + (f", {c['sending']} in flight at the interruption (sent again; may be duplicated)"
                 if c["sending"] else ""))
         if existing.reason:
-            _say(f"It stopped: {escape(existing.reason)}")
+            say(f"It stopped: {escape(existing.reason)}")
         if existing.content_hash != plan.content_hash:
-            _say("[red]The issue changed since this send started[/red] (use --force to "
+            say("[red]The issue changed since this send started[/red] (use --force to "
                  "send the new version to the rest).")
 
 
-class _RateColumn(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.0f} msg/s" if speed else "– msg/s", style="progress.data.speed")
+def _send_with_progress(plan: "SendPlan", force: bool) -> "SendReport":
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        Task,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
 
+    from newsletter.delivery.sender import SendProgress, run_send
 
-def _send_with_progress(plan: SendPlan, force: bool) -> SendReport:
+    class RateColumn(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:,.0f} msg/s" if speed else "– msg/s", style="progress.data.speed")
+
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(),
-               MofNCompleteColumn(), _RateColumn(), TimeElapsedColumn(), TextColumn("ETA"),
+               MofNCompleteColumn(), RateColumn(), TimeElapsedColumn(), TextColumn("ETA"),
                TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as bar:
+    with Progress(*columns, console=console.rich, transient=False) as bar:
         task = bar.add_task("Sending", total=None)
 
         def update(p: SendProgress) -> None:
@@ -157,20 +154,20 @@ def _send_with_progress(plan: SendPlan, force: bool) -> SendReport:
         return run_send(plan, force=force, progress=update)
 
 
-def _final_report(report: SendReport) -> None:
+def _final_report(report: "SendReport") -> None:
     color = {"finished": "green", "paused": "yellow", "interrupted": "yellow"}[report.status]
-    _say(f"[{color}]Send #{report.send_id} {report.status}[/{color}] in {report.seconds:.1f} s: "
+    say(f"[{color}]Send #{report.send_id} {report.status}[/{color}] in {report.seconds:.1f} s: "
          f"{report.sent} sent, {report.failed_permanent} failed permanently "
          f"({report.bounced} bounced), {report.failed_temporary} failed temporarily, "
          f"{report.skipped} skipped (no longer subscribed), {report.pending} pending.")
     if report.reason:
-        _say(escape(report.reason), err=True)
+        say(escape(report.reason), err=True)
     if report.possibly_duplicated:
-        _say(f"{len(report.possibly_duplicated)} recipient(s) were in flight at an "
+        say(f"{len(report.possibly_duplicated)} recipient(s) were in flight at an "
              "interruption and may have got the issue twice: "
              + escape(", ".join(report.possibly_duplicated)))
     if report.failed_temporary or report.pending:
-        _say("Re-run the same command to retry the rest; nobody gets the issue twice.")
+        say("Re-run the same command to retry the rest; nobody gets the issue twice.")
 
 
 @sends_app.command("ls")
@@ -179,19 +176,18 @@ def sends_ls(json: JsonOption = False, project: ProjectOption = None) -> None:
 
     Example: [bold]newsletter sends ls[/bold]
     """
-    proj = get_project(project)
-    with user_errors():
-        store = open_store(proj)
-        try:
-            infos = Journal(store).all()
-        finally:
-            store.close()
+    from newsletter.delivery.journal import Journal
+
+    with user_errors(), get_project(project) as proj:
+        infos = Journal(proj.store).all()
     if json:
         print_json([i.as_dict() for i in infos])
         return
     if not infos:
         console.print("No sends yet.")
         return
+    from rich.table import Table
+
     table = Table("ID", "Issue", "List", "Status", "Sent", "Failed", "Skipped", "Open", "Dup.",
                   "Started (UTC)")
     for i in infos:
@@ -204,9 +200,9 @@ def sends_ls(json: JsonOption = False, project: ProjectOption = None) -> None:
     # Reasons and addresses are too long for the table: one whole line each below it.
     for i in infos:
         if i.reason:
-            _say(f"#{i.id} {i.status}: {escape(i.reason)}")
+            say(f"#{i.id} {i.status}: {escape(i.reason)}")
         if i.possibly_duplicated:
-            _say(f"#{i.id} possibly duplicated (in flight at an interruption): "
+            say(f"#{i.id} possibly duplicated (in flight at an interruption): "
                  + escape(", ".join(i.possibly_duplicated)))
 
 
@@ -220,32 +216,31 @@ def sends_show(
 
     Example: [bold]newsletter sends show 1 --json[/bold]
     """
-    proj = get_project(project)
-    with user_errors():
-        store = open_store(proj)
-        try:
-            journal = Journal(store)
-            info = journal.get(send_id)
-            if info is None:
-                raise NewsletterError(f"no send with ID {send_id}; see `newsletter sends ls`")
-            rows = journal.deliveries(send_id)
-        finally:
-            store.close()
+    from newsletter.delivery.journal import Journal
+
+    with user_errors(), get_project(project) as proj:
+        journal = Journal(proj.store)
+        info = journal.get(send_id)
+        if info is None:
+            raise NewsletterError(f"no send with ID {send_id}; see `newsletter sends ls`")
+        rows = journal.deliveries(send_id)
     if json:
         print_json({**info.as_dict(), "deliveries": [r.as_dict() for r in rows]})
         return
     c = info.counts
-    _say(f"[bold]Send #{info.id}[/bold] {escape(info.issue_slug)} → {escape(info.list_name)}: "
+    say(f"[bold]Send #{info.id}[/bold] {escape(info.issue_slug)} → {escape(info.list_name)}: "
          f"{info.status}, via {escape(info.transport)}")
     if info.reason:
-        _say(f"[yellow]Reason:[/yellow] {escape(info.reason)}")
-    _say(f"Subject: {escape(info.subject)}")
-    _say(f"{c['total']} recipients: {c['sent']} sent, {c['failed_permanent']} failed "
+        say(f"[yellow]Reason:[/yellow] {escape(info.reason)}")
+    say(f"Subject: {escape(info.subject)}")
+    say(f"{c['total']} recipients: {c['sent']} sent, {c['failed_permanent']} failed "
          f"permanently, {c['failed_temporary']} failed temporarily, {c['skipped']} skipped, "
          f"{c['pending']} pending, {c['sending']} in flight")
     if info.possibly_duplicated:
-        _say("[yellow]Possibly duplicated[/yellow] (in flight at an interruption): "
+        say("[yellow]Possibly duplicated[/yellow] (in flight at an interruption): "
              + escape(", ".join(info.possibly_duplicated)))
+    from rich.table import Table
+
     table = Table()
     # Addresses stay whole (to be copied); the reply wraps instead.
     widest = max((len(r.email) for r in rows), default=10)

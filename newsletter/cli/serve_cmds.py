@@ -1,7 +1,5 @@
 """CLI command: serve — the public endpoint (subscribe, confirm, unsubscribe, archive)."""
 
-from __future__ import annotations
-
 import logging
 from typing import Annotated
 

@@ -1,20 +1,15 @@
 """CLI commands: `lists …` and `subscribers …` over the audience package."""
 
-from __future__ import annotations
-
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Column, Table
 
-from newsletter.audience.importer import export_csv, format_report, import_csv
-from newsletter.audience.store import STATUSES, Store, StoreError, open_store
+from newsletter.audience.statuses import STATUSES
 from newsletter.cli.common import (
     JsonOption,
     ProjectOption,
@@ -25,7 +20,10 @@ from newsletter.cli.common import (
     print_json,
     user_errors,
 )
-from newsletter.delivery.outbox import forget_local_copies
+
+if TYPE_CHECKING:
+    from newsletter.audience.store import Store
+    from newsletter.project import Project
 
 lists_app = typer.Typer(help="Manage mailing lists.", no_args_is_help=True, rich_markup_mode="rich")
 subscribers_app = typer.Typer(help="Manage subscribers: import, export, add, remove, list, show.",
@@ -40,15 +38,16 @@ PROGRESS_MIN_LINES = 5000
 
 
 @contextmanager
-def opened(project: Path | None) -> Iterator[Store]:
+def opened(project: Path | None) -> Iterator["Store"]:
     """The project's store, with user errors turned into exit 1."""
-    proj = get_project(project)
-    with user_errors():
-        store = open_store(proj)
-        try:
-            yield store
-        finally:
-            store.close()
+    with user_errors(), get_project(project) as proj:
+        yield proj.store
+
+
+@contextmanager
+def opened_project(project: Path | None) -> Iterator["Project"]:
+    with user_errors(), get_project(project) as proj:
+        yield proj
 
 
 # --- lists ------------------------------------------------------------------------------------
@@ -82,6 +81,8 @@ def lists_ls(json: JsonOption = False, project: ProjectOption = None) -> None:
 
     Example: [bold]newsletter lists ls --json[/bold]
     """
+    from rich.table import Table
+
     with opened(project) as store:
         counts = store.list_counts()
     if json:
@@ -119,11 +120,16 @@ def subscribers_import(
 
     Example: [bold]newsletter subscribers import subscribers/example.csv --list news --confirmed[/bold]
     """
-    with opened(project) as store:
-        mailing_list = store.get_list(list_name)
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from newsletter.audience.importer import format_report
+
+    with opened_project(project) as proj:
+        proj.store.get_list(list_name)  # an unknown list is an error before the file is read
         show_bar = err_console.is_terminal and not json and _line_count(csv_file) > PROGRESS_MIN_LINES
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeRemainingColumn(), console=err_console, transient=True,
+                      TimeRemainingColumn(), console=err_console.rich, transient=True,
                       disable=not show_bar) as bar:
             tasks: dict[str, object] = {}
 
@@ -133,8 +139,8 @@ def subscribers_import(
                     tasks[phase] = bar.add_task(label, total=total)
                 bar.update(tasks[phase], completed=done, total=total)  # type: ignore[arg-type]
 
-            report = import_csv(store, csv_file, mailing_list, confirmed=confirmed, dry_run=dry_run,
-                                progress=progress)
+            report = proj.import_subscribers(csv_file, list_name, confirmed=confirmed,
+                                             dry_run=dry_run, on_progress=progress)
     if json:
         print_json(report.as_dict())
     else:
@@ -167,6 +173,8 @@ def subscribers_export(
 
     Example: [bold]newsletter subscribers export --list news --out news.csv[/bold]
     """
+    from newsletter.audience.export import export_csv
+
     with opened(project) as store:
         mailing_list = store.get_list(list_name)
         if out is None:
@@ -217,11 +225,10 @@ def subscribers_remove(
 
     Example: [bold]newsletter subscribers remove anna@example.org --list news[/bold]
     """
-    with opened(project) as store:
+    with opened_project(project) as proj:
+        store = proj.store
         if forget:
-            found = store.forget(email)
-            with user_errors():
-                removed = forget_local_copies(get_project(project), email)
+            found, removed = proj.forget(email)
             console.print(
                 f"erased {email.strip()} from all lists and the consent log; a hashed entry on the "
                 "suppression list keeps it from being imported or signed up again"
@@ -252,6 +259,8 @@ def subscribers_ls(
 
     Example: [bold]newsletter subscribers ls --list news --status pending[/bold]
     """
+    from rich.table import Column, Table
+
     with opened(project) as store:
         list_id = store.get_list(list_name).id if list_name else None
         rows = store.member_rows(list_id, status.value if status else None)
@@ -279,6 +288,10 @@ def subscribers_show(
 
     Example: [bold]newsletter subscribers show anna@example.org[/bold]
     """
+    from rich.table import Table
+
+    from newsletter.audience.records import StoreError
+
     with opened(project) as store:
         found = store.find_subscriber(email)
         if found is None:

@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from newsletter.content.markdown import is_absolute_link, located_markdown_problems, summarize
+from newsletter.headers import describe, first_unsafe
 
 # --------------------------------------------------------------------------- scalars
 
@@ -36,6 +37,15 @@ def _text(value: str) -> str:
     value = value.strip()
     if not value:
         raise ValueError("must not be empty")
+    return value
+
+
+def _header_text(value: str) -> str:
+    value = _text(value)
+    bad = first_unsafe(value)
+    if bad is not None:
+        raise ValueError(f"contains {describe(bad)}; this text goes into a mail header, where a "
+                         "line break could add headers of its own: write it on one line")
     return value
 
 
@@ -70,21 +80,26 @@ _GERMAN_DATE = re.compile(r"^(\d{1,2})\.(\d{1,2})\.(\d{4})$")
 _ISO_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
 
 
-def _date(value: Any) -> Any:
-    """Accept `2026-02-10` and the German `10.02.2026`; reject impossible dates by name."""
-    if not isinstance(value, str):
-        return value
-    text = value.strip()
+def parse_day(text: str) -> date:
+    """`2026-02-10` or the German `10.02.2026` as a date (the one rule for dates an editor
+    types: issue files and `newsletter new --date`); ValueError names what is wrong."""
+    text = text.strip()
     if m := _ISO_DATE.match(text):
         year, month, day = (int(g) for g in m.groups())
     elif m := _GERMAN_DATE.match(text):
         day, month, year = (int(g) for g in m.groups())
     else:
         raise ValueError(f"`{text}` is not a date; write it as 2026-02-10 or 10.02.2026")
+    if not 1 <= month <= 12:
+        raise ValueError(f"`{text}` is not a valid date (there is no month {month})")
     try:
         return date(year, month, day)
     except ValueError:
         raise ValueError(f"`{text}` is not a valid date (no such day)") from None
+
+
+def _date(value: Any) -> Any:
+    return parse_day(value) if isinstance(value, str) else value
 
 
 _FILE_NAME = re.compile(r"^[\w\-.]+\.(?:jpe?g|png|gif|webp|svg|avif|tiff?|bmp|heic)$", re.IGNORECASE)
@@ -115,6 +130,8 @@ def _time(value: Any) -> Any:
 
 
 Text = Annotated[str, AfterValidator(_text)]
+# Text that ends up in a mail header (subject, preheader is also shown beside it).
+HeaderText = Annotated[str, AfterValidator(_header_text)]
 """One line of plain text (a title, a label)."""
 
 Markdown = Annotated[
@@ -371,8 +388,9 @@ SECTION_KINDS = ("digest", "events", "links", "news", "article", "text")
 class Issue(Model):
     """One newsletter issue."""
 
-    subject: Text = Field(description="the e-mail subject; keep it under 78 characters")
-    preheader: Text | None = Field(None, description="the preview line mail clients show after the subject")
+    subject: HeaderText = Field(description="the e-mail subject; keep it under 78 characters")
+    preheader: HeaderText | None = Field(
+        None, description="the preview line mail clients show after the subject")
     date: Day = Field(description="publication date")
     slug: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]*$")] | None = Field(
         None, description="URL name of the issue; default: the file name without .yaml"

@@ -145,6 +145,18 @@ def _syntax_problem(exc: yaml.MarkedYAMLError) -> tuple[int | None, int | None, 
     return line, col, message
 
 
+def _refuse_aliases(text: str, file: str) -> None:
+    """Anchors and aliases (`&a`, `*a`) are refused before anything is built: an issue needs
+    none, and nested aliases expand exponentially (a few lines become gigabytes). The parser's
+    events cost time linear in the text, whatever the aliases would expand to."""
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            mark = event.start_mark
+            message = ("YAML anchors and aliases (`&name`, `*name`) are not supported in an issue "
+                       "file; write the value out where it is needed")
+            raise IssueInvalid(problems=[Problem(file, mark.line + 1, mark.column + 1, "", message)])
+
+
 def read_yaml(path: Path, text: str | None = None) -> tuple[Any, SourceMap]:
     """Parse one YAML document into plain dicts/lists/strings plus its `SourceMap`.
 
@@ -168,6 +180,7 @@ def read_yaml(path: Path, text: str | None = None) -> tuple[Any, SourceMap]:
             raise IssueInvalid(problems=[Problem(file, line, col, "", message)]) from None
     smap = SourceMap(file, lines=text.splitlines())
     try:
+        _refuse_aliases(text, file)
         nodes = list(yaml.compose_all(text, Loader=_Loader))
     except yaml.MarkedYAMLError as exc:
         line, col, message = _syntax_problem(exc)

@@ -1,4 +1,4 @@
-"""The send journal (DESIGN.md section 5) over the store's `sends` and `deliveries` tables.
+"""The send journal (DESIGN.md section 5) over the delivery's `sends` and `deliveries` tables.
 
 A send is (issue slug, list). Every recipient has a row:
 
@@ -14,7 +14,11 @@ Why a send paused or was interrupted is kept in `sends.reason` (NULL while runni
 finished).
 
 Writes are batched ("group commit"): one transaction records the results of the messages that
-just finished, checks the subscription state of the next recipients and marks them `sending`.
+just finished, checks the subscription state of the next recipients (one query through
+`audience.queries.membership_statuses`) and marks them `sending`.
+
+The audience tables (subscribers, memberships, lists) are not touched here: the journal joins
+the query pieces of `audience/queries.py`. See docs/data-model.md.
 """
 
 from __future__ import annotations
@@ -22,22 +26,22 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from newsletter.audience.store import (
-    Store,
-    UtcDateTime,
-    chunked,
-    deliveries,
-    lists,
-    memberships,
-    sends,
-    subscribers,
-    utcnow,
+from newsletter.audience.queries import (
+    list_names,
+    membership_statuses,
+    subscribed_members,
+    subscriber_names,
 )
+from newsletter.db.schema import UtcDateTime, chunked, utcnow
+from newsletter.delivery.tables import DELIVERY_STATUSES, deliveries, sends
 from newsletter.errors import NewsletterError
+
+if TYPE_CHECKING:  # only for annotations: delivery builds on audience, not the reverse
+    from newsletter.audience.store import Store
 
 OPEN = ("pending", "failed_temporary")
 STOPPED = ("paused", "interrupted")
@@ -57,9 +61,6 @@ _CLAIM = deliveries.update().where(_ROW).values(
     status="sending", updated_at=sa.bindparam("now"), message_id=sa.bindparam("mid"))
 _SKIP = deliveries.update().where(_ROW).values(
     status="skipped", updated_at=sa.bindparam("now"), smtp_code=None, smtp_reply=sa.bindparam("reply"))
-_MEMBERSHIP = sa.select(memberships.c.subscriber_id, memberships.c.status).where(
-    memberships.c.list_id == sa.bindparam("list"),
-    memberships.c.subscriber_id.in_(sa.bindparam("ids", expanding=True)))
 
 
 class ContentChanged(NewsletterError):
@@ -158,10 +159,11 @@ class Journal:
         return self.get(row.id) if row else None
 
     def get(self, send_id: int) -> SendInfo | None:
+        names = list_names()
         with self.store.read() as conn:
             row = conn.execute(
-                sa.select(sends, lists.c.name.label("list_name"))
-                .join(lists, lists.c.id == sends.c.list_id).where(sends.c.id == send_id)).first()
+                sa.select(sends, names.c.name.label("list_name"))
+                .join(names, names.c.list_id == sends.c.list_id).where(sends.c.id == send_id)).first()
             if row is None:
                 return None
             counts = _counts(conn, [send_id]).get(send_id, {})
@@ -169,10 +171,11 @@ class Journal:
         return _info(row, counts, duplicated)
 
     def all(self) -> list[SendInfo]:
+        names = list_names()
         with self.store.read() as conn:
             rows = conn.execute(
-                sa.select(sends, lists.c.name.label("list_name"))
-                .join(lists, lists.c.id == sends.c.list_id).order_by(sends.c.id)).all()
+                sa.select(sends, names.c.name.label("list_name"))
+                .join(names, names.c.list_id == sends.c.list_id).order_by(sends.c.id)).all()
             counts = _counts(conn, [r.id for r in rows])
             duplicated = _duplicated(conn, [r.id for r in rows])
         return [_info(r, counts.get(r.id, {}), duplicated.get(r.id, [])) for r in rows]
@@ -211,8 +214,9 @@ class Journal:
                 if row.content_hash != content and not force:
                     sent = conn.execute(sa.select(sa.func.count()).where(
                         deliveries.c.send_id == send_id, deliveries.c.status == "sent")).scalar_one()
-                    name = conn.execute(sa.select(lists.c.name).where(
-                        lists.c.id == list_id)).scalar_one()
+                    names = list_names()
+                    name = conn.execute(sa.select(names.c.name).where(
+                        names.c.list_id == list_id)).scalar_one()
                     raise ContentChanged(
                         f"the issue `{issue_slug}` changed since send #{send_id} to the list "
                         f"`{name}` started ({row.created_at:%Y-%m-%d %H:%M} UTC); {sent} "
@@ -228,19 +232,20 @@ class Journal:
                      smtp_reply="in flight when the send stopped"))
             # Every subscribed member without a row (all of them on a new send; people who joined
             # since, on a resume) gets one — in SQL, so 100,000 members cost no Python memory.
+            members = subscribed_members(list_id)
             done = sa.select(deliveries.c.subscriber_id).where(
-                deliveries.c.send_id == send_id, deliveries.c.subscriber_id == subscribers.c.id)
+                deliveries.c.send_id == send_id,
+                deliveries.c.subscriber_id == members.c.subscriber_id)
             conn.execute(deliveries.insert().from_select(
                 ["send_id", "subscriber_id", "email", "status", "attempts", "updated_at"],
-                sa.select(sa.literal(send_id), subscribers.c.id, subscribers.c.email,
+                sa.select(sa.literal(send_id), members.c.subscriber_id, members.c.email,
                           sa.literal("pending"), sa.literal(0), sa.literal(now, UtcDateTime))
-                .join(memberships, memberships.c.subscriber_id == subscribers.c.id)
-                .where(memberships.c.list_id == list_id, memberships.c.status == "subscribed",
-                       ~sa.exists(done))
-                .order_by(subscribers.c.id)))
+                .where(~sa.exists(done))
+                .order_by(members.c.subscriber_id)))
+            names = subscriber_names()
             rows = conn.execute(
-                sa.select(deliveries.c.subscriber_id, deliveries.c.email, subscribers.c.name)
-                .outerjoin(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+                sa.select(deliveries.c.subscriber_id, deliveries.c.email, names.c.name)
+                .outerjoin(names, names.c.subscriber_id == deliveries.c.subscriber_id)
                 .where(deliveries.c.send_id == send_id, deliveries.c.status.in_(OPEN))
                 .order_by(deliveries.c.subscriber_id))
             jobs = [Job(r.subscriber_id, r.email, r.name) for r in rows]
@@ -267,8 +272,7 @@ class Journal:
                     for o in outcomes])
             if not candidates:
                 return [], []
-            status = dict(conn.execute(_MEMBERSHIP, {
-                "list": list_id, "ids": [c.subscriber_id for c in candidates]}).all())
+            status = membership_statuses(conn, list_id, [c.subscriber_id for c in candidates])
             go = [c for c in candidates if status.get(c.subscriber_id) == "subscribed"]
             skip = [c for c in candidates if status.get(c.subscriber_id) != "subscribed"]
             if go:
@@ -331,8 +335,7 @@ def _counts(conn: sa.Connection, send_ids: list[int]) -> dict[int, dict[str, int
 
 
 def _info(row: Any, counts: dict[str, int], duplicated: list[str]) -> SendInfo:
-    full = {s: counts.get(s, 0) for s in
-            ("pending", "sending", "sent", "failed_temporary", "failed_permanent", "skipped")}
+    full = {s: counts.get(s, 0) for s in DELIVERY_STATUSES}
     full["total"] = sum(counts.values())
     return SendInfo(row.id, row.issue_slug, row.list_id, row.list_name, row.subject, row.status,
                     row.transport, row.content_hash, row.created_at, row.updated_at, row.finished_at,

@@ -23,16 +23,16 @@ from datetime import UTC, datetime, tzinfo
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
-from email.utils import format_datetime, formataddr
+from email.utils import format_datetime, formataddr, make_msgid
 from typing import Protocol
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from newsletter.audience.store import ascii_email
-from newsletter.config import Project
+from newsletter.audience.addresses import ascii_email
 from newsletter.errors import HeaderInjection, NewsletterError, Problem
+from newsletter.project import Project
 from newsletter.render.html import UNSUBSCRIBE_PLACEHOLDER
-from newsletter.tokens import signing_keys
+from newsletter.tokens import signing_keys, unsubscribe_url
 
 MAX_LINE = 998
 DKIM_HEADERS = (
@@ -67,6 +67,13 @@ def content_hash(subject: str, html: str, text: str) -> str:
         digest.update(part.encode("utf-8"))
         digest.update(b"\0")
     return digest.hexdigest()
+
+
+def failure_reason(exc: Exception) -> str:
+    """Why a message could not be built for one recipient, for the journal or the dry run."""
+    if isinstance(exc, NewsletterError):
+        return exc.message
+    return f"{type(exc).__name__}: {exc}"
 
 
 def check_header_value(value: str, what: str, source: str = "") -> str:
@@ -157,13 +164,13 @@ class PreparedMessage:
     parts: tuple[bytes | int, ...]
     sender: str  # envelope sender (MAIL FROM)
     domain: str  # sender's domain: Message-ID and DKIM d=
-    unsubscribe_base: str  # `{base_url}/u/`
+    base_url: str  # `newsletter.base_url`: the unsubscribe links are `unsubscribe_url(base_url, …)`
     message_id_key: bytes
     dkim: DkimSigner | None = None
 
     def personalise(self, recipient: Recipient, token: str, message_id: str | None = None) -> bytes:
         """The complete message for one recipient, ready for `SMTP.sendmail` or a Maildir."""
-        url = self.unsubscribe_base + token
+        url = unsubscribe_url(self.base_url, token)
         values: list[bytes] = [b""] * 5
         values[TO] = format_address(recipient.email, recipient.name)
         values[MESSAGE_ID] = (message_id or self.message_id(recipient)).encode("ascii")
@@ -253,26 +260,8 @@ def prepare(
     settings = project.settings.newsletter
     subject = subject_prefix + rendered.subject
     check_header_value(subject, "subject", f"issue {rendered.slug}")
-    check_header_value(settings.from_, "newsletter.from", "newsletter.toml")
-    if settings.reply_to:
-        check_header_value(settings.reply_to, "newsletter.reply_to", "newsletter.toml")
     check_header_value(settings.base_url, "newsletter.base_url", "newsletter.toml")
-
-    head = EmailMessage(policy=SMTP)
-    head["From"] = settings.from_
-    from_header = head["From"]
-    if len(from_header.addresses) != 1 or not from_header.addresses[0].domain or from_header.defects:
-        raise NewsletterError(problems=[Problem("newsletter.toml", None, None, "newsletter.from",
-                                                f"`{settings.from_}` is not one valid address")])
-    sender = from_header.addresses[0].addr_spec
-    domain = from_header.addresses[0].domain
-    if settings.reply_to:
-        head["Reply-To"] = settings.reply_to
-        if head["Reply-To"].defects or not head["Reply-To"].addresses:
-            raise NewsletterError(problems=[Problem("newsletter.toml", None, None, "newsletter.reply_to",
-                                                    f"`{settings.reply_to}` is not a valid address")])
-    head["Subject"] = subject
-    head["Date"] = format_datetime(date or datetime.now(_zone(settings.timezone)))
+    head, sender, domain = _head(project, subject, date)
     from_block, rest_block = _split_headers(head.as_bytes(policy=SMTP))
 
     base = settings.base_url.rstrip("/")
@@ -311,9 +300,56 @@ def prepare(
     key = hashlib.blake2b(f"{rendered.slug}/{list_name}/{content}".encode(),
                           key=hashlib.sha256(secret).digest(), digest_size=16).digest()
     return PreparedMessage(
-        parts=tuple(merged), sender=sender, domain=domain, unsubscribe_base=f"{base}/u/",
+        parts=tuple(merged), sender=sender, domain=domain, base_url=base,
         message_id_key=key, dkim=dkim_signer(project, domain) if sign else None,
     )
+
+
+def _head(project: Project, subject: str, date: datetime | None) -> tuple[EmailMessage, str, str]:
+    """From, Reply-To, Subject and Date, checked; (headers, envelope sender, sender's domain)."""
+    settings = project.settings.newsletter
+    check_header_value(subject, "subject")
+    check_header_value(settings.from_, "newsletter.from", "newsletter.toml")
+    if settings.reply_to:
+        check_header_value(settings.reply_to, "newsletter.reply_to", "newsletter.toml")
+    head = EmailMessage(policy=SMTP)
+    head["From"] = settings.from_
+    from_header = head["From"]
+    if len(from_header.addresses) != 1 or not from_header.addresses[0].domain or from_header.defects:
+        raise NewsletterError(problems=[Problem("newsletter.toml", None, None, "newsletter.from",
+                                                f"`{settings.from_}` is not one valid address")])
+    if settings.reply_to:
+        head["Reply-To"] = settings.reply_to
+        if head["Reply-To"].defects or not head["Reply-To"].addresses:
+            raise NewsletterError(problems=[Problem("newsletter.toml", None, None, "newsletter.reply_to",
+                                                    f"`{settings.reply_to}` is not a valid address")])
+    head["Subject"] = subject
+    head["Date"] = format_datetime(date or datetime.now(_zone(settings.timezone)))
+    return head, from_header.addresses[0].addr_spec, from_header.addresses[0].domain
+
+
+def confirmation_message(project: Project, to_email: str, subject: str, text: str,
+                         html: str) -> EmailMessage:
+    """The double opt-in mail to `to_email` (normalised address) from its rendered parts, for
+    `transport.send_message_now`.
+
+    From, Reply-To and Date as on the issues; a Message-ID on the sender's domain;
+    `Auto-Submitted: auto-generated` (RFC 3834: no auto-replies to it). Every header value is
+    checked for line breaks (`HeaderInjection`). The address alone goes into `To:` — a name
+    typed into a form never goes into a header — with an IDN domain as punycode (the email
+    package would put an encoded word into the domain)."""
+    check_address(to_email, "email", "sign-up form")
+    head, _sender, domain = _head(project, subject, None)
+    message = EmailMessage()
+    for name in ("From", "Reply-To", "Subject", "Date"):
+        if name in head:
+            message[name] = head[name]
+    message["To"] = ascii_email(to_email)
+    message["Message-ID"] = make_msgid(domain=domain)
+    message["Auto-Submitted"] = "auto-generated"
+    message.set_content(text, cte="quoted-printable")
+    message.add_alternative(html, subtype="html", cte="quoted-printable")
+    return message
 
 
 def _zone(name: str) -> tzinfo:

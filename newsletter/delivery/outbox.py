@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from newsletter.audience.store import InvalidEmail, email_key, normalize_email
-from newsletter.config import Project
+from newsletter.audience.addresses import address_key
 from newsletter.errors import NewsletterError
+from newsletter.project import Project
 
 PAGE_SIZE = 200
 
@@ -106,10 +106,7 @@ def forget_local_copies(project: Project, address: str) -> list[Path]:
     `Store.forget`): messages in the `outbox/` Maildir (sends and confirmation mails without an
     SMTP host) and dry-run `.eml` files under `outbox/dry-run/` and the older `dist/*/dry-run/`.
     Matched on the To/Cc headers, case-insensitively. The files deleted."""
-    try:
-        wanted = email_key(normalize_email(address, lookup=True))
-    except InvalidEmail:
-        wanted = address.strip().lower()
+    wanted = address_key(address)
     outbox = project.outbox_dir
     candidates: list[Path] = []
     for sub in ("new", "cur", "tmp"):
@@ -132,7 +129,7 @@ def forget_local_copies(project: Project, address: str) -> list[Path]:
 
 
 def _recipients(path: Path) -> set[str]:
-    """Addresses (as `email_key`) in the To and Cc headers of a stored message (headers only)."""
+    """Addresses (as `address_key`) in the To and Cc headers of a stored message (headers only)."""
     head = bytearray()
     try:
         with path.open("rb") as handle:
@@ -147,9 +144,6 @@ def _recipients(path: Path) -> set[str]:
     for name in ("to", "cc"):
         for value in parsed.get_all(name, []):
             for _display, addr in email.utils.getaddresses([str(value)]):
-                if addr:
-                    try:  # the same identity the store uses (an IDN domain may be in punycode)
-                        found.add(email_key(normalize_email(addr, lookup=True)))
-                    except InvalidEmail:
-                        found.add(addr.strip().lower())
+                if addr:  # the same identity the store uses (an IDN domain may be in punycode)
+                    found.add(address_key(addr))
     return found

@@ -1,6 +1,6 @@
-"""Send an issue: render once, prepare the message once, deliver to a list through the journal.
+"""The send loop: deliver a planned issue (`newsletter.delivery.plan`) to a list through the journal.
 
-Error policy (DESIGN.md section 5):
+The whole contract is in docs/delivery.md. Error policy (DESIGN.md section 5):
 
 * 4xx — retried with exponential backoff and jitter (`delivery.retry_delay`, doubling) up to
   `delivery.retries` times in this run, then `failed_temporary` (the next resume tries again).
@@ -24,6 +24,7 @@ Error policy (DESIGN.md section 5):
 
 The subscription is checked when a message is claimed, and a message is claimed only after its
 rate-limit slot has come: the check is at most one group commit old when SMTP gets the message.
+The claim commits while MAIL and RCPT go out; DATA waits for it.
 """
 
 from __future__ import annotations
@@ -33,43 +34,29 @@ import contextlib
 import dataclasses
 import heapq
 import random
-import re
 import signal
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from newsletter.audience.store import MailingList, Store, ascii_email, normalize_email, open_store
-from newsletter.config import Project
-from newsletter.content.validate import load_issue
-from newsletter.delivery.journal import ContentChanged, Job, Journal, Outcome, SendInfo
-from newsletter.delivery.message import PreparedMessage, Recipient, check_address, content_hash, prepare
-from newsletter.delivery.transport import (
-    Connection,
-    DeliveryError,
-    RateLimit,
-    Reply,
-    Transport,
-    transport_for,
-)
-from newsletter.errors import NewsletterError
-from newsletter.render.html import RenderedIssue, render_issue
+from newsletter.audience.addresses import ascii_email
+from newsletter.delivery.journal import ContentChanged, Job, Journal, Outcome
+from newsletter.delivery.message import PreparedMessage, Recipient, failure_reason
+from newsletter.delivery.plan import SendPlan
+from newsletter.delivery.transport import Connection, DeliveryError, RateLimit, Reply
 from newsletter.tokens import Tokens
 
-__all__ = ["ContentChanged", "DeliveryError", "Progress", "SendPlan", "SendReport", "dry_run",
-           "plan_send", "run_send", "send_test"]
+__all__ = ["ContentChanged", "DeliveryError", "SendProgress", "SendReport", "classify", "run_send"]
 
 MAX_BACKOFF = 300.0
-# What a [TEST] mail's unsubscribe link ends in: `{base_url}/u/test`, a page of `newsletter serve`
-# explaining that this was a test send (no subscriber, nothing to unsubscribe).
-TEST_UNSUBSCRIBE_TOKEN = "test"
 
 
 @dataclass
-class Progress:
+class SendProgress:
+    """Counts so far, handed to `run_send`'s `progress` callback (at most ten times a second)."""
+
     total: int
     sent: int = 0
     failed: int = 0
@@ -79,24 +66,6 @@ class Progress:
     @property
     def done(self) -> int:
         return self.sent + self.failed + self.skipped
-
-
-@dataclass
-class SendPlan:
-    """Everything decided before the first message: shown to the editor for confirmation."""
-
-    project: Project
-    store: Store
-    rendered: RenderedIssue
-    mailing_list: MailingList
-    recipients: int  # subscribed members now
-    transport: Transport
-    existing: SendInfo | None
-    content_hash: str
-    concurrency: int
-    rate: float
-
-    warnings: list[str] = field(default_factory=list)  # the issue's validation warnings
 
 
 @dataclass
@@ -123,45 +92,12 @@ class SendReport:
         return dict(self.__dict__)
 
 
-def plan_send(project: Project, issue_path: Path, list_name: str, *, concurrency: int | None = None,
-              rate: float | None = None) -> SendPlan:
-    """Render the issue and look up the list; no state changes."""
-    loaded = load_issue(issue_path)
-    rendered = render_issue(loaded, project)
-    store = open_store(project)
-    try:
-        mailing_list = store.get_list(list_name)
-        counts = next((lc.counts for lc in store.list_counts() if lc.list.id == mailing_list.id), {})
-        recipients = counts.get("subscribed", 0)
-        journal = Journal(store)
-        existing = journal.find(rendered.slug, mailing_list.id)
-        if existing is None and recipients == 0:
-            waiting = f" ({counts['pending']} pending: they have not confirmed yet)" if counts.get(
-                "pending") else ""
-            raise NewsletterError(f"the list `{mailing_list.name}` has no subscribed members"
-                                  f"{waiting}; nothing to send")
-    except BaseException:
-        store.close()
-        raise
-    delivery = project.settings.delivery
-    return SendPlan(
-        project=project, store=store, rendered=rendered, mailing_list=mailing_list,
-        recipients=recipients, transport=transport_for(project), existing=existing,
-        content_hash=content_hash(rendered.subject, rendered.html, rendered.text),
-        concurrency=concurrency or delivery.concurrency,
-        rate=delivery.rate if rate is None else rate,
-        warnings=[w.format() for w in loaded.warnings],
-    )
-
-
 def run_send(plan: SendPlan, *, force: bool = False,
-             progress: Callable[[Progress], None] | None = None) -> SendReport:
+             progress: Callable[[SendProgress], None] | None = None) -> SendReport:
     """Send (or resume) the issue to the list; returns the report, raises DeliveryError on a
     connection/authentication failure after recording everything."""
     journal = Journal(plan.store)
     started = time.monotonic()
-    prepared = prepare(plan.project, plan.rendered, list_name=plan.mailing_list.name,
-                       list_title=plan.mailing_list.title)
     # Fail before touching the journal if the server cannot be reached at all.
     asyncio.run(plan.transport.check())
     try:
@@ -174,7 +110,7 @@ def run_send(plan: SendPlan, *, force: bool = False,
         if existing is not None:
             journal.refuse_changed(existing.id)
         raise
-    run = _Run(plan, journal, resume.send.id, prepared, resume.jobs, progress)
+    run = _Run(plan, journal, resume.send.id, plan.prepared, resume.jobs, progress)
     try:
         asyncio.run(run.deliver())
     finally:
@@ -197,12 +133,6 @@ def run_send(plan: SendPlan, *, force: bool = False,
             f"{run.fatal.message}\nThe send stopped; nothing is lost ({report.sent} sent, "
             f"{report.pending} still pending). Fix the problem and re-run the same command to resume.")
     return report
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, NewsletterError):
-        return exc.message
-    return f"{type(exc).__name__}: {exc}"
 
 
 def classify(reply: Reply) -> str:
@@ -231,7 +161,7 @@ class _Run:
     """
 
     def __init__(self, plan: SendPlan, journal: Journal, send_id: int, prepared: PreparedMessage,
-                 jobs: Sequence[Job], progress: Callable[[Progress], None] | None) -> None:
+                 jobs: Sequence[Job], progress: Callable[[SendProgress], None] | None) -> None:
         self.plan, self.journal, self.send_id, self.prepared = plan, journal, send_id, prepared
         self.list_id = plan.mailing_list.id
         self.settings = plan.project.settings.delivery
@@ -245,7 +175,7 @@ class _Run:
         self.flush_handle: asyncio.Handle | None = None
         self.committing = False
         self.progress_cb = progress
-        self.progress = Progress(total=len(jobs))
+        self.progress = SendProgress(total=len(jobs))
         self.policy_streak = 0
         self.bounced = 0
         self.stopped = False
@@ -301,12 +231,12 @@ class _Run:
                     # checked): nothing was handed over; fail this row, keep sending the others.
                     if await claim:
                         outcome = Outcome(job, "failed_permanent", None,
-                                          f"message not built, nothing sent: {_reason(exc)}")
+                                          f"message not built, nothing sent: {failure_reason(exc)}")
                     continue
                 try:
                     # The claim (membership check + row `sending`) commits while MAIL/RCPT go
                     # out; the connection waits for it before DATA.
-                    reply = await connection.send(sender, address, raw, claim)
+                    reply = await connection.send(sender, address, raw, claim, dot_safe=True)
                 except DeliveryError as exc:
                     self.fatal = self.fatal or exc
                     self.stop(exc.message)
@@ -330,7 +260,7 @@ class _Run:
         # (membership check) then refuses the message before DATA, so "-" never goes out.
         token_id = self.token_ids.get(job.subscriber_id, "-")
         raw = self.prepared.personalise(
-            recipient, self.tokens.unsubscribe(token_id, self.list_id), message_id)
+            recipient, self.tokens.mint_unsubscribe(token_id, self.list_id), message_id)
         return ascii_email(job.email), raw
 
     def judge(self, job: Job, reply: Reply) -> Outcome:
@@ -441,9 +371,21 @@ class _Run:
         jobs = [job for job, _message_id, _claim in claims]
         ids = {job.subscriber_id: message_id for job, message_id, _claim in claims}
         self.committing = True
-        future = asyncio.get_running_loop().run_in_executor(
-            self.executor, self._write, outcomes, bounces, jobs, ids)
-        future.add_done_callback(lambda f: self._committed(f, claims))
+        self.executor.submit(self._commit, asyncio.get_running_loop(), outcomes, bounces, jobs, ids,
+                             claims)
+
+    def _commit(self, loop: asyncio.AbstractEventLoop, outcomes: list[Outcome],
+                bounces: list[Outcome], jobs: list[Job], ids: dict[int, str],
+                claims: list[tuple[Job, str, asyncio.Future[bool]]]) -> None:
+        """On the journal thread: one group commit; its result goes straight to the loop (one
+        hop, not run_in_executor's two: the claims wait for this)."""
+        try:
+            result: tuple[list[Job], list[Job]] | BaseException = self._write(
+                outcomes, bounces, jobs, ids)
+        except BaseException as exc:
+            result = exc
+        with contextlib.suppress(RuntimeError):  # the loop is gone: aborted by a second Ctrl-C
+            loop.call_soon_threadsafe(self._committed, result, claims)
 
     def _write(self, outcomes: list[Outcome], bounces: list[Outcome], candidates: list[Job],
                ids: dict[int, str]) -> tuple[list[Job], list[Job]]:
@@ -453,22 +395,22 @@ class _Run:
                                        detail=f"{self.plan.rendered.slug}: {bounce.reply}"[:1000])
         return result
 
-    def _committed(self, future: asyncio.Future[tuple[list[Job], list[Job]]],
+    def _committed(self, result: tuple[list[Job], list[Job]] | BaseException,
                    claims: list[tuple[Job, str, asyncio.Future[bool]]]) -> None:
         self.committing = False
-        try:
-            go, skipped = future.result()
-        except BaseException as exc:
-            self.error = self.error or exc
+        if isinstance(result, BaseException):
+            self.error = self.error or result
             self.stopped = True
-            self.reason = self.reason or f"the journal could not be written: {exc}"
+            self.reason = self.reason or f"the journal could not be written: {result}"
             go, skipped = [], []
+        else:
+            go, skipped = result
         cleared = {job.subscriber_id for job in go}
         for job, _message_id, claim in claims:
             if not claim.done():
                 claim.set_result(job.subscriber_id in cleared)
         self.progress.skipped += len(skipped)
-        self._wake()
+        self._flush()  # what piled up meanwhile goes at once, not an iteration later
         self._report()
 
     def _due(self, now: float) -> bool:
@@ -486,66 +428,3 @@ class _Run:
         if self.progress_cb is not None and (force or now - self._last_report > 0.1):
             self._last_report = now
             self.progress_cb(self.progress)
-
-
-# --- test sends and dry runs ------------------------------------------------------------------
-
-
-def send_test(project: Project, issue_path: Path, addresses: Sequence[str]) -> list[tuple[str, Reply]]:
-    """Send the issue to `addresses` with subject "[TEST] …": no journal, no list needed.
-
-    The unsubscribe link is `{base_url}/u/test` (no subscriber behind it; `serve` says so)."""
-    for address in addresses:
-        check_address(address, "--to", "command line")
-    addresses = [ascii_email(normalize_email(address)) for address in addresses]
-    rendered = render_issue(load_issue(issue_path), project)
-    prepared = prepare(project, rendered, subject_prefix="[TEST] ")
-    transport = transport_for(project)
-
-    async def deliver() -> list[tuple[str, Reply]]:
-        await transport.check()
-        connection = transport.connection()
-        replies = []
-        try:
-            for address in addresses:
-                raw = prepared.personalise(Recipient(address), TEST_UNSUBSCRIBE_TOKEN)
-                reply = await connection.send(prepared.sender, address, raw)
-                assert reply is not None  # only None when a `ready` claim says no
-                replies.append((address, reply))
-        finally:
-            await connection.close()
-        return replies
-
-    return asyncio.run(deliver())
-
-
-def dry_run(plan: SendPlan, directory: Path | None = None,
-            skipped: list[str] | None = None) -> tuple[Path, int]:
-    """Write the personalised message of every subscribed member as an .eml file; send nothing.
-
-    The default directory is `outbox/dry-run/<slug>/`: git-ignored and never served (unlike
-    `dist/`, which `serve` publishes) — the files hold addresses and working unsubscribe links.
-    Members whose message cannot be built (the real send fails them) are left out and, with
-    `skipped`, listed there with the reason."""
-    directory = directory or plan.project.outbox_dir / "dry-run" / plan.rendered.slug
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise NewsletterError(f"cannot create {directory}: {exc.strerror}") from None
-    prepared = prepare(plan.project, plan.rendered, list_name=plan.mailing_list.name,
-                       list_title=plan.mailing_list.title, sign=False)
-    tokens = Tokens.for_project(plan.project)
-    count = 0
-    for member in plan.store.members(plan.mailing_list.id):
-        recipient = Recipient(member.email, member.name, member.subscriber_id, plan.mailing_list.id)
-        try:
-            raw = prepared.personalise(recipient, tokens.unsubscribe(member.token_id,
-                                                                     plan.mailing_list.id))
-        except Exception as exc:  # like the real send: this recipient fails, the others go on
-            if skipped is not None:
-                skipped.append(f"{member.email}: {_reason(exc)}")
-            continue
-        name = re.sub(r"[^A-Za-z0-9@._+-]", "_", member.email)
-        (directory / f"{member.subscriber_id:06d}-{name}.eml").write_bytes(raw)
-        count += 1
-    return directory, count

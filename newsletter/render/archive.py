@@ -20,10 +20,11 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from newsletter.config import Project
 from newsletter.content.validate import LoadedIssue
 from newsletter.errors import NewsletterError
-from newsletter.render.html import RenderedIssue, render_issue, render_template
+from newsletter.project import Project
+from newsletter.render.html import RenderedIssue, render_issue
+from newsletter.render.templates import render_template
 
 META_NAME = "issue.json"
 
@@ -88,17 +89,10 @@ def built_issues(out_dir: Path) -> list[dict[str, Any]]:
 
 def refresh_archive(out_dir: Path, project: Project) -> list[Path]:
     """Rewrite DIR/index.html and DIR/feed.xml from the issues built into DIR."""
-    settings = project.settings
     issues = built_issues(out_dir)
-    archive_url = f"{settings.newsletter.base_url}/archive/"
+    # render_template adds the base context (newsletter, imprint, theme, archive_url, …).
     context = {
         "issues": issues,
-        "lang": settings.newsletter.language,
-        "newsletter": settings.newsletter,
-        "imprint": settings.imprint,
-        "theme": settings.theme,
-        "archive_url": archive_url,
-        "subscribe_url": f"{settings.newsletter.base_url}/subscribe",
         "updated": f"{issues[0]['date'].isoformat() if issues else '1970-01-01'}T00:00:00Z",
     }
     return [

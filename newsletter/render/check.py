@@ -19,12 +19,12 @@ import httpx
 import lxml.html
 from pydantic import BaseModel
 
-from newsletter.config import Project
 from newsletter.content.markdown import parse
 from newsletter.content.model import Image, Link, RegisterLink
 from newsletter.content.source import Loc, dotted
 from newsletter.content.validate import LoadedIssue
 from newsletter.errors import Problem
+from newsletter.project import Project
 from newsletter.render.html import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue, render_issue
 
 # Gmail hides everything after ~102 KB of HTML behind "[Nachricht gekürzt]".

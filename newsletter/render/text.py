@@ -15,8 +15,17 @@ import textwrap
 from markdown_it.token import Token
 
 from newsletter.content.markdown import parse
+from newsletter.render.memo import once
 
 WIDTH = 78
+# Whitespace TextWrapper rewrites (tabs expanded, the rest turned into spaces).
+_TEXTWRAP_SPACE = re.compile(r"[\t\x0b\x0c\r]")
+
+
+def markdown_tokens(source: str) -> list[Token]:
+    """markdown-it's tokens of `source`; parsed once per render (HTML, text part and
+    .ics files all need them). Read-only: the list is shared."""
+    return once(parse, source)
 
 
 def wrap(text: str, indent: str = "", subsequent: str | None = None, width: int = WIDTH) -> str:
@@ -30,7 +39,16 @@ def wrap(text: str, indent: str = "", subsequent: str | None = None, width: int 
     for i, part in enumerate(text.split("\n")):
         if i:  # after a hard break, continue at the hanging indent
             wrapper.initial_indent = wrapper.subsequent_indent
-        lines.extend(wrapper.wrap(part) or [wrapper.initial_indent.rstrip()])
+        first = wrapper.initial_indent
+        if not part:
+            lines.append(first.rstrip())
+        elif (len(first) + len(part) <= width and not part[-1].isspace()
+              and not _TEXTWRAP_SPACE.search(part)):
+            # Fits on one line and has no whitespace TextWrapper would drop or rewrite: its
+            # result, without its cost (most lines of an issue are this short).
+            lines.append(first + part)
+        else:
+            lines.extend(wrapper.wrap(part) or [first.rstrip()])
     return "\n".join(lines)
 
 
@@ -85,7 +103,7 @@ def markdown_to_text(source: str, indent: str = "", width: int = WIDTH) -> str:
     marker: str | None = None
     hidden = False  # paragraphs of a tight list are hidden: no blank line between its items
     prev_in_list = False
-    for token in parse(source):
+    for token in markdown_tokens(source):
         if token.type in ("bullet_list_open", "ordered_list_open"):
             ordered = token.type == "ordered_list_open"
             lists.append([ordered, int(token.attrs.get("start", 1) or 1)])

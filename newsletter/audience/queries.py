@@ -1,0 +1,46 @@
+"""Read-only query pieces other packages compose into their own statements, so the audience
+tables stay private to the audience package (the send journal joins them into its SQL).
+
+Each piece is a subquery with named columns; SQLite flattens them, so they cost nothing over
+joining the tables directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+
+from newsletter.audience.tables import lists, memberships, subscribers
+
+
+def subscribed_members(list_id: int) -> sa.Subquery:
+    """(subscriber_id, email) of the members of a list whose status is "subscribed"."""
+    return (sa.select(subscribers.c.id.label("subscriber_id"), subscribers.c.email)
+            .join(memberships, memberships.c.subscriber_id == subscribers.c.id)
+            .where(memberships.c.list_id == list_id, memberships.c.status == "subscribed")
+            .subquery("subscribed_members"))
+
+
+def subscriber_names() -> sa.Subquery:
+    """(subscriber_id, name) of every subscriber."""
+    return sa.select(subscribers.c.id.label("subscriber_id"), subscribers.c.name).subquery(
+        "subscriber_names")
+
+
+def list_names() -> sa.Subquery:
+    """(list_id, name) of every list."""
+    return sa.select(lists.c.id.label("list_id"), lists.c.name).subquery("list_names")
+
+
+# Built once: it runs in every group commit of a send (building it costs more than the SQL).
+_STATUSES = sa.select(memberships.c.subscriber_id, memberships.c.status).where(
+    memberships.c.list_id == sa.bindparam("list"),
+    memberships.c.subscriber_id.in_(sa.bindparam("ids", expanding=True)))
+
+
+def membership_statuses(conn: sa.Connection, list_id: int,
+                        subscriber_ids: Sequence[int]) -> dict[int, str]:
+    """subscriber id → membership status on the list, for those of `subscriber_ids` that have a
+    membership; one query, inside the caller's transaction (the send checks, then claims)."""
+    return dict(conn.execute(_STATUSES, {"list": list_id, "ids": list(subscriber_ids)}).all())

@@ -1,0 +1,134 @@
+"""Schema versions of the one database file, and the steps between them.
+
+Append only; never change what a released step does. A step that changes an existing table
+must spell out its DDL (op on the old shape) instead of using the current Table objects, and a
+step creating a table that a later step alters must create it in its own version's shape (the
+packages' `subscribers_table(md, version)` / `journal_tables(md, version)`), so a fresh
+database and an upgraded one end up identical. A fresh database runs every step.
+
+This is the one module that sees every package's tables: the schema history is a single
+sequence of versions across packages. The list with what each step does: docs/data-model.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from newsletter.audience.tables import (
+    consent_log,
+    lists,
+    memberships,
+    new_token_id,
+    subscribers_table,
+    suppressions,
+)
+from newsletter.db.engine import DatabaseError
+from newsletter.db.schema import UtcDateTime, chunked, metadata, utcnow
+from newsletter.delivery.tables import journal_tables
+
+schema_version = sa.Table(
+    "schema_version", metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("applied_at", UtcDateTime, nullable=False),
+)
+
+
+def _v1_core(conn: Connection) -> None:
+    # `subscribers` as version 1 created it (migration 4 alters it), with the other tables in the
+    # same scratch MetaData so their foreign keys find it.
+    md = sa.MetaData(naming_convention=metadata.naming_convention)
+    tables = [subscribers_table(md, 1)]
+    tables += [t.to_metadata(md) for t in (lists, memberships, consent_log, suppressions)]
+    for table in tables:
+        table.create(conn)
+
+
+def _v2_send_journal(conn: Connection) -> None:
+    # The tables as version 2 created them (later steps ALTER them), in a scratch MetaData that
+    # also knows `lists` for the foreign key.
+    md = sa.MetaData(naming_convention=metadata.naming_convention)
+    lists.to_metadata(md)
+    for table in journal_tables(md, 2):
+        table.create(conn)
+
+
+# What versions ≤ 2 wrote in front of `deliveries.smtp_reply` instead of a flag.
+_V2_IN_FLIGHT_PREFIX = "[in flight at an interruption; may be duplicated] "
+
+
+def _add_column(conn: Connection, table: str, column: sa.Column[Any]) -> None:
+    """ALTER TABLE … ADD COLUMN, the column spelled by the connection's dialect."""
+    sa.Table(table, sa.MetaData(), column)
+    spec = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
+    conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {spec}"))
+
+
+def _v3_journal_columns(conn: Connection) -> None:
+    _add_column(conn, "deliveries", sa.Column("possibly_duplicated", sa.Boolean, nullable=False,
+                                              server_default=sa.false()))
+    _add_column(conn, "sends", sa.Column("reason", sa.Text, nullable=True))
+    # Move the old prefix into the flag; a reply that was only the prefix becomes NULL.
+    old = sa.table("deliveries", sa.column("smtp_reply", sa.Text),
+                   sa.column("possibly_duplicated", sa.Boolean))
+    conn.execute(old.update().where(
+        old.c.smtp_reply.startswith(_V2_IN_FLIGHT_PREFIX, autoescape=True)
+    ).values(
+        possibly_duplicated=True,
+        smtp_reply=sa.func.nullif(
+            sa.func.substr(old.c.smtp_reply, len(_V2_IN_FLIGHT_PREFIX) + 1), ""),
+    ))
+
+
+def _v4_token_ids(conn: Connection) -> None:
+    _add_column(conn, "subscribers", sa.Column("token_id", sa.String(32), nullable=True))
+    _add_column(conn, "subscribers", sa.Column("legacy_tokens", sa.Boolean, nullable=False,
+                                               server_default=sa.false()))
+    old = sa.table("subscribers", sa.column("id", sa.Integer), sa.column("token_id", sa.String),
+                   sa.column("legacy_tokens", sa.Boolean))
+    ids = conn.execute(sa.select(old.c.id)).scalars().all()
+    for batch in chunked(list(ids), 5000):
+        conn.execute(
+            old.update().where(old.c.id == sa.bindparam("_id"))
+            .values(token_id=sa.bindparam("_token"), legacy_tokens=sa.true()),
+            [{"_id": i, "_token": new_token_id()} for i in batch],
+        )
+    index_table = sa.Table("subscribers", sa.MetaData(), sa.Column("token_id", sa.String(32)))
+    sa.Index("ix_subscribers_token_id", index_table.c.token_id, unique=True).create(conn)
+
+
+MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
+    (1, "subscribers, lists, memberships, consent log, suppressions", _v1_core),
+    (2, "send journal: sends, deliveries", _v2_send_journal),
+    (3, "send journal: sends.reason, deliveries.possibly_duplicated", _v3_journal_columns),
+    (4, "subscribers.token_id (opaque link handle), subscribers.legacy_tokens", _v4_token_ids),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def current_version(conn: Connection) -> int:
+    """The version the database is at (0: empty)."""
+    return int(conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0)
+
+
+def migrate(conn: Connection, target: int = SCHEMA_VERSION) -> int:
+    """Bring the schema up to `target` inside the caller's write transaction; the new version."""
+    if conn.dialect.name == "postgresql":
+        # Two processes opening a fresh database must not both create the tables.
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(7460232)"))
+    schema_version.create(conn, checkfirst=True)
+    current = current_version(conn)
+    if current > SCHEMA_VERSION:
+        raise DatabaseError(
+            f"the database has schema version {current}, newer than this program knows "
+            f"({SCHEMA_VERSION}); upgrade newsletter"
+        )
+    for version, _description, step in MIGRATIONS:
+        if current < version <= target:
+            step(conn)
+            conn.execute(schema_version.insert().values(version=version, applied_at=utcnow()))
+            current = version
+    return current

@@ -1,0 +1,44 @@
+"""`newsletter send --list NAME --dry-run`: every member's message as an .eml file, nothing sent."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+from newsletter.delivery.message import Recipient, failure_reason
+from newsletter.delivery.plan import SendPlan
+from newsletter.errors import NewsletterError
+from newsletter.tokens import Tokens
+
+
+def dry_run(plan: SendPlan, directory: Path | None = None,
+            skipped: list[str] | None = None) -> tuple[Path, int]:
+    """Write the personalised message of every subscribed member as an .eml file; send nothing.
+
+    The default directory is `outbox/dry-run/<slug>/`: git-ignored and never served (unlike
+    `dist/`, which `serve` publishes) — the files hold addresses and working unsubscribe links.
+    The messages are not DKIM-signed. Members whose message cannot be built (the real send
+    fails them) are left out and, with `skipped`, listed there with the reason."""
+    directory = directory or plan.project.outbox_dir / "dry-run" / plan.rendered.slug
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NewsletterError(f"cannot create {directory}: {exc.strerror}") from None
+    prepared = dataclasses.replace(plan.prepared, dkim=None)
+    tokens = Tokens.for_project(plan.project)
+    list_id = plan.mailing_list.id
+    count = 0
+    for member in plan.store.members(list_id):
+        recipient = Recipient(member.email, member.name, member.subscriber_id, list_id)
+        try:
+            raw = prepared.personalise(recipient, tokens.mint_unsubscribe(member.token_id, list_id))
+        except Exception as exc:  # like the real send: this recipient fails, the others go on
+            if skipped is not None:
+                skipped.append(f"{member.email}: {failure_reason(exc)}")
+            continue
+        name = re.sub(r"[^A-Za-z0-9@._+-]", "_", member.email)
+        (directory / f"{member.subscriber_id:06d}-{name}.eml").write_bytes(raw)
+        count += 1
+    return directory, count
+

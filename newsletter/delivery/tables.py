@@ -1,0 +1,71 @@
+"""The send journal's tables: `sends` (one per issue and list) and `deliveries` (one per
+recipient of a send). Only the delivery package reads or writes them; the logic is in
+`delivery/journal.py`. Columns, statuses and history: docs/data-model.md.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+# `sends.list_id` references the audience's `lists`: the table must be in the MetaData too.
+import newsletter.audience.tables  # noqa: F401
+from newsletter.db.schema import NOW, UtcDateTime, erases_subscriber, metadata, one_of
+
+SEND_STATUSES = ("running", "paused", "finished", "interrupted")
+DELIVERY_STATUSES = ("pending", "sending", "sent", "failed_temporary", "failed_permanent", "skipped")
+
+
+def journal_tables(md: sa.MetaData, version: int) -> tuple[sa.Table, sa.Table]:
+    """`sends` and `deliveries` as of schema `version`: 2 as first created, 3 with the columns
+    migration 3 added (at the end, where ALTER TABLE puts them)."""
+    v3 = version >= 3
+    send_table = sa.Table(
+        "sends", md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("issue_slug", sa.String(200), nullable=False),
+        sa.Column("list_id", sa.Integer, sa.ForeignKey("lists.id"), nullable=False),
+        sa.Column("content_hash", sa.String(128), nullable=False),
+        sa.Column("subject", sa.Text, nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("transport", sa.String(200), nullable=False),
+        sa.Column("created_at", UtcDateTime, nullable=False, server_default=NOW),
+        sa.Column("updated_at", UtcDateTime, nullable=False, server_default=NOW),
+        sa.Column("finished_at", UtcDateTime, nullable=True),
+        # Why the send is paused or interrupted (policy streak, connection failure, Ctrl-C …);
+        # NULL while running and once finished.
+        *([sa.Column("reason", sa.Text, nullable=True)] if v3 else []),
+        sa.UniqueConstraint("issue_slug", "list_id", name="uq_sends_issue_list"),
+        sa.CheckConstraint(one_of("status", SEND_STATUSES), name="status"),
+    )
+    delivery_table = sa.Table(
+        "deliveries", md,
+        sa.Column("send_id", sa.Integer, sa.ForeignKey("sends.id", ondelete="CASCADE"),
+                  primary_key=True),
+        # No foreign key: the journal outlives a subscriber erased with `remove --forget`.
+        sa.Column("subscriber_id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("email", sa.String(320), nullable=False),
+        sa.Column("status", sa.String(20), nullable=False),
+        sa.Column("attempts", sa.Integer, nullable=False, default=0, server_default="0"),
+        sa.Column("smtp_code", sa.Integer, nullable=True),
+        sa.Column("smtp_reply", sa.Text, nullable=True),
+        sa.Column("message_id", sa.Text, nullable=True),
+        sa.Column("updated_at", UtcDateTime, nullable=False, server_default=NOW),
+        # In flight (`sending`) when a send was interrupted: the message may have been accepted
+        # before the crash and was sent again by the resume. Stays set once set.
+        *([sa.Column("possibly_duplicated", sa.Boolean, nullable=False, default=False,
+                     server_default=sa.false())] if v3 else []),
+        sa.CheckConstraint(one_of("status", DELIVERY_STATUSES), name="status"),
+        sa.Index("ix_deliveries_send_status", "send_id", "status"),
+    )
+    return send_table, delivery_table
+
+
+sends, deliveries = journal_tables(metadata, 3)
+
+
+@erases_subscriber
+def erase_subscriber(conn: sa.Connection, subscriber_id: int) -> None:
+    """The journal's part of a GDPR erasure (run by `Store.forget` in its transaction): the rows stay
+    (the counts of past sends), the address and the server's reply (which may quote it) go."""
+    conn.execute(deliveries.update().where(deliveries.c.subscriber_id == subscriber_id)
+                 .values(email="(erased)", smtp_reply=None))

@@ -1,0 +1,157 @@
+"""One render of the previewed issue (`Snapshot`): the email as a subscriber gets it, or the
+problems that stopped it, as ``FILE:LINE:COL: field: message`` lines.
+
+`run_pipeline` is the whole sequence from files to message (load → render → personalise →
+prepare → check); `build_snapshot` wraps it so that a mistake in the issue or a template
+becomes a failed snapshot instead of an exception.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email.parser
+import email.policy
+import logging
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from newsletter.content.validate import LoadedIssue, load_issue
+from newsletter.delivery import message
+from newsletter.errors import NewsletterError, Problem
+from newsletter.project import Project, open_project
+from newsletter.render.check import check_issue
+from newsletter.render.html import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue, render_issue
+from newsletter.tokens import Tokens
+
+log = logging.getLogger("newsletter.web.preview")
+
+# The headers view shows a subscriber's copy: a made-up reader on a list called "main".
+SAMPLE_RECIPIENT = message.Recipient("erika.mustermann@example.org", "Erika Mustermann",
+                                     subscriber_id=1, list_id=1)
+SAMPLE_LIST_NAME = "main"
+TEMPLATE_SUFFIXES = (".j2", ".jinja", ".jinja2", ".mjml", ".html", ".txt")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One render of the issue: the email, or the problems that stopped it."""
+
+    version: int
+    ok: bool
+    errors: list[str] = field(default_factory=list)
+    checks: list[tuple[str, str]] = field(default_factory=list)  # (severity, FILE:LINE:COL: …)
+    subject: str = ""
+    preheader: str = ""
+    html: str = ""
+    text: str = ""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    header_block: str = ""
+    render_ms: float = 0.0
+    rendered_at: str = ""
+
+    def public(self) -> dict[str, Any]:
+        """What the page needs (everything but the HTML, which the iframe fetches)."""
+        data = asdict(self)
+        del data["html"]
+        return data
+
+
+def build_snapshot(root: Path, issue_path: Path, version: int = 0) -> Snapshot:
+    """Load settings and issue afresh, render, check; never raises for user mistakes."""
+    started = time.perf_counter()
+    stamp = datetime.now().strftime("%H:%M:%S")
+    try:
+        snapshot = run_pipeline(root, issue_path)
+    except NewsletterError as error:
+        return _failed(version, error.lines(), started, stamp)
+    except OSError as error:
+        where = error.filename or issue_path
+        return _failed(version, [f"{where}: {error.strerror or error}"], started, stamp)
+    except Exception as error:  # a broken template or a renderer bug: show it, keep serving
+        log.exception("rendering %s failed", issue_path)
+        return _failed(version, [_unexpected_problem(error, root).format()], started, stamp)
+    return dataclasses.replace(snapshot, version=version, rendered_at=stamp,
+                               render_ms=round((time.perf_counter() - started) * 1000, 1))
+
+
+def run_pipeline(root: Path, issue_path: Path) -> Snapshot:
+    """The issue from its files to a subscriber's copy, as `send` would build it: load the
+    project and the issue, render, put in a sample unsubscribe link, prepare the message
+    (headers by the sending code itself, so the preview cannot drift from what `send` writes),
+    and run `newsletter check`. Raises for user mistakes."""
+    project = open_project(root, exact=True)
+    loaded = load_issue(issue_path)
+    rendered = render_issue(loaded, project)
+    token = _sample_token(project)
+    sample_url = f"{project.settings.newsletter.base_url.rstrip('/')}/u/{token}"
+    html = rendered.html.replace(UNSUBSCRIBE_PLACEHOLDER, sample_url)
+    text = rendered.text.replace(UNSUBSCRIBE_PLACEHOLDER, sample_url)
+    prepared = message.prepare(project, rendered, list_name=SAMPLE_LIST_NAME, sign=False)
+    headers, header_block = _headers(prepared.personalise(SAMPLE_RECIPIENT, token))
+    checks = _checks(loaded, project, rendered)
+    return Snapshot(version=0, ok=True, checks=checks, subject=rendered.subject,
+                    preheader=rendered.preheader or "", html=html, text=text, headers=headers,
+                    header_block=header_block)
+
+
+def _failed(version: int, lines: list[str], started: float, stamp: str) -> Snapshot:
+    return Snapshot(version=version, ok=False, errors=lines,
+                    render_ms=round((time.perf_counter() - started) * 1000, 1), rendered_at=stamp)
+
+
+def _unexpected_problem(error: Exception, root: Path) -> Problem:
+    """Locate an exception in a template if we can (Jinja rewrites tracebacks so that
+    template frames carry the template's file name and line)."""
+    if isinstance(error, jinja2.TemplateSyntaxError):
+        file = error.filename or error.name or "template"
+        return Problem(_short(file, root), error.lineno, None, "template", error.message or str(error))
+    file, line = None, None
+    for frame, lineno in traceback.walk_tb(error.__traceback__):
+        name = frame.f_code.co_filename
+        if name.endswith(TEMPLATE_SUFFIXES):
+            file, line = name, lineno
+    text = f"{type(error).__name__}: {error}"
+    if file is None:
+        return Problem("render", None, None, "", text)
+    return Problem(_short(file, root), line, None, "template", text)
+
+
+def _short(file: str, root: Path) -> str:
+    try:
+        return str(Path(file).resolve().relative_to(root))
+    except ValueError:
+        return file
+
+
+def _sample_token(project: Project) -> str:
+    # A token_id no subscriber has (real ones are 16 characters): the sample link unsubscribes nobody.
+    return Tokens.for_project(project).mint_unsubscribe("preview-sample", SAMPLE_RECIPIENT.list_id)
+
+
+def _headers(raw: bytes) -> tuple[list[tuple[str, str]], str]:
+    """The headers of a personalised message, decoded for reading, and the header block as it
+    goes on the wire."""
+    block = raw.split(b"\r\n\r\n", 1)[0]
+    parsed = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(block + b"\r\n\r\n")
+    shown = [(name, str(value).strip()) for name, value in parsed.items()
+             if name.lower() not in ("mime-version", "content-type")]
+    return shown, block.decode("ascii", "replace").replace("\r\n", "\n")
+
+
+def _checks(loaded: LoadedIssue, project: Project, rendered: RenderedIssue) -> list[tuple[str, str]]:
+    """(severity, line) of every `newsletter check` finding (without the live link check),
+    validation warnings included; a failing check never takes the preview down."""
+    try:
+        report = check_issue(loaded, project, rendered=rendered)
+    except NewsletterError as error:
+        return [("error", line) for line in error.lines()]
+    except Exception as error:
+        log.exception("newsletter check failed")
+        return [("error", f"newsletter check could not run: {type(error).__name__}: {error}")]
+    return [(problem.severity, problem.format()) for problem in report.problems]

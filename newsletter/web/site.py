@@ -1,0 +1,330 @@
+"""The request handlers of `newsletter serve`: unsubscribe, subscribe, confirm, health.
+
+Each handler is named after the page it serves. The rules of membership (who may leave, who
+gets a confirmation mail, what a confirmation changes) belong to `Store`; the handlers read
+the request, check tokens, CSRF and limits, call the store, and pick the page.
+
+* GET never changes state (link scanners and prefetchers open every link).
+* Unsubscribe: RFC 8058 one-click and the page's button, without CSRF token or cookie (the
+  signed token in the URL is the secret); one-click is answered 200 without redirect.
+* `/u/test` (the link in test sends) shows a page and changes nothing.
+* Sign-up: the same page whether the address is new, pending, subscribed or suppressed; the
+  confirmation mail goes out in a background task so the response time does not tell either.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+from sqlalchemy.exc import OperationalError
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+from newsletter.audience.addresses import (
+    InvalidEmail,
+    NonAsciiLocalPart,
+    normalize_email,
+    suppression_hash,
+)
+from newsletter.audience.records import MailingList
+from newsletter.audience.store import open_store
+from newsletter.project import Project
+from newsletter.tokens import TokenExpired, TokenInvalid, Tokens, signing_keys
+from newsletter.web.confirmation import send_confirmation
+from newsletter.web.pages import (
+    CONSENT_MISSING,
+    EMAIL_INVALID,
+    EMAIL_UMLAUT,
+    LINK_CONFIRM_FORM,
+    LINK_SUBSCRIBE,
+    LINK_SUBSCRIBE_FORM,
+    Pages,
+)
+from newsletter.web.security import BodyTooLarge, Csrf, SlidingWindow, client_ip, one_line, parse_networks
+
+log = logging.getLogger("newsletter.serve")
+
+MAILS_PER_ADDRESS = 3  # confirmation mails per address and day: no mail-bombing a stranger
+ONE_CLICK = "One-Click"
+
+SOURCE_ONE_CLICK = "one_click"
+SOURCE_PAGE = "unsubscribe_page"
+SOURCE_FORM = "web"
+SOURCE_CONFIRM = "confirm"
+
+T = TypeVar("T")
+
+
+@dataclass
+class ListInfo:
+    id: int
+    name: str
+    title: str
+
+
+class Site:
+    """The request handlers and everything they share."""
+
+    def __init__(self, project: Project, *, proxy_headers: bool = True) -> None:
+        settings = project.settings
+        self.project = project
+        self.settings = settings
+        self.tokens = Tokens.for_project(project)
+        self.store = open_store(project)
+        self.base_url = settings.newsletter.base_url
+        self.confirm_max_age = settings.serve.confirm_days * 86400
+        trusted = parse_networks(settings.serve.trusted_proxies)
+        self.trusted = trusted if proxy_headers else []
+        self.signups = SlidingWindow(settings.serve.signups_per_ip, settings.serve.signup_window)
+        self.mails = SlidingWindow(MAILS_PER_ADDRESS, 24 * 3600)
+        self.csrf = Csrf(signing_keys(project), secure=self.base_url.startswith("https://"))
+        self.pages = Pages(project)
+
+    # ---- store access (sync SQLAlchemy, so off the event loop)
+
+    async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await run_in_threadpool(retry_locked, fn, *args, **kwargs)
+
+    def list_info(self, list_id: int) -> ListInfo | None:
+        item = self.store.get_list_by_id(list_id)
+        return self._info(item) if item else None
+
+    def all_lists(self) -> list[ListInfo]:
+        return [self._info(i) for i in self.store.lists()]
+
+    def _info(self, item: MailingList) -> ListInfo:
+        # A list's name is internal ("big"); readers see its title, else the newsletter's.
+        return ListInfo(item.id, item.name, item.title or self.settings.newsletter.title)
+
+    def subscribe_url(self, info: ListInfo) -> str:
+        return "/subscribe" if len(self.all_lists()) <= 1 else f"/subscribe/{quote(info.name, safe='')}"
+
+    def membership(self, ref: str | int, list_id: int) -> tuple[int, str, ListInfo] | None:
+        """(subscriber id, status, list) a token names (see `Store.membership_by_token_id`)."""
+        found = self.store.membership_by_token_id(ref, list_id)
+        info = self.list_info(list_id) if found else None
+        return (*found, info) if found and info else None
+
+    def leave(self, ref: str | int, list_id: int, one_click: bool,
+              ip: str) -> tuple[ListInfo, str, str | None] | None:
+        """`Store.leave` (the rule: idempotent, bounced/complained stay as they are); None if
+        unknown, else (list, status before, subscribe URL for the page).
+
+        One database round trip per step, all on one worker thread: one-click is the hot path."""
+        found = self.store.leave(ref, list_id, source=SOURCE_ONE_CLICK if one_click else SOURCE_PAGE, ip=ip)
+        if found is None:
+            return None
+        status = found[1]
+        info = self.list_info(list_id)
+        if info is None:
+            return None
+        return info, status, None if one_click else self.subscribe_url(info)
+
+    # ---- handlers
+
+    async def healthz(self, request: Request) -> Response:
+        """`/healthz`: "ok" while the process answers."""
+        return PlainTextResponse("ok")
+
+    async def unsubscribe_page(self, request: Request) -> Response:
+        """`/u/{token}`: GET shows the page with its button; POST unsubscribes (the button, or
+        RFC 8058 one-click with `List-Unsubscribe=One-Click`)."""
+        token = request.path_params["token"]
+        try:
+            ref, list_id = self.tokens.read_unsubscribe(token)
+        except TokenInvalid:
+            await drain(request)
+            return self.pages.error(400)
+        if request.method == "GET":
+            found = await self.db(self.membership, ref, list_id)
+            if found is None:
+                return self.pages.error(404)
+            _subscriber_id, status, info = found
+            return self.pages.page("unsubscribe.html", list_title=info.title, status=status,
+                                   action=request.url.path)
+        form = await read_form(request)
+        if form is None:
+            return self.pages.error(400)
+        # No CSRF check, for the human form either: the signed token in the URL is the secret
+        # (whoever has it could post the one-click form anyway), and readers who block cookies
+        # must still be able to leave.
+        one_click = form.get("List-Unsubscribe") == ONE_CLICK
+        ip = client_ip(request.scope, self.trusted)
+        left = await self.db(self.leave, ref, list_id, one_click, ip)
+        if left is None:
+            return self.pages.error(404)
+        info, before, subscribe_url = left
+        return self.pages.page("unsubscribed.html", list_title=info.title, status=before,
+                               subscribe_url=subscribe_url)
+
+    async def unsubscribe_test_page(self, request: Request) -> Response:
+        """`/u/test`: the link in test sends (`newsletter send --to`); changes nothing."""
+        await drain(request)
+        return self.pages.page("unsubscribe_test.html")
+
+    async def subscribe_page(self, request: Request) -> Response:
+        """`/subscribe` and `/subscribe/{list}`: the form (GET), a sign-up (POST), or with several
+        lists and no name the choice of list."""
+        name = request.path_params.get("list")
+        lists = await self.db(self.all_lists)
+        if name is None:
+            if len(lists) > 1:
+                if request.method == "POST":
+                    await drain(request)
+                    return self.pages.error(404)
+                titles = Counter(i.title for i in lists)  # untitled lists: tell them apart
+                choices = [{"url": f"/subscribe/{quote(i.name, safe='')}",
+                            "title": i.title if titles[i.title] == 1 else f"{i.title} ({i.name})"}
+                           for i in lists]
+                return self.pages.page("subscribe_lists.html", lists=choices)
+            info = lists[0] if lists else None
+        else:
+            info = next((i for i in lists if i.name == name), None)
+        if info is None:
+            await drain(request)
+            return self.pages.error(404)
+        if request.method == "GET":
+            return self.subscribe_form(request, info, {"email": "", "name": ""}, [], set())
+        return await self.sign_up(request, info)
+
+    async def sign_up(self, request: Request, info: ListInfo) -> Response:
+        """A posted subscribe form: limits, CSRF, honeypot, checks, then `Store.request_subscription`
+        and, when the store says so, the confirmation mail (at most MAILS_PER_ADDRESS a day)."""
+        ip = client_ip(request.scope, self.trusted)
+        if not self.signups.hit(ip):
+            await drain(request)
+            return Response(self.pages.error_html(429), status_code=429, media_type="text/html",
+                            headers={"retry-after": str(self.settings.serve.signup_window)})
+        form = await read_form(request)
+        if form is None:
+            return self.pages.error(400)
+        if not self.csrf.valid(request, form):
+            return self.pages.error(403, link=LINK_SUBSCRIBE_FORM, link_url=request.url.path)
+        values = {"email": one_line(str(form.get("email") or ""), 254),
+                  "name": one_line(str(form.get("name") or ""), 100)}
+        if form.get("website"):
+            # A bot filled the honeypot: answer exactly like a real sign-up, do nothing.
+            return self.signup_done()
+        errors, invalid = [], set()
+        email = ""
+        try:  # a syntax check only, the same answer whether the address is known or not
+            email = normalize_email(values["email"])
+        except NonAsciiLocalPart:
+            errors.append(EMAIL_UMLAUT)
+            invalid.add("email")
+        except InvalidEmail:
+            errors.append(EMAIL_INVALID)
+            invalid.add("email")
+        if form.get("consent") is None:
+            errors.append(CONSENT_MISSING)
+            invalid.add("consent")
+        if errors:
+            return self.subscribe_form(request, info, values, errors, invalid, status=400)
+
+        try:
+            result = await self.db(
+                self.store.request_subscription, email, info.id, name=values["name"] or None,
+                source=SOURCE_FORM, ip=ip, consent_version=self.settings.serve.consent_version)
+        except InvalidEmail:
+            return self.subscribe_form(request, info, values, [EMAIL_INVALID], {"email"}, status=400)
+        task = None
+        # The mail limit counts per address, kept as its hash (the one of the suppression list).
+        if result.send_confirmation and result.subscriber_id is not None \
+                and self.mails.hit(suppression_hash(email)):
+            assert result.token_id is not None
+            token = self.tokens.mint_confirm(result.token_id, info.id)
+            task = BackgroundTask(send_confirmation, self.project, self.pages, email, info.title, token)
+        return self.signup_done(task)
+
+    def subscribe_form(self, request: Request, info: ListInfo, values: dict[str, str], errors: list[str],
+                       invalid: set[str], status: int = 200) -> Response:
+        """The form, with `errors` (codes, worded by templates/web/messages.html) and the names of
+        the `invalid` fields."""
+        csrf, nonce = self.csrf.issue(request)
+        s = self.settings.serve
+        page = self.pages.page("subscribe.html", http_status=status, list_title=info.title,
+                               action=request.url.path, csrf=csrf, values=values, errors=errors,
+                               invalid=invalid, consent_text=s.consent_text,
+                               consent_version=s.consent_version)
+        return self.csrf.set_cookie(page, nonce)
+
+    def signup_done(self, task: BackgroundTask | None = None) -> Response:
+        page = self.pages.page("subscribe_sent.html", confirm_days=self.settings.serve.confirm_days)
+        page.background = task
+        return page
+
+    async def confirm_page(self, request: Request) -> Response:
+        """`/confirm/{token}`: GET shows the button (or "confirmed"); the POST confirms."""
+        try:
+            ref, list_id = self.tokens.read_confirm(request.path_params["token"],
+                                                    self.confirm_max_age)
+        except TokenExpired:
+            await drain(request)
+            return self.pages.error(410, link=LINK_SUBSCRIBE, link_url="/subscribe")
+        except TokenInvalid:
+            await drain(request)
+            return self.pages.error(400)
+        found = await self.db(self.membership, ref, list_id)
+        if found is None:
+            await drain(request)
+            return self.pages.error(404)
+        subscriber_id, status, info = found
+        subscribe_url = await self.db(self.subscribe_url, info)
+        if request.method == "GET":
+            if status == "subscribed":
+                return self.pages.page("confirmed.html", list_title=info.title, status=status,
+                                       archive_url="/archive/", subscribe_url=subscribe_url)
+            csrf, nonce = self.csrf.issue(request)
+            page = self.pages.page("confirm.html", list_title=info.title, action=request.url.path, csrf=csrf)
+            return self.csrf.set_cookie(page, nonce)
+        form = await read_form(request)
+        if form is None:
+            return self.pages.error(400)
+        if not self.csrf.valid(request, form):
+            return self.pages.error(403, link=LINK_CONFIRM_FORM, link_url=request.url.path)
+        ip = client_ip(request.scope, self.trusted)
+        await self.db(self.store.confirm, subscriber_id, list_id, source=SOURCE_CONFIRM, ip=ip)
+        status = await self.db(self.store.membership_status, subscriber_id, list_id)
+        return self.pages.page("confirmed.html", list_title=info.title, status=status,
+                               archive_url="/archive/", subscribe_url=subscribe_url)
+
+
+def retry_locked(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """SQLite may answer "database is locked" under write bursts; retry briefly."""
+    for attempt in range(8):
+        try:
+            return fn(*args, **kwargs)
+        except OperationalError as exc:
+            if not isinstance(exc.orig, sqlite3.OperationalError) or "locked" not in str(exc.orig) \
+                    or attempt == 7:
+                raise
+            log.warning("database is locked; retrying")
+            time.sleep(0.02 * 2 ** attempt)
+    raise AssertionError("unreachable")
+
+
+async def read_form(request: Request) -> FormData | None:
+    """The posted form (url-encoded or multipart, no files), or None if unparseable."""
+    try:
+        return await request.form(max_files=0, max_fields=20, max_part_size=8192)
+    except BodyTooLarge:
+        raise
+    except Exception:
+        return None
+
+
+async def drain(request: Request) -> None:
+    """Read (and bound) an unused body so the connection stays reusable."""
+    if request.method == "POST":
+        async for _ in request.stream():
+            pass
