@@ -47,7 +47,20 @@ def _timezone(value: str) -> str:
     return value
 
 
+def _mailbox(value: str) -> str:
+    """One address with a domain, optionally with a name: `Smart City <news@example.org>`.
+    Parsed by the same header parser that builds the From header at send time."""
+    from email.policy import SMTP
+
+    parsed = SMTP.header_factory("From", value)
+    addresses = getattr(parsed, "addresses", ())
+    if parsed.defects or len(addresses) != 1 or not addresses[0].domain or not addresses[0].username:
+        raise ValueError(f"`{value}` is not one e-mail address (e.g. `Smart City <news@example.org>`)")
+    return value
+
+
 HeaderText = Annotated[str, AfterValidator(_no_control_chars)]
+Mailbox = Annotated[str, AfterValidator(_no_control_chars), AfterValidator(_mailbox)]
 
 
 class Section(BaseModel):
@@ -60,10 +73,10 @@ class NewsletterSettings(Section):
     base_url: Annotated[str, AfterValidator(_base_url)] = Field(
         "http://127.0.0.1:8000", description="public URL where `newsletter serve` answers"
     )
-    from_: HeaderText = Field(
+    from_: Mailbox = Field(
         "Newsletter <newsletter@example.org>", alias="from", description="From: header"
     )
-    reply_to: HeaderText | None = None
+    reply_to: Mailbox | None = None
     list_id: HeaderText | None = Field(None, description="List-Id; default derived from base_url")
     timezone: Annotated[str, AfterValidator(_timezone)] = "Europe/Berlin"
 

@@ -24,12 +24,11 @@ from typing import TYPE_CHECKING, Any
 from newsletter.errors import ProjectNotFound
 
 if TYPE_CHECKING:
-    from newsletter.audience.importer import ImportReport
+    from newsletter.audience.import_report import ImportReport
     from newsletter.audience.store import Store
     from newsletter.config import Settings
     from newsletter.content.validate import LoadedIssue
-    from newsletter.delivery.message import PreparedMessage
-    from newsletter.delivery.plan import SendPlan
+    from newsletter.delivery.plan import PreparedIssue, SendPlan
     from newsletter.delivery.sender import SendReport
     from newsletter.delivery.transport import Reply
     from newsletter.render.archive import BuildResult
@@ -196,15 +195,16 @@ class IssuePipeline:
         """The pre-send checks (size, alt texts, imprint, unsubscribe; with `links` a live fetch)."""
         from newsletter.render.check import check_issue
 
-        return check_issue(self.loaded, self.project, links=links)
+        return check_issue(self.loaded, self.project, links=links, rendered=self.rendered)
 
     def prepared(self, *, list_name: str | None = None, list_title: str | None = None,
-                 subject_prefix: str = "") -> PreparedMessage:
-        """The message prepared once, ready for per-recipient substitution."""
-        from newsletter.delivery.message import prepare
+                 subject_prefix: str = "", sign: bool = True) -> PreparedIssue:
+        """The message prepared once (`.prepared`), ready for per-recipient substitution, with
+        the rendered issue (`.rendered`) and its content hash: `delivery.plan.prepare_issue`."""
+        from newsletter.delivery.plan import prepare_issue
 
-        return prepare(self.project, self.rendered, list_name=list_name, list_title=list_title,
-                       subject_prefix=subject_prefix)
+        return prepare_issue(self.project, self.loaded, list_name, list_title=list_title,
+                             subject_prefix=subject_prefix, sign=sign, rendered=self.rendered)
 
 
 # -- finding a project: one rule for every command ---------------------------------------------

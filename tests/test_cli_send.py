@@ -48,7 +48,9 @@ def test_send_to_a_list_into_the_outbox_then_history(project):
     assert "Subject: " + SUBJECT in human.output.splitlines()
 
     again = run(project, "send", str(project.root / ISSUE), "--list", "news", "--yes")
-    assert again.exit_code == 0 and "Resuming send" in again.output
+    assert again.exit_code == 0
+    assert again.output.strip() == ("Send #1 of 2026-02 to news is complete (4 sent) and nobody has "
+                                    "joined the list since: nothing to send.")
     assert len(list((project.outbox_dir / "new").iterdir())) == 4  # nobody twice
 
 
@@ -140,3 +142,52 @@ def test_resuming_a_paused_send_says_why_it_stopped(project):
     assert f"It stopped: {reason}" in resumed.output.splitlines()
     shown = json.loads(run(project, "sends", "show", "1", "--json").stdout)
     assert (shown["status"], shown["reason"]) == ("finished", None)
+
+
+def test_rerun_of_a_finished_send_reaches_only_who_joined_since(project):
+    store, list_id, _ = make_list(project, 2)
+    assert run(project, "send", str(project.root / ISSUE), "--list", "news", "--yes").exit_code == 0
+    store.add_subscriber("late@example.org", list_id, confirmed=True)
+    again = run(project, "send", str(project.root / ISSUE), "--list", "news", "--yes")
+    assert again.exit_code == 0, again.output
+    assert ("Send #1 finished earlier (2 sent): 1 member(s) joined the list since and get it now; "
+            "nobody gets it twice.") in again.output.splitlines()
+    assert "Resuming" not in again.output
+    assert len(list((project.outbox_dir / "new").iterdir())) == 3
+
+
+def test_summary_names_no_connections_for_the_maildir_outbox(project):
+    make_list(project, 1)
+    result = run(project, "send", str(project.root / ISSUE), "--list", "news", "--yes")
+    transport = next(line for line in result.output.splitlines() if line.startswith("Transport:"))
+    assert transport.endswith("(no SMTP host configured) — rate unlimited")
+    assert "connection" not in transport
+
+
+def test_smtp_summary_names_the_connections(smtp_project, smtp_server):
+    make_list(smtp_project, 1)
+    result = run(smtp_project, "send", str(smtp_project.root / ISSUE), "--list", "news", "--yes",
+                 "--concurrency", "3")
+    transport = next(line for line in result.output.splitlines() if line.startswith("Transport:"))
+    assert "3 connection(s)" in transport
+
+
+def test_warnings_are_printed_once(project):
+    make_list(project, 1)
+    issue = project.root / ISSUE
+    issue.write_text("\n".join(line for line in issue.read_text(encoding="utf-8").splitlines()
+                               if not line.startswith("preheader:")) + "\n", encoding="utf-8")
+    for args in (["--yes"], ["--dry-run"]):
+        result = run(project, "send", str(issue), "--list", "news", *args)
+        assert result.exit_code == 0, result.output
+        assert result.stderr.count("no `preheader`") == 1, result.stderr
+
+
+def test_dry_run_lists_who_it_left_out_and_why(project):
+    store, list_id, addresses = make_list(project, 3)
+    store.unsubscribe(addresses[0], list_id)
+    store.add_subscriber("pending@example.org", list_id)
+    result = run(project, "send", str(project.root / ISSUE), "--list", "news", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "Wrote 2 personalised message(s)" in result.output
+    assert "Left out (not subscribed): 1 pending, 1 unsubscribed." in result.output.splitlines()

@@ -53,7 +53,7 @@ def test_import_with_bad_rows_lists_them_and_exits_1(run, tmp_path: Path) -> Non
 
     real = run("subscribers", "import", str(csv_file), "--list", "news")
     assert real.exit_code == 1
-    assert "1 rows rejected; the other rows were imported" in real.stderr
+    assert "1 row rejected; the other rows were imported" in real.stderr
     assert "Traceback" not in real.stdout + real.stderr
     shown = json.loads(ok(run("subscribers", "show", "ok@example.org", "--json")).stdout)
     assert shown["name"] == "Jörg"

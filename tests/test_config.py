@@ -160,6 +160,18 @@ def test_header_values_must_not_contain_line_breaks(project_dir: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize("bad", ["newsletter.example.org", "Redaktion <news@>",
+                                 "a@example.org, b@example.org"])
+def test_from_must_be_one_address_when_the_config_loads(project_dir: Path, bad: str) -> None:
+    path = config_file(project_dir)
+    original = next(line for line in path.read_text(encoding="utf-8").splitlines()
+                    if line.startswith("from = "))
+    replace_in_config(project_dir, original, f'from = "{bad}"')
+    (message,) = problems(project_dir)
+    assert message == (f"{path}:{line_of(path, 'from = ')}:8: newsletter.from: `{bad}` is not one "
+                       "e-mail address (e.g. `Smart City <news@example.org>`)")
+
+
 def test_project_not_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ProjectNotFound, match="newsletter init"):

@@ -1,4 +1,5 @@
-"""SIGKILL the sending process mid-send, resume: everybody has the issue, duplicates only in flight."""
+"""SIGKILL the sending process mid-send, resume once its lease ran out: everybody has the issue,
+duplicates only in flight."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import time
 from collections import Counter
 
 from conftest import REPO, RecordingHandler, start_smtp
-from test_send_support import issue_path, make_list
+from test_send_support import issue_path, make_list, wait_out_the_lease
 
 from newsletter.delivery.journal import Journal
 from newsletter.delivery.plan import plan_send
@@ -32,7 +33,7 @@ def start_send_process(project_dir, monkeypatch, server, *, stdout, wait_for: in
     """A `newsletter send` subprocess to a 60-member list, once `wait_for` messages arrived."""
     env = {**os.environ, "NEWSLETTER_SMTP__HOST": server.host,
            "NEWSLETTER_SMTP__PORT": str(server.port), "NEWSLETTER_SMTP__SECURITY": "none",
-           "PYTHONPATH": str(REPO)}
+           "PYTHONPATH": str(REPO), "NEWSLETTER_SEND_LEASE_SECONDS": "2"}
     for key in ("HOST", "PORT", "SECURITY"):
         monkeypatch.setenv(f"NEWSLETTER_SMTP__{key}", env[f"NEWSLETTER_SMTP__{key}"])
     project = open_project(project_dir)
@@ -66,6 +67,7 @@ def test_sigkill_mid_send_then_resume(project_dir, monkeypatch):
         assert set(info.possibly_duplicated) == in_flight  # `sending` rows count before the resume
         assert not any(r.possibly_duplicated for r in rows)  # …but are not flagged yet
 
+        wait_out_the_lease(store, info.id)  # the killed process's lease: the resume may go on
         report = run_send(plan_send(project, issue_path(project), "news"))
     finally:
         controller.stop()
@@ -106,6 +108,8 @@ def test_ctrl_c_finishes_in_flight_messages_and_resume_sends_the_rest(project_di
         sent_before = {r.email for r in rows if r.status == "sent"}
         assert sent_before == {m.rcpt_tos[0] for m in server.messages}
         assert 0 < len(sent_before) < 60
+        # Ctrl-C released the lease: the resume goes on at once.
+        assert [w.state() for w in info.workers] == ["ended"]
 
         report = run_send(plan_send(project, issue_path(project), "news"))
     finally:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import email
 import email.policy
 import re
+import time
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, TypeVar
 
 from newsletter.audience.store import Store, open_store
+from newsletter.db.schema import utcnow
+from newsletter.delivery.journal import Journal
 from newsletter.project import Project
 
 H = TypeVar("H")
@@ -58,3 +61,13 @@ def offer_pipelining(handler: H) -> H:
 
     handler.handle_EHLO = handle_EHLO  # type: ignore[attr-defined]
     return handler
+
+
+def wait_out_the_lease(store: Store, send_id: int) -> None:
+    """Wait until the lease of the send's last worker (a killed process) has run out: one wait
+    for a deadline the journal states, not a retry loop. The killed process ran with a short
+    lease (`NEWSLETTER_SEND_LEASE_SECONDS`)."""
+    info = Journal(store).get(send_id)
+    assert info is not None and info.workers
+    left = (info.workers[-1].lease_expires_at - utcnow()).total_seconds()
+    time.sleep(max(left, 0.0) + 0.01)

@@ -12,8 +12,8 @@ from email_validator import EmailNotValidError, validate_email
 from newsletter.audience.addresses import InvalidEmail, normalize_email, suppression_hash
 from newsletter.audience.records import StoreError
 from newsletter.audience.store import Store, open_store
-from newsletter.audience.tables import subscribers
-from newsletter.db.migrations import SCHEMA_VERSION
+from newsletter.audience.tables import memberships, subscribers
+from newsletter.db.migrations import MIGRATIONS, SCHEMA_VERSION
 from newsletter.db.schema import metadata
 from newsletter.delivery.tables import deliveries, sends
 from newsletter.errors import NewsletterError
@@ -258,7 +258,7 @@ def test_opening_an_older_database_upgrades_it_and_keeps_the_data(db_url: str) -
     old.close()
 
     upgraded = Store.open(db_url)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 4
+    assert upgraded.schema_version() == SCHEMA_VERSION == MIGRATIONS[-1][0]
     assert {"sends", "deliveries"} <= set(sa.inspect(upgraded.engine).get_table_names())
     assert upgraded.membership_status(sid, news.id) == "subscribed"
     upgraded.close()
@@ -452,3 +452,63 @@ def test_erasure_leaves_nothing_in_the_wal(store: Store, db_url: str) -> None:
     on_disk = Path(sa.make_url(db_url).database).read_bytes() + (wal.read_bytes() if wal.exists() else b"")
     assert b"wal.erase" not in on_disk.lower()
     assert b"Walburga" not in on_disk
+
+
+# --- migration 5: memberships.requested_name --------------------------------------------------
+
+
+def _membership_columns(url: str) -> list[tuple[str, bool]]:
+    with Store.open(url) as opened:
+        return [(c["name"], c["nullable"]) for c in sa.inspect(opened.engine).get_columns("memberships")]
+
+
+def test_fresh_and_upgraded_databases_have_the_same_memberships_table(tmp_path: Path) -> None:
+    Store.open(f"sqlite:///{tmp_path / 'old.db'}", migrate_to=4).close()
+    upgraded = _membership_columns(f"sqlite:///{tmp_path / 'old.db'}")
+    fresh = _membership_columns(f"sqlite:///{tmp_path / 'new.db'}")
+    assert upgraded == fresh
+    assert [c[0] for c in fresh] == list(memberships.c.keys())
+    assert fresh[-1] == ("requested_name", True)
+
+
+def test_migration_5_keeps_pending_sign_ups_confirmable(db_url: str) -> None:
+    """A sign-up from before version 5 wrote its name into `subscribers` at once; after the
+    upgrade it is still pending and its confirmation changes no name."""
+    old = Store.open(db_url, migrate_to=4)
+    news = old.create_list("news")
+    with old.write() as conn:  # the version-4 shape, as the old code wrote it
+        sid = conn.execute(sa.text(
+            "INSERT INTO subscribers (email, email_key, name, attributes, created_at, token_id) "
+            "VALUES ('p@example.org', 'p@example.org', 'Paula', '{}', '2026-01-01 10:00:00', 'tok') "
+            "RETURNING id")).scalar()
+        conn.execute(sa.text(
+            "INSERT INTO memberships (subscriber_id, list_id, status, created_at, updated_at) "
+            "VALUES (:sid, :list, 'pending', '2026-01-01 10:00:00', '2026-01-01 10:00:00')"),
+            {"sid": sid, "list": news.id})
+    old.close()
+
+    upgraded = Store.open(db_url)
+    assert upgraded.schema_version() == SCHEMA_VERSION
+    assert upgraded.confirm(sid, news.id)
+    assert upgraded.subscriber(sid).name == "Paula"  # type: ignore[union-attr]
+    assert upgraded.history(sid)[-1].detail == "double opt-in confirmed"
+    upgraded.close()
+
+
+def test_migration_5_compiles_for_postgresql() -> None:
+    """The step itself, run against a connection that only records (no PostgreSQL here)."""
+    from sqlalchemy.dialects import postgresql
+
+    from newsletter.db.migrations import MIGRATIONS
+
+    executed: list[str] = []
+
+    class Recording:
+        dialect = postgresql.dialect()
+
+        def execute(self, statement: sa.TextClause) -> None:
+            executed.append(str(statement))
+
+    (step,) = [s for version, _what, s in MIGRATIONS if version == 5]
+    step(Recording())  # type: ignore[arg-type]
+    assert executed == ["ALTER TABLE memberships ADD COLUMN requested_name VARCHAR(300)"]

@@ -402,7 +402,9 @@ def test_bad_input_is_reported_exactly(name: str, tmp_path: Path, runner: CliRun
     assert result.exit_code == 1, result.output
     assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
     assert "Traceback" not in result.stdout + result.stderr
-    assert result.stderr.splitlines() == [line.replace("F:", f"{path}:", 1) for line in expected]
+    # Warnings are shown beside the errors (tested below); these cases are about the errors.
+    errors = [line for line in result.stderr.splitlines() if ": warning: " not in line]
+    assert errors == [line.replace("F:", f"{path}:", 1) for line in expected]
     assert result.stdout == ""
 
 
@@ -464,3 +466,47 @@ def test_header_fields_with_line_breaks_are_errors_with_position(tmp_path: Path,
         load_issue(path)
     (line,) = raised.value.lines()
     assert line.startswith(f"{path}:1:{len(field) + 3}: {field}: contains {named}"), line
+
+
+def test_warnings_are_shown_while_the_file_has_errors(tmp_path: Path, runner: CliRunner) -> None:
+    path = tmp_path / "issue.yaml"
+    path.write_text(textwrap.dedent("""\
+        subject: Hallo
+        date: 2026-02-31
+        sections:
+          - kind: text
+            heading: Hallo
+            body: Text
+        """), encoding="utf-8")
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"{path}:1:10: warning: subject: no `preheader`: mail clients will show the first text of "
+        "the email as the preview line instead",
+        f"{path}:2:7: date: `2026-02-31` is not a valid date (no such day)",
+    ]
+
+
+def test_cross_field_check_runs_while_another_field_of_the_object_is_wrong(tmp_path: Path,
+                                                                          runner: CliRunner) -> None:
+    path = tmp_path / "issue.yaml"
+    path.write_text(textwrap.dedent("""\
+        subject: Hallo
+        preheader: Kurz
+        date: 2026-02-10
+        sections:
+          - kind: events
+            heading: Termine
+            events:
+              - title: Kongress
+                date: 2026-04-28
+                time: "17:00"
+                end_time: "09:30"
+                venue: ""
+        """), encoding="utf-8")
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"{path}:11:19: sections[0].events[0].end_time: the event ends (09:30) before it starts (17:00)",
+        f"{path}:12:16: sections[0].events[0].venue: must not be empty",
+    ]

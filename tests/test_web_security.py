@@ -117,8 +117,10 @@ def test_honeypot_answers_like_a_sign_up_but_does_nothing(served: Served) -> Non
         bot = sign_up(client, "bot@example.org", website="https://spam.example")
     assert bot.status_code == real.status_code == 200
     assert bot.text == real.text
+    served.wait_for_sign_ups(1)  # the real one, after its answer
     assert served.store.find_subscriber("bot@example.org") is None
     assert served.store.find_subscriber("real@example.org") is not None
+    assert served.sign_ups == ["real@example.org"]
 
     def delivered() -> list[bytes]:  # new/ and cur/: a message is in tmp/ only while it is written
         return [p.read_bytes() for p in outbox.glob("*/*") if p.is_file() and p.parent.name != "tmp"]
@@ -136,6 +138,7 @@ def test_rate_limit_per_client_ip(serve: ServeFactory) -> None:
         # 127.0.0.1 is a trusted proxy by default: the forwarded client counts, not the proxy.
         forwarded = _sign_up_from(client, "other@example.org", "203.0.113.7")
         assert forwarded.status_code == 200
+    served.wait_for_sign_ups(4)
     assert served.store.find_subscriber("r3@example.org") is None
     assert served.store.history(served.store.find_subscriber("other@example.org").id)[0].ip == \
         "203.0.113.7"
@@ -147,6 +150,7 @@ def test_forwarded_for_is_ignored_from_untrusted_peers(serve: ServeFactory) -> N
         codes = [_sign_up_from(client, f"s{i}@example.org", f"198.51.100.{i}").status_code
                  for i in range(3)]
     assert codes == [200, 200, 429]  # spoofed X-Forwarded-For does not escape the limit
+    served.wait_for_sign_ups(2)
     found = served.store.find_subscriber("s0@example.org")
     assert served.store.history(found.id)[0].ip == "127.0.0.1"
 
@@ -251,3 +255,30 @@ def test_bad_trusted_proxy_setting_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match=r"serve\.trusted_proxies"):
         parse_networks(["127.0.0.1", "localhost"])
+
+
+def test_csrf_tokens_are_signed_with_the_current_key_and_old_ones_still_read() -> None:
+    """Key rotation: `Csrf` gets `signing_keys` (current first); itsdangerous signs with the
+    last key of its list, so the order must be turned round (`tokens.serializer_keys`)."""
+    from itsdangerous import BadSignature, URLSafeTimedSerializer
+    from starlette.datastructures import FormData
+    from starlette.requests import Request
+
+    from newsletter.web.security import CSRF_SALT, Csrf
+
+    def request(nonce: str = "") -> Request:
+        headers = [(b"cookie", f"nl_csrf={nonce}".encode())] if nonce else []
+        return Request({"type": "http", "method": "POST", "path": "/subscribe", "headers": headers})
+
+    current, old = "n" * 43, "o" * 43
+    rotating = Csrf([current, old], secure=False)
+    token, nonce = rotating.issue(request())
+    assert nonce is not None
+    assert URLSafeTimedSerializer(current, salt=CSRF_SALT).loads(token) == [nonce, "/subscribe"]
+    with pytest.raises(BadSignature):
+        URLSafeTimedSerializer(old, salt=CSRF_SALT).loads(token)
+    assert Csrf([current], secure=False).valid(request(nonce), FormData({"csrf": token}))
+    from_old_key, old_nonce = Csrf([old], secure=False).issue(request())
+    assert old_nonce is not None
+    assert rotating.valid(request(old_nonce), FormData({"csrf": from_old_key}))
+    assert not Csrf([current], secure=False).valid(request(old_nonce), FormData({"csrf": from_old_key}))

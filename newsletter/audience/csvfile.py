@@ -5,6 +5,10 @@ A header row naming the e-mail column (``email``, ``E-Mail``, ``Mail`` …), an 
 with or without BOM, UTF-16 with BOM, or Windows-1252 (German Excel); comma, semicolon or tab
 separated. Every bad row is reported with the physical line where its record starts. Nothing
 here touches the database: `audience/importer.py` applies the rows to a list.
+
+The file is streamed: `open_csv` finds the encoding (one pass over the bytes, 1 MiB at a time)
+and the header, `CsvFile.chunks` then yields the checked rows a chunk at a time, so a file of a
+million rows never sits in memory. `read_csv` is the all-in-memory form for small files.
 """
 
 from __future__ import annotations
@@ -12,12 +16,15 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import itertools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from newsletter.audience.addresses import InvalidEmail, email_key, normalize_email
+from newsletter.audience.names import InvalidName, clean_name
 from newsletter.audience.statuses import STATUSES
 from newsletter.errors import NewsletterError, Problem
 
@@ -33,12 +40,14 @@ LAST_NAME_HEADERS = {"nachname", "lastname", "surname", "familienname", "familyn
 STATUS_HEADER = "status"
 DATE_HEADERS = {"createdat", "updatedat"}
 
+_BLOCK = 1 << 20  # bytes per read while finding the encoding
+
 
 def _header_key(name: str) -> str:
     return re.sub(r"[\s._-]+", "", name.strip().lower())
 
 
-@dataclass
+@dataclass(slots=True)
 class CsvRow:
     line: int
     email: str
@@ -55,6 +64,15 @@ class Duplicate:
     email: str
 
 
+def merge_duplicate(first: CsvRow, later: CsvRow) -> None:
+    """A later row of the same person: the first row wins, the later one fills in what the
+    first lacks (the name, attribute columns the first left empty). Its status is ignored."""
+    if not first.name and later.name:
+        first.name = later.name
+    for key, value in later.attributes.items():
+        first.attributes.setdefault(key, value)
+
+
 @dataclass
 class ParsedCsv:
     file: str
@@ -66,28 +84,10 @@ class ParsedCsv:
     records: int
 
 
-
-def decode(data: bytes, file: str) -> tuple[str, str]:
-    """The text of a CSV file and the encoding found: UTF-8 (BOM or not), UTF-16 BOM, cp1252."""
-    if data.startswith(codecs.BOM_UTF8):
-        candidates = [("utf-8-sig", data[len(codecs.BOM_UTF8):], "utf-8")]
-    elif data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        candidates = [("utf-16", data, "utf-16")]
-    else:
-        candidates = [("utf-8", data, "utf-8"), ("cp1252", data, "cp1252")]
-    failure: tuple[bytes, UnicodeDecodeError] | None = None
-    for name, payload, codec in candidates:
-        try:
-            return payload.decode(codec), name
-        except UnicodeDecodeError as exc:
-            failure = (payload, exc)
-    assert failure is not None
-    payload, exc = failure
-    line = payload[: exc.start].count(b"\n") + 1
-    tried = " nor ".join(n for n, _, _ in candidates)
-    raise NewsletterError(problems=[Problem(
+def _undecodable(file: str, tried: list[str], byte: int, line: int) -> NewsletterError:
+    return NewsletterError(problems=[Problem(
         file, line, None, "",
-        f"cannot read the file as {tried} (byte 0x{payload[exc.start]:02x}); save it as UTF-8 CSV",
+        f"cannot read the file as {' nor '.join(tried)} (byte 0x{byte:02x}); save it as UTF-8 CSV",
     )])
 
 
@@ -99,62 +99,224 @@ def detect_delimiter(text: str) -> str:
     return best if counts[best] else ","
 
 
-def read_csv(path: Path, *, on_progress: ProgressCallback | None = None) -> ParsedCsv:
-    """Parse and validate a subscriber CSV. Raises NewsletterError if the file is unusable."""
-    file = str(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise NewsletterError(f"{file}: cannot read the file: {exc.strerror}") from None
-    text, encoding = decode(data, file)
-    delimiter = detect_delimiter(text)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    total_lines = text.count("\n") + 1
-    rows: list[CsvRow] = []
-    problems: list[Problem] = []
-    duplicates: list[Duplicate] = []
-    seen: dict[str, CsvRow] = {}
-    header: list[str] | None = None
-    roles: _Roles | None = None
-    records = 0
-    previous_end = 0
-    try:
-        for record in reader:
-            line = previous_end + 1  # physical line where this record starts
-            previous_end = reader.line_num
-            if on_progress and records % 2000 == 0:
-                on_progress("read", previous_end, total_lines)
+def _find_encoding(handle: BinaryIO, file: str) -> tuple[str, str, int, int]:
+    """(encoding name, codec, bytes to skip, number of lines) of an open file: the first
+    candidate that decodes the whole file, checked a block at a time."""
+    start = handle.read(4)
+    if start.startswith(codecs.BOM_UTF8):
+        candidates, skip = [("utf-8-sig", "utf-8")], len(codecs.BOM_UTF8)
+    elif start.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        candidates, skip = [("utf-16", "utf-16")], 0
+    else:
+        candidates, skip = [("utf-8", "utf-8"), ("cp1252", "cp1252")], 0
+    failure = (0, 0)  # (offset in the payload, byte) where the last candidate failed
+    for name, codec in candidates:
+        handle.seek(skip)
+        newlines = _decoded_newlines(handle, codec)
+        if isinstance(newlines, int):
+            return name, codec, skip, newlines + 1
+        failure = newlines
+    at, byte = failure
+    handle.seek(skip)
+    raise _undecodable(file, [n for n, _ in candidates], byte, handle.read(at).count(b"\n") + 1)
+
+
+def _decoded_newlines(handle: BinaryIO, codec: str) -> int | tuple[int, int]:
+    """The number of line feeds in the rest of the file decoded with `codec`, or (offset, byte)
+    of the first byte it cannot decode."""
+    decoder = codecs.getincrementaldecoder(codec)()
+    offset = 0  # where the block read next starts
+    newlines = 0
+    block = b""
+    while True:
+        block = handle.read(_BLOCK)
+        pending = len(getattr(decoder, "buffer", b""))  # bytes of a character split by a block
+        try:
+            newlines += decoder.decode(block, final=not block).count("\n")
+        except UnicodeDecodeError as exc:
+            return offset - pending + exc.start, exc.object[exc.start]
+        if not block:
+            return newlines
+        offset += len(block)
+
+
+class CsvFile:
+    """An open subscriber CSV: encoding, delimiter and header found; `chunks` reads the rows.
+
+    `records` (non-blank data records) and `problems` (rows refused, FILE:LINE) grow as the
+    rows are read. Use as a context manager, or `close()`.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.file = str(path)
+        try:
+            self._handle: BinaryIO = path.open("rb")
+        except OSError as exc:
+            raise NewsletterError(f"{self.file}: cannot read the file: {exc.strerror}") from None
+        try:
+            self.encoding, codec, skip, self.total_lines = _find_encoding(self._handle, self.file)
+            self._handle.seek(skip)
+            self._text = io.TextIOWrapper(self._handle, encoding=codec, newline="")
+            lines = self._lines_to_header()
+            self.delimiter = detect_delimiter("".join(lines))
+            self._reader = csv.reader(itertools.chain(lines, self._text), delimiter=self.delimiter)
+            self.records = 0
+            self.problems: list[Problem] = []
+            self._previous_end = 0
+            self._header, self._roles = self._read_header()
+        except BaseException:
+            self._handle.close()
+            raise
+
+    def __enter__(self) -> CsvFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def _lines_to_header(self) -> list[str]:
+        """The physical lines up to and including the first one that is not empty (the header
+        line the delimiter is taken from); read again by the CSV reader."""
+        lines: list[str] = []
+        for line in self._text:
+            lines.append(line)
+            if line.strip("\r\n"):
+                break
+        return lines
+
+    def _read_header(self) -> tuple[list[str], _Roles]:
+        for record, line in self._records():
             if not any(cell.strip() for cell in record):
                 continue
-            if header is None:
-                header = [cell.strip() for cell in record]
-                roles = _roles(header, file, line)
-                continue
-            assert roles is not None
-            records += 1
-            row = _row(record, header, roles, file, line, previous_end, delimiter, problems)
-            if row is None:
-                continue
-            first = seen.get(row.key)
-            if first is None:
-                seen[row.key] = row
-                rows.append(row)
-            else:
-                duplicates.append(Duplicate(line, first.line, row.email))
-                if not first.name and row.name:
-                    first.name = row.name
-                for key, value in row.attributes.items():
-                    first.attributes.setdefault(key, value)
-    except csv.Error as exc:
-        raise NewsletterError(problems=[Problem(file, previous_end + 1, None, "",
-                                                f"CSV syntax error: {exc}")]) from None
-    if header is None:
-        raise NewsletterError(problems=[Problem(file, None, None, "",
+            header = [cell.strip() for cell in record]
+            return header, _roles(header, self.file, line)
+        raise NewsletterError(problems=[Problem(self.file, None, None, "",
                                                 "the file is empty; expected a header row with an "
                                                 "`email` column")])
-    if on_progress:
-        on_progress("read", total_lines, total_lines)
-    return ParsedCsv(file, encoding, delimiter, rows, problems, duplicates, records)
+
+    def _records(self) -> Iterator[tuple[list[str], int]]:
+        """(record, physical line where it starts)."""
+        reader = self._reader
+        try:
+            for record in reader:
+                line = self._previous_end + 1
+                self._previous_end = reader.line_num
+                yield record, line
+        except csv.Error as exc:
+            raise NewsletterError(problems=[Problem(self.file, self._previous_end + 1, None, "",
+                                                    f"CSV syntax error: {exc}")]) from None
+
+    def chunks(self, size: int, on_progress: ProgressCallback | None = None) -> Iterator[list[CsvRow]]:
+        """The valid rows, `size` records at a time (a chunk may be shorter, or empty when all
+        its records were refused), in file order; duplicates are left to the caller
+        (`merge_duplicate`). Refused rows go to `problems`."""
+        reader, roles, width, strip = self._reader, self._roles, len(self._header), str.strip
+        chunk: list[CsvRow] = []
+        read = 0
+        try:
+            for record in reader:
+                line = self._previous_end + 1  # the physical line where the record starts
+                self._previous_end = end = reader.line_num
+                if on_progress and read % 2000 == 0:
+                    on_progress("read", end, self.total_lines)
+                if not any(map(strip, record)):
+                    continue
+                read += 1
+                row = _row(record, roles, line) if len(record) == width and end == line else None
+                if row is None:  # anything unusual: the careful path, which says what is wrong
+                    row = self._checked_row(record, line)
+                if row is not None:
+                    chunk.append(row)
+                if read % size == 0:
+                    self.records = read
+                    yield chunk
+                    chunk = []
+        except csv.Error as exc:
+            raise NewsletterError(problems=[Problem(self.file, self._previous_end + 1, None, "",
+                                                    f"CSV syntax error: {exc}")]) from None
+        self.records = read
+        if chunk:
+            yield chunk
+        if on_progress:
+            on_progress("read", self.total_lines, self.total_lines)
+
+    def _checked_row(self, record: list[str], line: int) -> CsvRow | None:
+        """The row of a record, or None with the reason added to `problems`."""
+        header, roles, end, delimiter = self._header, self._roles, self._previous_end, self.delimiter
+
+        def problem(column: str, message: str) -> None:
+            self.problems.append(Problem(self.file, line, None, column, message))
+
+        if len(record) > len(header) and any(c.strip() for c in record[len(header):]):
+            problem("", f"{len(record)} fields, but the header has {len(header)} "
+                    f"(is a `{delimiter}` inside a value that is not quoted?)")
+            return None
+        if len(record) != len(header):
+            record = (record + [""] * len(header))[:len(header)]
+        if end > line:
+            # A record over several lines is legal (quoted line breaks), but one that swallows
+            # what looks like further rows almost always means a quote was never closed.
+            for i, cell in enumerate(record):
+                later = cell.splitlines()[1:]
+                if any("@" in part and delimiter in part for part in later):
+                    problem(header[i] or f"column {i + 1}",
+                            f"the value runs from line {line} to {end} and contains what look "
+                            "like further rows: a quote (\") is probably not closed")
+                    return None
+        email_column = header[roles.email]
+        raw_email = record[roles.email].strip()
+        if not raw_email:
+            problem(email_column, "no e-mail address")
+            return None
+        try:
+            normalize_email(raw_email)
+        except InvalidEmail as exc:
+            problem(email_column, str(exc))
+            return None
+        if roles.status is not None:
+            status = record[roles.status].strip().lower() or None
+            if status is not None and status not in STATUSES:
+                problem(header[roles.status],
+                        f"unknown status `{record[roles.status].strip()}`; one of "
+                        f"{', '.join(STATUSES)} (or rename the column if it means something else)")
+                return None
+        try:
+            clean_name(" ".join(record[i] for i in roles.names))
+        except InvalidName as exc:
+            problem(" + ".join(header[i] or f"column {i + 1}" for i in roles.names), exc.message)
+            return None
+        row = _row(record, roles, line)
+        assert row is not None  # every reason to refuse it was checked above
+        return row
+
+
+def open_csv(path: Path) -> CsvFile:
+    """Open a subscriber CSV for streaming. Raises NewsletterError if the file is unusable (cannot
+    be read or decoded, no header, no e-mail column)."""
+    return CsvFile(Path(path))
+
+
+def read_csv(path: Path, *, on_progress: ProgressCallback | None = None) -> ParsedCsv:
+    """Parse and validate a whole subscriber CSV in memory, duplicates merged (small files;
+    the importer streams with `open_csv`). Raises NewsletterError if the file is unusable."""
+    with open_csv(path) as csv_file:
+        rows: list[CsvRow] = []
+        duplicates: list[Duplicate] = []
+        seen: dict[str, CsvRow] = {}
+        for chunk in csv_file.chunks(2000, on_progress):
+            for row in chunk:
+                first = seen.get(row.key)
+                if first is None:
+                    seen[row.key] = row
+                    rows.append(row)
+                else:
+                    duplicates.append(Duplicate(row.line, first.line, row.email))
+                    merge_duplicate(first, row)
+        return ParsedCsv(csv_file.file, csv_file.encoding, csv_file.delimiter, rows,
+                         csv_file.problems, duplicates, csv_file.records)
 
 
 @dataclass
@@ -165,6 +327,7 @@ class _Roles:
     last: int | None
     status: int | None
     attributes: list[tuple[int, str]]  # (column index, attribute name) of the free columns
+    names: tuple[int, ...] = ()  # the columns that make up the name, in order
 
 
 def _roles(header: list[str], file: str, line: int) -> _Roles:
@@ -211,55 +374,29 @@ def _roles(header: list[str], file: str, line: int) -> _Roles:
     used = {roles.email, roles.name, roles.first, roles.last, roles.status,
             *(i for i, k in enumerate(keys) if k in DATE_HEADERS)}
     roles.attributes = [(i, name or f"column {i + 1}") for i, name in enumerate(header) if i not in used]
+    roles.names = tuple(i for i in (roles.name, roles.first, roles.last) if i is not None)
     return roles
 
 
-def _row(record: list[str], header: list[str], roles: _Roles, file: str, line: int, end: int,
-         delimiter: str, problems: list[Problem]) -> CsvRow | None:
-    def problem(column: str, message: str) -> None:
-        problems.append(Problem(file, line, None, column, message))
-
-    if len(record) > len(header) and any(c.strip() for c in record[len(header):]):
-        problem("", f"{len(record)} fields, but the header has {len(header)} "
-                f"(is a `{delimiter}` inside a value that is not quoted?)")
-        return None
-    if len(record) < len(header):
-        record = record + [""] * (len(header) - len(record))
-    if end > line:
-        # A record over several lines is legal (quoted line breaks), but one that swallows what
-        # looks like further rows almost always means a quote was never closed.
-        for i, cell in enumerate(record):
-            later = cell.splitlines()[1:]
-            if any("@" in part and delimiter in part for part in later):
-                problem(header[i] or f"column {i + 1}",
-                        f"the value runs from line {line} to {end} and contains what look like "
-                        "further rows: a quote (\") is probably not closed")
-                return None
-    email_column = header[roles.email]
+def _row(record: list[str], roles: _Roles, line: int) -> CsvRow | None:
+    """The row of a record that has as many fields as the header, or None if anything about it
+    needs a closer look (`CsvFile._checked_row` says what)."""
     raw_email = record[roles.email].strip()
     if not raw_email:
-        problem(email_column, "no e-mail address")
         return None
     try:
         email = normalize_email(raw_email)
-    except InvalidEmail as exc:
-        problem(email_column, str(exc))
+    except InvalidEmail:
         return None
     status: str | None = None
     if roles.status is not None:
         status = record[roles.status].strip().lower() or None
         if status is not None and status not in STATUSES:
-            problem(header[roles.status],
-                    f"unknown status `{record[roles.status].strip()}`; one of {', '.join(STATUSES)} "
-                    "(or rename the column if it means something else)")
             return None
-    if roles.name is not None:
-        name = record[roles.name].strip()
-    else:
-        parts = [record[i].strip() for i in (roles.first, roles.last) if i is not None]
-        name = " ".join(p for p in parts if p)
-    if "\n" in name or "\r" in name:
-        problem(header[roles.name] if roles.name is not None else "name", "the name contains a line break")
+    names = roles.names
+    try:
+        name = clean_name(record[names[0]] if len(names) == 1 else " ".join(record[i] for i in names))
+    except InvalidName:
         return None
     attributes = {key: value for i, key in roles.attributes if (value := record[i].strip())}
-    return CsvRow(line, email, email_key(email), name or None, attributes, status)
+    return CsvRow(line, email, email_key(email), name, attributes, status)

@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from newsletter.audience import writes
 from newsletter.audience.addresses import email_key, lookup_key, normalize_email, suppression_hash
+from newsletter.audience.names import InvalidName, clean_name, name_or_none
 from newsletter.audience.records import (
     ConsentEntry,
     ListCounts,
@@ -310,24 +311,32 @@ class Store:
 
         new / unsubscribed → pending, confirm; pending → pending, confirm again;
         subscribed → nothing; bounced / complained / suppressed → nothing changes, no mail.
+
+        Anyone can type anyone's address, so nothing of the subscriber is changed here: `name`
+        waits with the pending membership (`requested_name`; a repeated sign-up's name replaces
+        it) and becomes the subscriber's name only with the confirmation. A name `clean_name`
+        refuses is dropped: the form shows no error for it.
         """
         check_source(source)
         normalized = normalize_email(email)
         key = email_key(normalized)
+        requested = name_or_none(name)
         with self.write() as conn:
             if writes.is_suppressed_key(conn, key):
                 return SignupResult(None, False)
             now = utcnow()
-            # Only fill a missing name: a form must not rename somebody else's entry.
-            subscriber_id, token_id = writes.find_or_create_subscriber(
-                conn, normalized, key, name, now, replace_name=False)
+            subscriber_id, token_id = writes.find_or_create_subscriber(conn, normalized, key, None, now)
             change = signup_change(writes.status_for_update(conn, subscriber_id, list_id))
             if change == "refused":
                 return SignupResult(subscriber_id, False, token_id)
             if change == "join":
-                writes.insert_membership(conn, subscriber_id, list_id, "pending", now)
+                writes.insert_membership(conn, subscriber_id, list_id, "pending", now,
+                                         requested_name=requested)
             elif change == "change":
-                writes.update_membership(conn, subscriber_id, list_id, "pending", now)
+                writes.update_membership(conn, subscriber_id, list_id, "pending", now,
+                                         requested_name=requested)
+            elif requested is not None:
+                writes.request_name(conn, subscriber_id, list_id, requested)
             detail = "sign-up repeated, confirmation sent again" if change == "unchanged" else "sign-up"
             writes.log(conn, subscriber_id, list_id, "pending", source, at=now, ip=ip,
                        consent_version=consent_version, detail=detail)
@@ -335,15 +344,22 @@ class Store:
 
     def confirm(self, subscriber_id: int, list_id: int, *, source: str = "confirm",
                 ip: str | None = None) -> bool:
-        """Double opt-in confirmed: pending → subscribed (logged). Anything else stays as it is."""
+        """Double opt-in confirmed: pending → subscribed, and the name given with the sign-up
+        (if any) becomes the subscriber's name; both logged in one entry. Anything else stays as
+        it is."""
         check_source(source)
         with self.write() as conn:
-            if writes.status_for_update(conn, subscriber_id, list_id) != "pending":
+            membership = writes.membership_for_update(conn, subscriber_id, list_id)
+            if membership is None or membership.status != "pending":
                 return False
             now = utcnow()
             writes.update_membership(conn, subscriber_id, list_id, "subscribed", now)
+            detail = "double opt-in confirmed"
+            if membership.requested_name is not None:
+                renamed = writes.apply_requested_name(conn, subscriber_id, membership.requested_name)
+                detail += f"; {renamed}" if renamed else ""
             writes.log(conn, subscriber_id, list_id, "subscribed", source, at=now, ip=ip,
-                       detail="double opt-in confirmed")
+                       detail=detail)
             return True
 
     def add_subscriber(self, email: str, list_id: int, *, name: str | None = None,
@@ -351,19 +367,23 @@ class Store:
                        detail: str | None = None) -> tuple[int, bool]:
         """Add one address to a list by hand; (subscriber_id, changed).
 
-        Refuses suppressed addresses and people who unsubscribed, bounced or complained.
+        Refuses suppressed addresses, people who unsubscribed, bounced or complained, and a
+        name `clean_name` refuses. A name given replaces the stored one.
         """
         check_source(source)
         normalized = normalize_email(email)
         key = email_key(normalized)
+        try:
+            name = clean_name(name)
+        except InvalidName as exc:
+            raise StoreError(f"{normalized}: {exc.message}") from None
         target = editor_target(None, confirmed)
         with self.write() as conn:
             if writes.is_suppressed_key(conn, key):
                 raise StoreError(f"{normalized} is on the suppression list (erased on request or "
                                  "blocked); it cannot be added again")
             now = utcnow()
-            subscriber_id, _token_id = writes.find_or_create_subscriber(
-                conn, normalized, key, name, now, replace_name=True)
+            subscriber_id, _token_id = writes.find_or_create_subscriber(conn, normalized, key, name, now)
             current = writes.status_for_update(conn, subscriber_id, list_id)
             change = editor_change(current, target)
             if change == "refused":

@@ -57,17 +57,30 @@ lists = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False, server_default=NOW),
 )
 
-memberships = sa.Table(
-    "memberships", metadata,
-    sa.Column("subscriber_id", sa.Integer, sa.ForeignKey("subscribers.id", ondelete="CASCADE"),
-              primary_key=True),
-    sa.Column("list_id", sa.Integer, sa.ForeignKey("lists.id", ondelete="CASCADE"), primary_key=True),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("created_at", UtcDateTime, nullable=False, server_default=NOW),
-    sa.Column("updated_at", UtcDateTime, nullable=False, server_default=NOW),
-    sa.CheckConstraint(one_of("status", STATUSES), name="status"),
-    sa.Index("ix_memberships_list_status", "list_id", "status"),
-)
+
+def memberships_table(md: sa.MetaData, version: int) -> sa.Table:
+    """`memberships` as of schema `version`: 1 as first created, 5 with `requested_name`."""
+    return sa.Table(
+        "memberships", md,
+        sa.Column("subscriber_id", sa.Integer, sa.ForeignKey("subscribers.id", ondelete="CASCADE"),
+                  primary_key=True),
+        sa.Column("list_id", sa.Integer, sa.ForeignKey("lists.id", ondelete="CASCADE"),
+                  primary_key=True),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("created_at", UtcDateTime, nullable=False, server_default=NOW),
+        sa.Column("updated_at", UtcDateTime, nullable=False, server_default=NOW),
+        sa.CheckConstraint(one_of("status", STATUSES), name="status"),
+        sa.Index("ix_memberships_list_status", "list_id", "status"),
+        *([
+            # The name given with a sign-up, not yet confirmed: `Store.confirm` makes it the
+            # subscriber's name. Only while the membership is pending; cleared by every status
+            # change, so an unconfirmed request never changes what is stored or sent.
+            sa.Column("requested_name", sa.String(300), nullable=True),
+        ] if version >= 5 else []),
+    )
+
+
+memberships = memberships_table(metadata, 5)
 
 consent_log = sa.Table(
     "consent_log", metadata,
@@ -92,3 +105,60 @@ suppressions = sa.Table(
     sa.Column("reason", sa.String(200), nullable=False),
     sa.Column("at", UtcDateTime, nullable=False, server_default=NOW),
 )
+
+
+# --- CSV import (`audience/importer.py`, docs/data-model.md "CSV import") ---------------------
+
+# A running import that has created subscriber rows not yet on any list (they become members
+# only with the import's last transaction). Live while its process runs: renewed with every
+# batch; a row whose process is gone (same host, pid not running) or that has not been renewed
+# for `importer.IMPORT_LEASE` belongs to an interrupted import, and the next import deletes the
+# subscribers it created that are still on no list and have no consent-log entry.
+imports = sa.Table(
+    "imports", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("list_id", sa.Integer, sa.ForeignKey("lists.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("file", sa.String(300), nullable=False),  # the file name, for messages
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", UtcDateTime, nullable=False),
+    sa.Column("heartbeat_at", UtcDateTime, nullable=False),
+)
+
+# The subscriber ids an unfinished import created, as ranges (one per batch: ids are given out
+# consecutively inside a write transaction).
+import_subscribers = sa.Table(
+    "import_subscribers", metadata,
+    sa.Column("import_id", sa.Integer, sa.ForeignKey("imports.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("first_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("last_id", sa.Integer, nullable=False),
+)
+
+
+def staged_rows_table(md: sa.MetaData) -> sa.Table:
+    """The rows of one import while it runs: a TEMPORARY table of the import's own connection
+    (never in the database file, gone with the connection), so reading and planning a large file
+    locks nobody out. Every valid row of the file, then — duplicates merged into the first —
+    one row per person, with what the import will do to them. Indexed by `email_key` once
+    filled (`importer`)."""
+    return sa.Table(
+        "import_rows", md,
+        sa.Column("line", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("email", sa.String(320), nullable=False),
+        sa.Column("email_key", sa.String(320), nullable=False),  # one row per person, once merged
+        sa.Column("name", sa.String(300), nullable=True),
+        sa.Column("attributes", sa.JSON, nullable=False),
+        sa.Column("file_status", sa.String(16), nullable=True),
+        # A new subscriber's: the one this import creates is the subscriber with this token_id.
+        sa.Column("token_id", sa.String(32), nullable=True),
+        # The plan (`importer._decide`): add | join | change | unchanged | left | refused |
+        # suppressed; the membership status it was made on; the status to set; whether a name or
+        # attributes are to be filled in.
+        sa.Column("action", sa.String(16), nullable=False, server_default="add"),
+        sa.Column("subscriber_id", sa.Integer, nullable=True),
+        sa.Column("seen_status", sa.String(16), nullable=True),
+        sa.Column("target", sa.String(16), nullable=True),
+        sa.Column("fill", sa.Boolean, nullable=False, server_default=sa.false()),
+        prefixes=["TEMPORARY"],
+    )

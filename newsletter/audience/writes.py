@@ -6,6 +6,7 @@ suppression. Which change to make is decided by the rules in `audience/statuses.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -16,29 +17,59 @@ from newsletter.audience.tables import consent_log, memberships, new_token_id, s
 from newsletter.db.schema import utcnow
 
 
-def status_for_update(conn: Connection, subscriber_id: int, list_id: int) -> str | None:
-    """The membership's status (None: not on the list), row locked for the rest of the write."""
+def membership_for_update(conn: Connection, subscriber_id: int, list_id: int) -> sa.Row[Any] | None:
+    """(status, requested_name) of the membership (None: not on the list), row locked for the
+    rest of the write."""
     return conn.execute(
-        sa.select(memberships.c.status)
+        sa.select(memberships.c.status, memberships.c.requested_name)
         .where(memberships.c.subscriber_id == subscriber_id, memberships.c.list_id == list_id)
         .with_for_update()
-    ).scalar()
+    ).first()
+
+
+def status_for_update(conn: Connection, subscriber_id: int, list_id: int) -> str | None:
+    """The membership's status (None: not on the list), row locked for the rest of the write."""
+    row = membership_for_update(conn, subscriber_id, list_id)
+    return row.status if row else None
 
 
 def insert_membership(conn: Connection, subscriber_id: int, list_id: int, status: str,
-                      now: datetime) -> None:
+                      now: datetime, *, requested_name: str | None = None) -> None:
     conn.execute(memberships.insert().values(
         subscriber_id=subscriber_id, list_id=list_id, status=status, created_at=now, updated_at=now,
+        requested_name=requested_name,
     ))
 
 
 def update_membership(conn: Connection, subscriber_id: int, list_id: int, status: str,
-                      now: datetime) -> None:
+                      now: datetime, *, requested_name: str | None = None) -> None:
+    """Change the status. Clears a sign-up's requested name unless one is given: it only lives
+    while the sign-up waits for its confirmation."""
     conn.execute(
         memberships.update()
         .where(memberships.c.subscriber_id == subscriber_id, memberships.c.list_id == list_id)
-        .values(status=status, updated_at=now)
+        .values(status=status, updated_at=now, requested_name=requested_name)
     )
+
+
+def request_name(conn: Connection, subscriber_id: int, list_id: int, name: str) -> None:
+    """Keep the name of a repeated sign-up with the pending membership (the status stays)."""
+    conn.execute(
+        memberships.update()
+        .where(memberships.c.subscriber_id == subscriber_id, memberships.c.list_id == list_id)
+        .values(requested_name=name)
+    )
+
+
+def apply_requested_name(conn: Connection, subscriber_id: int, name: str) -> str | None:
+    """A confirmed sign-up's name becomes the subscriber's name; the consent-log text saying so,
+    None if it was the name already."""
+    old = conn.execute(sa.select(subscribers.c.name).where(subscribers.c.id == subscriber_id)).scalar()
+    if old == name:
+        return None
+    conn.execute(subscribers.update().where(subscribers.c.id == subscriber_id).values(name=name))
+    return f"name set to {name!r} (given with the sign-up; was {old!r})" if old \
+        else f"name set to {name!r} (given with the sign-up)"
 
 
 def set_status(conn: Connection, subscriber_id: int, list_id: int, status: str, source: str, *,
@@ -70,11 +101,11 @@ def log(conn: Connection, subscriber_id: int, list_id: int | None, action: str, 
 
 
 def find_or_create_subscriber(conn: Connection, normalized: str, key: str, name: str | None,
-                              now: datetime, *, replace_name: bool) -> tuple[int, str]:
+                              now: datetime) -> tuple[int, str]:
     """(id, token_id) of the subscriber with this address key, created if new (row locked).
 
-    `replace_name`: an editor's name replaces the stored one; otherwise (web forms) a name
-    only fills a missing one.
+    A `name` (already `clean_name`d) replaces the stored one: only an editor passes one. A
+    sign-up passes None; its name waits for the confirmation (`Store.confirm`).
     """
     row = conn.execute(
         sa.select(subscribers.c.id, subscribers.c.name, subscribers.c.token_id)
@@ -87,7 +118,7 @@ def find_or_create_subscriber(conn: Connection, normalized: str, key: str, name:
             token_id=token_id,
         )).inserted_primary_key[0]
         return subscriber_id, token_id
-    if name and name != row.name and (replace_name or not row.name):
+    if name and name != row.name:
         conn.execute(subscribers.update().where(subscribers.c.id == row.id).values(name=name))
     return row.id, row.token_id
 

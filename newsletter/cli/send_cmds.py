@@ -13,6 +13,7 @@ from newsletter.cli.common import (
     app,
     console,
     get_project,
+    plain,
     print_json,
     say,
     user_errors,
@@ -20,6 +21,10 @@ from newsletter.cli.common import (
 from newsletter.errors import NewsletterError
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
+    from newsletter.delivery.journal import SendInfo
+    from newsletter.delivery.lease import WorkerInfo
     from newsletter.delivery.plan import SendPlan
     from newsletter.delivery.sender import SendReport
 
@@ -57,8 +62,6 @@ def send(
 
     Example: [bold]newsletter send issues/2026-02.yaml --list news[/bold]
     """
-    from newsletter.delivery.dryrun import dry_run
-
     if bool(to) == bool(list_name):
         say("give either --to ADDR (test send) or --list NAME", err=True)
         raise typer.Exit(2)
@@ -77,9 +80,14 @@ def send(
         plan = proj.plan_send(file, list_name, concurrency=concurrency, rate=rate)
         try:
             if dry_run_flag:
-                directory, count = dry_run(plan, out)
-                console.print(f"Wrote {count} personalised message(s) to {escape(str(directory))}; "
-                              "nothing was sent.")
+                _dry_run(plan, out)
+                return
+            plan.refuse_if_busy()  # another process is sending it: one line, exit 1
+            if plan.nothing_to_do:
+                assert plan.existing is not None
+                say(f"Send #{plan.existing.id} of {escape(plan.rendered.slug)} to "
+                    f"{escape(plan.mailing_list.name)} is complete ({plan.existing.counts['sent']} "
+                    "sent) and nobody has joined the list since: nothing to send.")
                 return
             _summary(plan)
             if not yes and not typer.confirm("Send now?", default=False):
@@ -95,6 +103,23 @@ def send(
         raise typer.Exit(130)
 
 
+def _dry_run(plan: "SendPlan", out: Path | None) -> None:
+    """Write the messages; say where, and who was left out and why."""
+    from newsletter.delivery.dryrun import dry_run
+
+    for warning in plan.warnings:
+        plain(warning, err=True)
+    unbuildable: list[str] = []
+    directory, count = dry_run(plan, out, unbuildable)
+    say(f"Wrote {count} personalised message(s) to {escape(str(directory))}; nothing was sent.")
+    others = {status: n for status, n in plan.counts.items() if status != "subscribed" and n}
+    if others:
+        say("Left out (not subscribed): " + ", ".join(f"{n} {status}" for status, n in others.items())
+            + ".")
+    for line in unbuildable:
+        say(f"Left out, the message cannot be built: {escape(line)}", err=True)
+
+
 def _summary(plan: "SendPlan") -> None:
     for warning in plan.warnings:
         say(escape(warning), err=True)
@@ -104,11 +129,20 @@ def _summary(plan: "SendPlan") -> None:
     say(f"[bold]List:[/bold]       {escape(mailing_list.name + title)}")
     say(f"[bold]Recipients:[/bold] {plan.recipients} subscribed")
     rate = f"{plan.rate:g}/s" if plan.rate else "unlimited"
-    say(f"[bold]Transport:[/bold]  {escape(plan.transport.description)} — "
-         f"{plan.concurrency} connection(s), rate {rate}")
+    from newsletter.delivery.transport import MaildirTransport
+
+    # Connections are SMTP sessions; the Maildir outbox has none.
+    local = isinstance(plan.transport, MaildirTransport)
+    sessions = "" if local else f"{plan.concurrency} connection(s), "
+    say(f"[bold]Transport:[/bold]  {escape(plan.transport.description)} — {sessions}rate {rate}")
     existing = plan.existing
     if existing is not None:
         c = existing.counts
+        if existing.status == "finished" and c["pending"] + c["failed_temporary"] + c["sending"] == 0:
+            say(f"[yellow]Send #{existing.id} finished earlier[/yellow] ({c['sent']} sent): "
+                f"{plan.joined_since} member(s) joined the list since and get it now; "
+                "nobody gets it twice.")
+            return
         say(f"[yellow]Resuming send #{existing.id} ({existing.status}):[/yellow] {c['sent']} already "
              f"sent and not sent again, {c['pending'] + c['failed_temporary']} to (re)try"
              + (f", {c['sending']} in flight at the interruption (sent again; may be duplicated)"
@@ -199,6 +233,8 @@ def sends_ls(json: JsonOption = False, project: ProjectOption = None) -> None:
     console.print(table)
     # Reasons and addresses are too long for the table: one whole line each below it.
     for i in infos:
+        if i.status == "running":
+            say(f"#{i.id} running: {escape(_runner(i))}")
         if i.reason:
             say(f"#{i.id} {i.status}: {escape(i.reason)}")
         if i.possibly_duplicated:
@@ -239,6 +275,13 @@ def sends_show(
     if info.possibly_duplicated:
         say("[yellow]Possibly duplicated[/yellow] (in flight at an interruption): "
              + escape(", ".join(info.possibly_duplicated)))
+    if info.workers:
+        from newsletter.db.schema import utcnow
+
+        now = utcnow()
+        say("Workers (one per run):")
+        for w in info.workers:
+            say(f"  {escape(_worker_line(w, now))}")
     from rich.table import Table
 
     table = Table()
@@ -253,3 +296,36 @@ def sends_show(
         table.add_row(escape(r.email), r.status + (" *" if r.possibly_duplicated else ""),
                       str(r.attempts), escape(r.smtp_reply or ""), f"{r.updated_at:%Y-%m-%d %H:%M:%S}")
     console.print(table)
+
+
+def _at(moment: "datetime") -> str:
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _worker_line(w: "WorkerInfo", now: "datetime") -> str:
+    """One run of a send: who, since when, its last heartbeat, and whether it holds the lease."""
+    state = w.state(now)
+    line = (f"pid {w.pid} on host {w.host}: started {_at(w.started_at)}, last heartbeat "
+            f"{_at(w.heartbeat_at)}, ")
+    if state == "live":
+        return line + f"live (lease until {_at(w.lease_expires_at)})"
+    if state == "expired":
+        return line + (f"expired (lease ran out {_at(w.lease_expires_at)}: the process stopped "
+                       "without ending its run)")
+    assert w.released_at is not None
+    return line + f"ended {_at(w.released_at)}"
+
+
+def _runner(info: "SendInfo") -> str:
+    """Who runs a `running` send, or that nobody does any more."""
+    from newsletter.db.schema import utcnow
+
+    now = utcnow()
+    live = info.live_worker(now)
+    if live is not None:
+        return (f"by pid {live.pid} on host {live.host} since {_at(live.started_at)}, last "
+                f"heartbeat {_at(live.heartbeat_at)}")
+    last = info.workers[-1] if info.workers else None
+    who = f" (pid {last.pid} on host {last.host})" if last is not None else ""
+    return (f"but its process{who} is gone: no heartbeat for a whole lease; re-run the same "
+            "command to resume")

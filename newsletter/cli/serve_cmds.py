@@ -25,13 +25,16 @@ def serve(
 
     Example: [bold]newsletter serve --host 127.0.0.1 --port 8000[/bold]
     """
-    from newsletter.web.app import run
+    from newsletter.web.app import make_server
 
     proj = get_project(project)
     host = host or proj.settings.serve.host
     port = port or proj.settings.serve.port
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    with user_errors():
+        # Opens the database first: a broken one is one line and exit 1, never "Serving …".
+        server = make_server(proj, host, port, proxy_headers=proxy_headers)
     console.print(f"Serving {proj.settings.newsletter.title} on http://{host}:{port} "
                   f"(public URL {proj.settings.newsletter.base_url}); Ctrl+C stops.")
     with user_errors():
-        run(proj, host, port, proxy_headers=proxy_headers)
+        server.run()

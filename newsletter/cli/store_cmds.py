@@ -123,7 +123,7 @@ def subscribers_import(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from newsletter.audience.importer import format_report
+    from newsletter.audience.import_report import format_report
 
     with opened_project(project) as proj:
         proj.store.get_list(list_name)  # an unknown list is an error before the file is read
@@ -149,7 +149,8 @@ def subscribers_import(
     for problem in report.problems:
         err_console.print(problem.format(), markup=False, soft_wrap=True)
     if report.problems:
-        err_console.print(f"{len(report.problems)} rows rejected"
+        rows = len(report.problems)
+        err_console.print(f"{rows} row{'' if rows == 1 else 's'} rejected"
                           + ("" if dry_run else "; the other rows were imported"), markup=False)
         raise typer.Exit(1)
 

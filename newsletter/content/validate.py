@@ -17,7 +17,8 @@ from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic_core import PydanticCustomError
 
 from newsletter.content import model
 from newsletter.content.model import Image, Issue
@@ -54,18 +55,19 @@ def load_issue(path: str | Path, *, strict: bool = False) -> LoadedIssue:
         )
     if data.get("slug") is None and "slug" not in data:
         data["slug"] = _slug_from_filename(path)
+    # Warnings come from the raw data, so a file with errors shows its warnings too.
+    warnings = list(_semantic_problems(data, smap))
+    errors: list[Problem] = []
     try:
         issue = Issue.model_validate(data)
     except ValidationError as exc:
-        raise IssueInvalid(problems=_pydantic_problems(exc, data, smap)) from None
-    problems = list(_semantic_problems(issue, smap))
-    errors = [p for p in problems if p.severity == "error"]
-    warnings = [p for p in problems if p.severity == "warning"]
+        errors = _pydantic_problems(exc, data, smap)
+        errors += _cross_field_problems(exc, data, smap, errors)
     if strict:
         errors += [Problem(p.file, p.line, p.column, p.path, p.message) for p in warnings]
         warnings = []
     if errors:
-        raise IssueInvalid(problems=sorted(errors, key=_position))
+        raise IssueInvalid(problems=sorted(errors + warnings, key=_position))
     return LoadedIssue(issue=issue, path=path, source=smap, warnings=warnings)
 
 
@@ -287,33 +289,96 @@ def _describe(value: Any) -> str:
 # --------------------------------------------------------------------------- warnings
 
 
-def _walk(obj: Any, loc: Loc = ()) -> Iterator[tuple[Loc, Any]]:
-    yield loc, obj
-    if isinstance(obj, BaseModel):
-        for name, info in type(obj).model_fields.items():
-            yield from _walk(getattr(obj, name), (*loc, info.alias or name))
-    elif isinstance(obj, list):
-        for i, item in enumerate(obj):
+def _walk(data: Any, loc: Loc = ()) -> Iterator[tuple[Loc, Any]]:
+    """Every mapping of the raw data with its location."""
+    if isinstance(data, dict):
+        yield loc, data
+        for key, value in data.items():
+            yield from _walk(value, (*loc, key))
+    elif isinstance(data, list):
+        for i, item in enumerate(data):
             yield from _walk(item, (*loc, i))
 
 
-def _semantic_problems(issue: Issue, smap: SourceMap) -> Iterator[Problem]:
-    """Warnings about a valid issue. (Errors that span fields are model validators.)"""
+def _cross_field_problems(exc: ValidationError, data: Any, smap: SourceMap,
+                          reported: list[Problem]) -> list[Problem]:
+    """The checks across fields of an object (a model's "after" validators, e.g. an event's
+    `end_time` before its `time`) that pydantic skipped because another field of the object (or
+    of an object inside it) was wrong: run on the fields that are valid on their own."""
+    failed: set[Loc] = set()
+    for err in exc.errors(include_url=False):
+        loc = _data_loc(err["loc"], data)
+        failed.update(loc[:cut] for cut in range(len(loc)))  # every object around the error
+    problems = []
+    seen = {(p.path, p.message) for p in reported}
+    for loc in sorted(failed, key=len):
+        cls, raw = _model_at(loc, data), _get(data, loc)
+        checks = [d.func for d in cls.__pydantic_decorators__.model_validators.values()
+                  if d.info.mode == "after"] if cls is not None and isinstance(raw, dict) else []
+        if not checks:
+            continue
+        assert cls is not None
+        valid, invalid = _split_fields(cls, raw)
+        partial = cls.model_construct(**valid)
+        for name in invalid:  # given but wrong: a check that reads it must not see a default
+            partial.__dict__.pop(name, None)
+        for check in checks:
+            try:
+                check(partial)
+            except AttributeError:
+                continue  # the check needs a field that is wrong itself: reported already
+            except PydanticCustomError as error:
+                field = (error.context or {}).get("field")
+                where = (*loc, field) if field else loc
+                message = error.message()
+            except ValueError as error:
+                where, message = loc, str(error)
+            else:
+                continue
+            line, col = smap.locate(where)
+            if (dotted(where), message) not in seen:
+                problems.append(Problem(smap.file, line, col, dotted(where), message))
+    return problems
+
+
+def _split_fields(cls: type[BaseModel], raw: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
+    """The fields of `raw` that validate on their own (as the model would hold them), and the
+    names of those given that do not."""
+    valid, invalid = {}, set()
+    for name, info in cls.model_fields.items():
+        key = info.alias or name
+        if key not in raw:
+            continue
+        annotation = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+        try:
+            valid[name] = TypeAdapter(annotation).validate_python(raw[key])
+        except ValidationError:
+            invalid.add(name)
+    return valid, invalid
+
+
+def _semantic_problems(data: Any, smap: SourceMap) -> Iterator[Problem]:
+    """Warnings, from the raw data (errors that span fields are model validators)."""
 
     def problem(loc: Loc, message: str, severity: str = "warning") -> Problem:
         line, col = smap.locate(loc)
         return Problem(smap.file, line, col, dotted(loc), message, severity)  # type: ignore[arg-type]
 
-    if len(issue.subject) > SUBJECT_MAX:
-        yield problem(("subject",), f"the subject has {len(issue.subject)} characters; mail "
+    def text(key: str) -> str | None:
+        value = data.get(key) if isinstance(data, dict) else None
+        return value.strip() if isinstance(value, str) else None
+
+    subject, preheader = text("subject"), text("preheader")
+    if subject is not None and len(subject) > SUBJECT_MAX:
+        yield problem(("subject",), f"the subject has {len(subject)} characters; mail "
                       f"clients cut it off after about {SUBJECT_MAX}")
-    if issue.preheader is None:
+    if subject is not None and not preheader:
         yield problem(("subject",), "no `preheader`: mail clients will show the first text "
                       "of the email as the preview line instead")
-    elif len(issue.preheader) > PREHEADER_MAX:
-        yield problem(("preheader",), f"the preheader has {len(issue.preheader)} characters; "
+    elif preheader is not None and len(preheader) > PREHEADER_MAX:
+        yield problem(("preheader",), f"the preheader has {len(preheader)} characters; "
                       f"only about {PREHEADER_MAX} are shown")
-    for loc, obj in _walk(issue):
-        if isinstance(obj, Image) and obj.width is None:
+    for loc, obj in _walk(data):
+        if _model_at(loc, data) is Image and obj.get("width") is None and obj.get("height") is None:
             yield problem((*loc, "url"), "image without `width` and `height`: the layout may "
                           "jump while it loads")

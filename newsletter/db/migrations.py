@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 from newsletter.audience.tables import (
     consent_log,
     lists,
-    memberships,
+    memberships_table,
     new_token_id,
     subscribers_table,
     suppressions,
@@ -38,11 +38,11 @@ schema_version = sa.Table(
 
 
 def _v1_core(conn: Connection) -> None:
-    # `subscribers` as version 1 created it (migration 4 alters it), with the other tables in the
-    # same scratch MetaData so their foreign keys find it.
+    # `subscribers` and `memberships` as version 1 created them (migrations 4 and 5 alter them),
+    # with the other tables in the same scratch MetaData so their foreign keys find them.
     md = sa.MetaData(naming_convention=metadata.naming_convention)
-    tables = [subscribers_table(md, 1)]
-    tables += [t.to_metadata(md) for t in (lists, memberships, consent_log, suppressions)]
+    tables = [subscribers_table(md, 1), lists.to_metadata(md), memberships_table(md, 1)]
+    tables += [t.to_metadata(md) for t in (consent_log, suppressions)]
     for table in tables:
         table.create(conn)
 
@@ -100,11 +100,42 @@ def _v4_token_ids(conn: Connection) -> None:
     sa.Index("ix_subscribers_token_id", index_table.c.token_id, unique=True).create(conn)
 
 
+def _v5_requested_name(conn: Connection) -> None:
+    # Nothing to fill in: before this version a sign-up wrote its name into `subscribers` at once.
+    _add_column(conn, "memberships", sa.Column("requested_name", sa.String(300), nullable=True))
+
+
+def _v6_send_workers(conn: Connection) -> None:
+    # The lease of a send (docs/delivery.md): who runs it, renewed by a heartbeat; and which
+    # worker claimed each row. Rows claimed before this version have no worker (NULL).
+    from newsletter.delivery.tables import send_workers_table
+
+    md = sa.MetaData(naming_convention=metadata.naming_convention)
+    lists.to_metadata(md)
+    journal_tables(md, 5)  # `sends`, for the foreign key
+    send_workers_table(md).create(conn)
+    _add_column(conn, "deliveries", sa.Column("worker_id", sa.String(32), nullable=True))
+
+
+def _v7_imports(conn: Connection) -> None:
+    # A running CSV import and the subscribers it created before its last transaction put them
+    # on the list (docs/data-model.md, "CSV import"); empty whenever no import runs.
+    from newsletter.audience.tables import import_subscribers, imports
+
+    md = sa.MetaData(naming_convention=metadata.naming_convention)
+    lists.to_metadata(md)
+    for table in (imports, import_subscribers):
+        table.to_metadata(md).create(conn)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "subscribers, lists, memberships, consent log, suppressions", _v1_core),
     (2, "send journal: sends, deliveries", _v2_send_journal),
     (3, "send journal: sends.reason, deliveries.possibly_duplicated", _v3_journal_columns),
     (4, "subscribers.token_id (opaque link handle), subscribers.legacy_tokens", _v4_token_ids),
+    (5, "memberships.requested_name (a sign-up's name, applied at confirmation)", _v5_requested_name),
+    (6, "send_workers (a send's lease: host, pid, heartbeat), deliveries.worker_id", _v6_send_workers),
+    (7, "imports, import_subscribers (a running CSV import and what it created)", _v7_imports),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

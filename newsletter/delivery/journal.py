@@ -17,6 +17,17 @@ Writes are batched ("group commit"): one transaction records the results of the 
 just finished, checks the subscription state of the next recipients (one query through
 `audience.queries.membership_statuses`) and marks them `sending`.
 
+A run of a send holds the send's *lease*: a `send_workers` row (random worker id, host, pid)
+taken in the same write transaction that checks nobody else holds it (`start`), renewed every
+`Worker.heartbeat` seconds (`heartbeat`, from the send loop's journal thread) and released when
+the run ends (`finish`). While a worker's lease is live, `start` refuses (`SendBusy`). A worker
+whose lease expired (killed, machine gone) is presumed dead: its rows still `sending` are handed
+on, flagged, exactly as after a crash; a live worker's rows never are. A claim takes a row only
+from `pending` / `failed_temporary` (the row's status now, not the job list's), and only while
+the claiming worker's lease is live; results are recorded only onto rows the worker still has
+`sending`. So even a bug elsewhere, or a worker that was suspended past its lease and taken
+over, cannot send a row twice except the rows flagged possibly duplicated.
+
 The audience tables (subscribers, memberships, lists) are not touched here: the journal joins
 the query pieces of `audience/queries.py`. See docs/data-model.md.
 """
@@ -37,34 +48,77 @@ from newsletter.audience.queries import (
     subscriber_names,
 )
 from newsletter.db.schema import UtcDateTime, chunked, utcnow
-from newsletter.delivery.tables import DELIVERY_STATUSES, deliveries, sends
+from newsletter.delivery.lease import (
+    LEASE_ROW,
+    RENEW,
+    SendBusy,
+    Worker,
+    WorkerInfo,
+    busy_error,
+    hand_on,
+    live_worker,
+    workers_of,
+)
+from newsletter.delivery.tables import DELIVERY_STATUSES, deliveries, send_workers, sends
 from newsletter.errors import NewsletterError
 
 if TYPE_CHECKING:  # only for annotations: delivery builds on audience, not the reverse
     from newsletter.audience.store import Store
 
-OPEN = ("pending", "failed_temporary")
+OPEN = ("pending", "failed_temporary")  # the statuses a claim takes a row from
 STOPPED = ("paused", "interrupted")
 # Noted on a stopped send when a resume is refused because the issue changed.
 CONTENT_CHANGED_NOTE = ("resume refused: the issue changed since this send started (re-run with "
                         "--force to send the new version to the rest)")
 
+# The lease (docs/delivery.md): a worker that has not renewed it for LEASE_SECONDS is presumed
+# dead; a running send renews it every HEARTBEAT_SECONDS (at most a sixth of the lease, so five
+# renewals in a row can be late before it runs out). LEASE_ENV overrides the lease length of the
+# runs of this process (tests; a slow shared disk); the heartbeat follows it.
 
-# The group commit's statements, built once (building them per commit costs more than the SQL).
 _ROW = (deliveries.c.send_id == sa.bindparam("send")) & (
     deliveries.c.subscriber_id == sa.bindparam("sid"))
-_RECORD = deliveries.update().where(_ROW).values(
+# Only onto a row this worker still has `sending`: if its lease ran out and the row was handed on,
+# the result is dropped (the row is flagged possibly duplicated and sent by the new owner).
+_RECORD = deliveries.update().where(
+    _ROW, deliveries.c.status == "sending", deliveries.c.worker_id == sa.bindparam("worker"),
+).values(
     status=sa.bindparam("st"), smtp_code=sa.bindparam("code"), smtp_reply=sa.bindparam("reply"),
     updated_at=sa.bindparam("now"), attempts=deliveries.c.attempts + sa.bindparam("inc"),
     possibly_duplicated=deliveries.c.possibly_duplicated | sa.bindparam("dup", type_=sa.Boolean))
-_CLAIM = deliveries.update().where(_ROW).values(
-    status="sending", updated_at=sa.bindparam("now"), message_id=sa.bindparam("mid"))
-_SKIP = deliveries.update().where(_ROW).values(
+# `status IN ('pending', 'failed_temporary')` spelled out: executemany takes no expanding IN.
+_IS_OPEN = deliveries.c.status.in_([sa.literal_column(f"'{status}'") for status in OPEN])
+# The claim: which candidates are still open *now* (locked; on PostgreSQL rows another worker has
+# locked are skipped, not waited for), then the UPDATE, again only from an open status.
+CLAIMABLE = sa.select(deliveries.c.subscriber_id).where(
+    deliveries.c.send_id == sa.bindparam("send"),
+    deliveries.c.subscriber_id.in_(sa.bindparam("sids", expanding=True)),
+    _IS_OPEN,
+).with_for_update(skip_locked=True)
+CLAIM = deliveries.update().where(_ROW, _IS_OPEN).values(
+    status="sending", updated_at=sa.bindparam("now"), message_id=sa.bindparam("mid"),
+    worker_id=sa.bindparam("worker"))
+_SKIP = deliveries.update().where(_ROW, _IS_OPEN).values(
     status="skipped", updated_at=sa.bindparam("now"), smtp_code=None, smtp_reply=sa.bindparam("reply"))
 
 
 class ContentChanged(NewsletterError):
     """The issue changed since the interrupted send started."""
+
+
+class ClaimConflict(RuntimeError):
+    """The claim's UPDATE changed fewer rows than the locked SELECT found open: a bug, never the
+    editor's doing. Raised inside the group commit, so nothing of that commit is kept."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """What one group commit claimed."""
+
+    go: list[Job] = field(default_factory=list)  # now `sending`: hand them to SMTP
+    skipped: list[Job] = field(default_factory=list)  # no longer subscribed: `skipped`
+    taken: list[Job] = field(default_factory=list)  # no longer open (not claimed, not touched)
+    lease_lost: bool = False  # this worker's lease is gone: nothing was claimed; stop
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,14 +160,22 @@ class SendInfo:
     counts: dict[str, int] = field(default_factory=dict)
     # In flight at an interruption (flagged), or still `sending` (the next resume sends them again).
     possibly_duplicated: list[str] = field(default_factory=list)
+    workers: list[WorkerInfo] = field(default_factory=list)  # its runs, oldest first
+
+    def live_worker(self, now: datetime | None = None) -> WorkerInfo | None:
+        """The worker holding the lease (as of when this was read), if any."""
+        now = now or utcnow()
+        return next((w for w in self.workers if w.state(now) == "live"), None)
 
     def as_dict(self) -> dict[str, Any]:
+        now = utcnow()
         return {
             "id": self.id, "issue": self.issue_slug, "list": self.list_name, "subject": self.subject,
             "status": self.status, "reason": self.reason, "transport": self.transport,
             "created_at": self.created_at, "updated_at": self.updated_at,
             "finished_at": self.finished_at, "counts": self.counts,
             "possibly_duplicated": self.possibly_duplicated,
+            "workers": [w.as_dict(now) for w in self.workers],
         }
 
 
@@ -168,7 +230,8 @@ class Journal:
                 return None
             counts = _counts(conn, [send_id]).get(send_id, {})
             duplicated = _duplicated(conn, [send_id]).get(send_id, [])
-        return _info(row, counts, duplicated)
+            workers = workers_of(conn, [send_id]).get(send_id, [])
+        return _info(row, counts, duplicated, workers)
 
     def all(self) -> list[SendInfo]:
         names = list_names()
@@ -178,7 +241,21 @@ class Journal:
                 .join(names, names.c.list_id == sends.c.list_id).order_by(sends.c.id)).all()
             counts = _counts(conn, [r.id for r in rows])
             duplicated = _duplicated(conn, [r.id for r in rows])
-        return [_info(r, counts.get(r.id, {}), duplicated.get(r.id, [])) for r in rows]
+            workers = workers_of(conn, [r.id for r in rows])
+        return [_info(r, counts.get(r.id, {}), duplicated.get(r.id, []), workers.get(r.id, []))
+                for r in rows]
+
+    def live_worker(self, send_id: int) -> WorkerInfo | None:
+        """The worker holding the send's lease now, if any."""
+        with self.store.read() as conn:
+            return live_worker(conn, send_id, utcnow())
+
+    def busy_error(self, send_id: int) -> SendBusy | None:
+        """The refusal `start` would give now because another worker holds the lease, or None."""
+        now = utcnow()
+        with self.store.read() as conn:
+            holder = live_worker(conn, send_id, now)
+            return None if holder is None else busy_error(conn, send_id, holder, now)
 
     def deliveries(self, send_id: int) -> list[DeliveryRow]:
         with self.store.read() as conn:
@@ -196,13 +273,23 @@ class Journal:
 
     # --- starting and resuming --------------------------------------------------------------
 
+    def joined_since(self, send_id: int, list_id: int) -> int:
+        """Subscribed members without a row in the send: those who joined after it started
+        (a resume sends to them too)."""
+        members, done = _without_row(send_id, list_id)
+        with self.store.read() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(members)
+                                    .where(~sa.exists(done))).scalar_one())
+
     def start(self, *, issue_slug: str, list_id: int, subject: str, content: str, transport: str,
-              force: bool = False) -> Resume:
-        """Create the send, or resume it: recover in-flight rows, add new members, list the work."""
+              worker: Worker, force: bool = False) -> Resume:
+        """Create the send, or resume it, as `worker`: take the lease (refused with `SendBusy`
+        while another worker's is live), hand on the rows of dead workers, add new members, list
+        the work. One write transaction: two processes racing cannot both take the lease."""
         now = utcnow()
         with self.store.write() as conn:
             row = conn.execute(sa.select(sends).where(
-                sends.c.issue_slug == issue_slug, sends.c.list_id == list_id)).first()
+                sends.c.issue_slug == issue_slug, sends.c.list_id == list_id).with_for_update()).first()
             resumed = row is not None
             if row is None:
                 send_id = conn.execute(sends.insert().values(
@@ -211,6 +298,9 @@ class Journal:
                 )).inserted_primary_key[0]
             else:
                 send_id = row.id
+                holder = live_worker(conn, send_id, now)
+                if holder is not None:
+                    raise busy_error(conn, send_id, holder, now)
                 if row.content_hash != content and not force:
                     sent = conn.execute(sa.select(sa.func.count()).where(
                         deliveries.c.send_id == send_id, deliveries.c.status == "sent")).scalar_one()
@@ -225,17 +315,13 @@ class Journal:
                 conn.execute(sends.update().where(sends.c.id == send_id).values(
                     status="running", reason=None, content_hash=content, subject=subject,
                     transport=transport, updated_at=now, finished_at=None))
-            # A crash left these `sending`: maybe accepted, maybe not. Send again, flagged.
-            conn.execute(deliveries.update().where(
-                deliveries.c.send_id == send_id, deliveries.c.status == "sending",
-            ).values(status="pending", possibly_duplicated=True, updated_at=now, smtp_code=None,
-                     smtp_reply="in flight when the send stopped"))
+            hand_on(conn, send_id, now)
+            conn.execute(send_workers.insert().values(
+                worker_id=worker.id, send_id=send_id, host=worker.host, pid=worker.pid,
+                started_at=now, heartbeat_at=now, lease_expires_at=worker.expires(now)))
             # Every subscribed member without a row (all of them on a new send; people who joined
             # since, on a resume) gets one — in SQL, so 100,000 members cost no Python memory.
-            members = subscribed_members(list_id)
-            done = sa.select(deliveries.c.subscriber_id).where(
-                deliveries.c.send_id == send_id,
-                deliveries.c.subscriber_id == members.c.subscriber_id)
+            members, done = _without_row(send_id, list_id)
             conn.execute(deliveries.insert().from_select(
                 ["send_id", "subscriber_id", "email", "status", "attempts", "updated_at"],
                 sa.select(sa.literal(send_id), members.c.subscriber_id, members.c.email,
@@ -255,12 +341,10 @@ class Journal:
 
     # --- the group commit -------------------------------------------------------------------
 
-    def commit(self, send_id: int, list_id: int, outcomes: Iterable[Outcome],
-               candidates: Sequence[Job], message_ids: dict[int, str]) -> tuple[list[Job], list[Job]]:
-        """One transaction: record outcomes, check the candidates' subscription, mark them `sending`.
-
-        Returns (jobs to send now, jobs skipped because the person is no longer subscribed).
-        """
+    def commit(self, send_id: int, list_id: int, worker: Worker, outcomes: Iterable[Outcome],
+               candidates: Sequence[Job], message_ids: dict[int, str]) -> Claimed:
+        """One transaction: record outcomes, then — while `worker`'s lease is live — take the
+        candidates whose rows are still open, check their subscription, mark them `sending`."""
         now = utcnow()
         outcomes = list(outcomes)
         with self.store.write() as conn:
@@ -268,29 +352,53 @@ class Journal:
                 conn.execute(_RECORD, [
                     {"send": send_id, "sid": o.job.subscriber_id, "st": o.status, "code": o.code,
                      "reply": o.reply, "inc": 1 if o.counted else 0, "now": now,
-                     "dup": o.uncertain}
+                     "dup": o.uncertain, "worker": worker.id}
                     for o in outcomes])
             if not candidates:
-                return [], []
-            status = membership_statuses(conn, list_id, [c.subscriber_id for c in candidates])
-            go = [c for c in candidates if status.get(c.subscriber_id) == "subscribed"]
-            skip = [c for c in candidates if status.get(c.subscriber_id) != "subscribed"]
+                return Claimed()
+            lease = conn.execute(LEASE_ROW, {"worker": worker.id}).first()
+            if lease is None or lease.released_at is not None or lease.lease_expires_at <= now:
+                return Claimed(lease_lost=True)
+            open_now = set(conn.execute(CLAIMABLE, {
+                "send": send_id, "sids": [c.subscriber_id for c in candidates]}).scalars())
+            mine = [c for c in candidates if c.subscriber_id in open_now]
+            taken = [c for c in candidates if c.subscriber_id not in open_now]
+            status = membership_statuses(conn, list_id, [c.subscriber_id for c in mine])
+            go = [c for c in mine if status.get(c.subscriber_id) == "subscribed"]
+            skip = [c for c in mine if status.get(c.subscriber_id) != "subscribed"]
             if go:
-                conn.execute(_CLAIM, [
+                claimed = conn.execute(CLAIM, [
                     {"send": send_id, "sid": c.subscriber_id, "mid": message_ids.get(c.subscriber_id),
-                     "now": now} for c in go])
+                     "now": now, "worker": worker.id} for c in go]).rowcount
+                if conn.dialect.supports_sane_multi_rowcount and claimed != len(go):
+                    raise ClaimConflict(f"claimed {claimed} of {len(go)} open rows of send #{send_id}")
             if skip:
                 conn.execute(_SKIP, [
                     {"send": send_id, "sid": c.subscriber_id, "now": now,
                      "reply": f"not sent: membership is {status.get(c.subscriber_id) or 'gone'}"}
                     for c in skip])
-        return go, skip
+        return Claimed(go, skip, taken)
 
-    def finish(self, send_id: int, status: str, reason: str | None = None) -> None:
-        """End a run: `finished`, or `paused` / `interrupted` with the reason (kept for `sends`)."""
+    def heartbeat(self, worker: Worker) -> bool:
+        """Renew `worker`'s lease; False if it is no longer live (expired or released): the
+        worker must stop claiming (its rows may have been handed on)."""
+        now = utcnow()
+        with self.store.write() as conn:
+            return conn.execute(RENEW, {"worker": worker.id, "now": now,
+                                         "until": worker.expires(now)}).rowcount == 1
+
+    def finish(self, send_id: int, worker: Worker, status: str, reason: str | None = None) -> None:
+        """End a run: release `worker`'s lease and set the send `finished`, or `paused` /
+        `interrupted` with the reason (kept for `sends`). If another worker took the send over
+        meanwhile (this one's lease had run out), the send's status is that worker's to set."""
         now = utcnow()
         finished = status == "finished"
         with self.store.write() as conn:
+            conn.execute(send_workers.update().where(
+                send_workers.c.worker_id == worker.id, send_workers.c.released_at.is_(None),
+            ).values(released_at=now))
+            if live_worker(conn, send_id, now) is not None:
+                return
             conn.execute(sends.update().where(sends.c.id == send_id).values(
                 status=status, reason=None if finished else reason, updated_at=now,
                 finished_at=now if finished else None))
@@ -306,6 +414,14 @@ class Journal:
                 return
             reason = CONTENT_CHANGED_NOTE + (f"; it had stopped: {row.reason}" if row.reason else "")
             conn.execute(sends.update().where(sends.c.id == send_id).values(reason=reason))
+
+
+def _without_row(send_id: int, list_id: int) -> tuple[sa.Subquery, sa.Select[Any]]:
+    """The list's subscribed members, and the condition "has a row in this send" (negate it)."""
+    members = subscribed_members(list_id)
+    done = sa.select(deliveries.c.subscriber_id).where(
+        deliveries.c.send_id == send_id, deliveries.c.subscriber_id == members.c.subscriber_id)
+    return members, done
 
 
 def _duplicated(conn: sa.Connection, send_ids: list[int]) -> dict[int, list[str]]:
@@ -334,9 +450,10 @@ def _counts(conn: sa.Connection, send_ids: list[int]) -> dict[int, dict[str, int
     return result
 
 
-def _info(row: Any, counts: dict[str, int], duplicated: list[str]) -> SendInfo:
+def _info(row: Any, counts: dict[str, int], duplicated: list[str],
+          workers: list[WorkerInfo]) -> SendInfo:
     full = {s: counts.get(s, 0) for s in DELIVERY_STATUSES}
     full["total"] = sum(counts.values())
     return SendInfo(row.id, row.issue_slug, row.list_id, row.list_name, row.subject, row.status,
                     row.transport, row.content_hash, row.created_at, row.updated_at, row.finished_at,
-                    row.reason, full, duplicated)
+                    row.reason, full, duplicated, workers)

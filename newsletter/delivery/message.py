@@ -12,6 +12,7 @@ break can never split the placeholder.
 
 from __future__ import annotations
 
+import base64
 import binascii
 import hashlib
 import html
@@ -20,7 +21,6 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
-from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, formataddr, make_msgid
@@ -29,9 +29,11 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from newsletter.audience.addresses import ascii_email
+from newsletter.audience.names import name_or_none
 from newsletter.errors import HeaderInjection, NewsletterError, Problem
+from newsletter.headers import first_unsafe
 from newsletter.project import Project
-from newsletter.render.html import UNSUBSCRIBE_PLACEHOLDER
+from newsletter.render.templates import UNSUBSCRIBE_PLACEHOLDER
 from newsletter.tokens import signing_keys, unsubscribe_url
 
 MAX_LINE = 998
@@ -78,7 +80,7 @@ def failure_reason(exc: Exception) -> str:
 
 def check_header_value(value: str, what: str, source: str = "") -> str:
     """Reject CR, LF and other control characters in a value destined for a header."""
-    bad = next((c for c in value if ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029"), None)
+    bad = first_unsafe(value)
     if bad is not None:
         raise HeaderInjection(problems=[Problem(
             source or "message", None, None, what,
@@ -95,27 +97,46 @@ def check_address(email: str, what: str, source: str = "") -> str:
     return email
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
 def format_address(email: str, name: str | None) -> bytes:
-    """`Name <addr>` for a To header: RFC 2047 encoded name, quoted where needed, fast."""
-    if _CONTROL.search(email) or (name and _CONTROL.search(name)):
+    """`Name <addr>` for a To header (the value after "To: "): RFC 2047 encoded name, quoted
+    where needed, fast.
+
+    Whatever the database holds, the name goes through the one name rule
+    (`audience.names.name_or_none`): a name stored before the rule that it refuses is left out,
+    so a name never fails a recipient — the bare address always goes."""
+    if first_unsafe(email) is not None:
         check_address(email, "email", "subscriber data")
-        check_header_value(name or "", "name", f"subscriber {email}")
     # An IDN domain goes in as punycode (an encoded word is not allowed inside an address);
     # a non-ASCII local part cannot go in at all without SMTPUTF8: `InvalidEmail`.
     email = ascii_email(email)
+    name = name_or_none(name)
     if not name:
         return email.encode("ascii", "strict")
-    if len(name) > 60:
-        return _fold_address(email, name)
-    return formataddr((name, email), "utf-8").encode("ascii")
+    value = formataddr((name, email), "utf-8").encode("ascii")
+    # Fits on the "To: " line (so its encoded word is within RFC 2047's 75): as is; else folded.
+    return value if len(value) <= 78 - len(b"To: ") else _fold_address(email, name)
 
 
-def _fold_address(email: str, name: str | None) -> bytes:
-    header = SMTP.header_factory("To", Address(display_name=name or "", addr_spec=email))
-    return SMTP.fold_binary("To", header)[len(b"To: "):-2]
+def _fold_address(email: str, name: str) -> bytes:
+    """A long name as encoded words of ≤ 75 characters, one a line, then the address.
+
+    Not the email package's folder: it drops the quotes of a long quoted name (`"a, b"` went out
+    as `a, b`: two addresses) and may start the value with a bare line feed. Encoded words need
+    no quoting. The folding whitespace between two of them is not part of the name (RFC 2047
+    6.2), so a piece ends after a space of the name, which it keeps inside."""
+    pieces, piece = [], ""
+    for word in re.findall(r"[^ ]+ ?", name):
+        if piece and len((piece + word).encode("utf-8")) > 45:  # 60 base64 + 12 = 72 characters
+            pieces.append(piece)
+            piece = ""
+        for char in word:  # a word longer than a piece is cut (the cut adds nothing)
+            if len((piece + char).encode("utf-8")) > 45:
+                pieces.append(piece)
+                piece = ""
+            piece += char
+    pieces.append(piece)
+    encoded = [b"=?utf-8?b?" + base64.b64encode(p.encode("utf-8")) + b"?=" for p in pieces]
+    return b"\r\n ".join(encoded) + b"\r\n <" + email.encode("ascii") + b">"
 
 
 def _qp(data: bytes) -> bytes:

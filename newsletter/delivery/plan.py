@@ -47,15 +47,16 @@ class PreparedIssue:
 
 def prepare_issue(project: Project, issue: str | Path | LoadedIssue, list_name: str | None = None,
                   *, list_title: str | None = None, subject_prefix: str = "",
-                  sign: bool = True) -> PreparedIssue:
+                  sign: bool = True, rendered: RenderedIssue | None = None) -> PreparedIssue:
     """Load and validate the issue (unless `issue` is loaded already), render it, prepare its
     message. Raises `IssueInvalid` / `NewsletterError` for the editor's mistakes.
 
     `list_name` / `list_title` give the `List-Id` header (none without a list: test sends);
     `subject_prefix` is "[TEST] " for test sends; `sign=False` leaves out DKIM (dry runs, the
-    preview), so no key is read. The `Date` header is the time of this call."""
+    preview), so no key is read. The `Date` header is the time of this call. `rendered`: the
+    issue rendered already (by `IssuePipeline`), so it is not rendered twice."""
     loaded = issue if isinstance(issue, LoadedIssue) else load_issue(issue)
-    rendered = render_issue(loaded, project)
+    rendered = rendered or render_issue(loaded, project)
     prepared = prepare(project, rendered, list_name=list_name, list_title=list_title,
                        subject_prefix=subject_prefix, sign=sign)
     return PreparedIssue(loaded, rendered, prepared)
@@ -72,12 +73,31 @@ class SendPlan:
     recipients: int  # subscribed members now
     transport: Transport
     existing: SendInfo | None  # the earlier (paused, interrupted, finished) send of this issue
+    joined_since: int  # with `existing`: subscribed members it has no row for yet
+    counts: dict[str, int]  # the list's members per status now
     concurrency: int
     rate: float
 
     @property
     def rendered(self) -> RenderedIssue:
         return self.issue.rendered
+
+    @property
+    def nothing_to_do(self) -> bool:
+        """A re-run of a send that is complete: nobody to (re)try and nobody new on the list."""
+        if self.existing is None or self.existing.status != "finished":
+            return False  # a paused or interrupted send is resumed: it finishes and says why
+        c = self.existing.counts
+        return c["pending"] + c["failed_temporary"] + c["sending"] == 0 and self.joined_since == 0
+
+    def refuse_if_busy(self) -> None:
+        """Raise `SendBusy` (the one line saying who sends it, since when, until when its lease
+        runs) if another process holds this send's lease now. Asked before the summary and the
+        confirmation; `Journal.start` decides again, atomically, when the run begins."""
+        if self.existing is not None:
+            busy = Journal(self.store).busy_error(self.existing.id)
+            if busy is not None:
+                raise busy
 
     @property
     def prepared(self) -> PreparedMessage:
@@ -102,7 +122,9 @@ def plan_send(project: Project, issue_path: Path, list_name: str, *, concurrency
         issue = prepare_issue(project, loaded, mailing_list.name, list_title=mailing_list.title)
         counts = next((lc.counts for lc in store.list_counts() if lc.list.id == mailing_list.id), {})
         recipients = counts.get("subscribed", 0)
-        existing = Journal(store).find(issue.slug, mailing_list.id)
+        journal = Journal(store)
+        existing = journal.find(issue.slug, mailing_list.id)
+        joined_since = journal.joined_since(existing.id, mailing_list.id) if existing else recipients
         if existing is None and recipients == 0:
             waiting = f" ({counts['pending']} pending: they have not confirmed yet)" if counts.get(
                 "pending") else ""
@@ -115,6 +137,7 @@ def plan_send(project: Project, issue_path: Path, list_name: str, *, concurrency
     return SendPlan(
         project=project, store=store, issue=issue, mailing_list=mailing_list,
         recipients=recipients, transport=transport_for(project), existing=existing,
+        joined_since=joined_since, counts=counts,
         concurrency=concurrency or delivery.concurrency,
         rate=delivery.rate if rate is None else rate,
     )

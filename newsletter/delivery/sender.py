@@ -25,6 +25,12 @@ The whole contract is in docs/delivery.md. Error policy (DESIGN.md section 5):
 The subscription is checked when a message is claimed, and a message is claimed only after its
 rate-limit slot has come: the check is at most one group commit old when SMTP gets the message.
 The claim commits while MAIL and RCPT go out; DATA waits for it.
+
+A run holds the send's lease (journal.py): taken by `Journal.start` (another live run → `SendBusy`,
+nothing sent), renewed every `Worker.heartbeat` seconds by a timer on the event loop that queues
+the renewal on the journal thread (behind at most the group commit in hand), released by
+`Journal.finish` however the run ends. A run that finds its lease gone (the process was
+suspended past it) claims nothing more and stops like on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -42,13 +48,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from newsletter.audience.addresses import ascii_email
-from newsletter.delivery.journal import ContentChanged, Job, Journal, Outcome
+from newsletter.delivery.journal import Claimed, ContentChanged, Job, Journal, Outcome
+from newsletter.delivery.lease import SendBusy, Worker
 from newsletter.delivery.message import PreparedMessage, Recipient, failure_reason
 from newsletter.delivery.plan import SendPlan
 from newsletter.delivery.transport import Connection, DeliveryError, RateLimit, Reply
 from newsletter.tokens import Tokens
 
-__all__ = ["ContentChanged", "DeliveryError", "SendProgress", "SendReport", "classify", "run_send"]
+__all__ = ["ContentChanged", "DeliveryError", "SendBusy", "SendProgress", "SendReport", "classify",
+           "run_send"]
 
 MAX_BACKOFF = 300.0
 
@@ -93,10 +101,13 @@ class SendReport:
 
 
 def run_send(plan: SendPlan, *, force: bool = False,
-             progress: Callable[[SendProgress], None] | None = None) -> SendReport:
+             progress: Callable[[SendProgress], None] | None = None,
+             lease: float | None = None) -> SendReport:
     """Send (or resume) the issue to the list; returns the report, raises DeliveryError on a
-    connection/authentication failure after recording everything."""
+    connection/authentication failure after recording everything, and `SendBusy` (sending
+    nothing) while another process runs the send. `lease`: seconds (default `lease_seconds()`)."""
     journal = Journal(plan.store)
+    worker = Worker.here(lease)
     started = time.monotonic()
     # Fail before touching the journal if the server cannot be reached at all.
     asyncio.run(plan.transport.check())
@@ -104,18 +115,24 @@ def run_send(plan: SendPlan, *, force: bool = False,
         resume = journal.start(
             issue_slug=plan.rendered.slug, list_id=plan.mailing_list.id,
             subject=plan.rendered.subject, content=plan.content_hash,
-            transport=plan.transport.description, force=force)
+            transport=plan.transport.description, worker=worker, force=force)
     except ContentChanged:  # the issue changed since the send started: note it on the send
         existing = journal.find(plan.rendered.slug, plan.mailing_list.id)
         if existing is not None:
             journal.refuse_changed(existing.id)
         raise
-    run = _Run(plan, journal, resume.send.id, plan.prepared, resume.jobs, progress)
+    # From here on this process holds the lease: released however the run ends (a second
+    # Ctrl-C, a bug); only a killed process leaves it to expire.
+    run: _Run | None = None
     try:
+        run = _Run(plan, journal, worker, resume.send.id, plan.prepared, resume.jobs, progress)
         asyncio.run(run.deliver())
     finally:
-        status = "paused" if run.paused else "interrupted" if run.stopped else "finished"
-        journal.finish(resume.send.id, status, run.reason)
+        status = ("interrupted" if run is None else "paused" if run.paused
+                  else "interrupted" if run.stopped else "finished")
+        reason = "internal error before the first message" if run is None else run.reason
+        journal.finish(resume.send.id, worker, status, reason)
+    assert run is not None
     info = journal.get(resume.send.id)
     assert info is not None
     c = info.counts
@@ -160,9 +177,11 @@ class _Run:
     commit runs, finished messages and idle workers pile up and go into the next one together.
     """
 
-    def __init__(self, plan: SendPlan, journal: Journal, send_id: int, prepared: PreparedMessage,
-                 jobs: Sequence[Job], progress: Callable[[SendProgress], None] | None) -> None:
+    def __init__(self, plan: SendPlan, journal: Journal, worker: Worker, send_id: int,
+                 prepared: PreparedMessage, jobs: Sequence[Job],
+                 progress: Callable[[SendProgress], None] | None) -> None:
         self.plan, self.journal, self.send_id, self.prepared = plan, journal, send_id, prepared
+        self.worker = worker
         self.list_id = plan.mailing_list.id
         self.settings = plan.project.settings.delivery
         self.tokens = Tokens.for_project(plan.project)
@@ -194,12 +213,14 @@ class _Run:
             loop.add_signal_handler(signal.SIGINT, self.interrupt)
         self.rate = RateLimit(self.plan.rate)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+        beat = asyncio.create_task(self.heartbeat())
         connections = [self.plan.transport.connection() for _ in range(self.plan.concurrency)]
         try:
             # return_exceptions: one worker's bug must not leave the others' messages in flight
             # unrecorded (they were handed to SMTP; a resume would send them twice).
-            await asyncio.gather(*(self.worker(c) for c in connections), return_exceptions=True)
+            await asyncio.gather(*(self.deliver_on(c) for c in connections), return_exceptions=True)
         finally:
+            beat.cancel()
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signal.SIGINT)
             await asyncio.gather(*(c.close() for c in connections), return_exceptions=True)
@@ -214,7 +235,7 @@ class _Run:
         if self.error is not None:
             raise self.error
 
-    async def worker(self, connection: Connection) -> None:
+    async def deliver_on(self, connection: Connection) -> None:
         outcome: Outcome | None = None
         sender = self.prepared.sender
         try:
@@ -309,6 +330,34 @@ class _Run:
             return Outcome(job, "failed_temporary", reply.code, text)
         return Outcome(job, "failed_permanent", reply.code, text)  # 5.2.x: this mailbox, for now
 
+    # --- the lease ---------------------------------------------------------------------------
+
+    async def heartbeat(self) -> None:
+        """Every `worker.heartbeat` seconds queue a renewal of the lease on the journal thread.
+        The timer is on the event loop, which never blocks; the renewal waits at most for the
+        group commit in hand (the lease is six heartbeats long)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.worker.heartbeat)
+            self.executor.submit(self._renew, loop)
+
+    def _renew(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the journal thread."""
+        try:
+            held = self.journal.heartbeat(self.worker)
+        except Exception:  # e.g. locked past the busy timeout. Harmless: every group commit
+            return  # checks the lease before it claims, so a missed renewal never sends twice
+        if not held:
+            with contextlib.suppress(RuntimeError):  # the loop is gone
+                loop.call_soon_threadsafe(self.lease_lost)
+
+    def lease_lost(self) -> None:
+        self.stop(
+            f"stopped: this process (pid {self.worker.pid}) did not renew its lease on the send in "
+            f"time (lease {self.worker.lease:g} s; was it suspended?), so another `newsletter send` "
+            "may have taken the send over; messages in flight were finished and recorded where "
+            "this process still held them")
+
     # --- dispatcher (group commit) ----------------------------------------------------------
 
     def interrupt(self) -> None:
@@ -380,22 +429,22 @@ class _Run:
         """On the journal thread: one group commit; its result goes straight to the loop (one
         hop, not run_in_executor's two: the claims wait for this)."""
         try:
-            result: tuple[list[Job], list[Job]] | BaseException = self._write(
-                outcomes, bounces, jobs, ids)
+            result: Claimed | BaseException = self._write(outcomes, bounces, jobs, ids)
         except BaseException as exc:
             result = exc
         with contextlib.suppress(RuntimeError):  # the loop is gone: aborted by a second Ctrl-C
             loop.call_soon_threadsafe(self._committed, result, claims)
 
     def _write(self, outcomes: list[Outcome], bounces: list[Outcome], candidates: list[Job],
-               ids: dict[int, str]) -> tuple[list[Job], list[Job]]:
-        result = self.journal.commit(self.send_id, self.list_id, outcomes, candidates, ids)
+               ids: dict[int, str]) -> Claimed:
+        result = self.journal.commit(self.send_id, self.list_id, self.worker, outcomes, candidates,
+                                     ids)
         for bounce in bounces:
             self.plan.store.set_status(bounce.job.subscriber_id, self.list_id, "bounced", "bounce",
                                        detail=f"{self.plan.rendered.slug}: {bounce.reply}"[:1000])
         return result
 
-    def _committed(self, result: tuple[list[Job], list[Job]] | BaseException,
+    def _committed(self, result: Claimed | BaseException,
                    claims: list[tuple[Job, str, asyncio.Future[bool]]]) -> None:
         self.committing = False
         if isinstance(result, BaseException):
@@ -404,7 +453,10 @@ class _Run:
             self.reason = self.reason or f"the journal could not be written: {result}"
             go, skipped = [], []
         else:
-            go, skipped = result
+            if result.lease_lost:
+                self.lease_lost()
+            # `result.taken`: rows no longer open (another worker has them): not sent, not counted.
+            go, skipped = result.go, result.skipped
         cleared = {job.subscriber_id for job in go}
         for job, _message_id, claim in claims:
             if not claim.done():

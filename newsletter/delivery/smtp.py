@@ -8,7 +8,8 @@
   the same (TLS) transport. The message goes out as the exact bytes `newsletter.delivery.message`
   built (CRLF only; dot-stuffed here only if a line starts with "."), so DKIM signs what is sent.
   aiosmtplib's per-command path (address re-parsing, a lock, `wait_for`, line-end normalisation
-  and dot-stuffing regexes over every 100 KB body) cost more than everything else per recipient.
+  and dot-stuffing regexes over every 100 KB body) cost more than everything else per recipient:
+  with its `mail`/`rcpt`/`data` the benchmark stays far below its goal (docs/delivery.md, SMTP).
 * With PIPELINING (RFC 2920) MAIL and RCPT go out in one packet while the journal commits the
   claim; DATA follows as soon as the claim is committed, without waiting for the MAIL/RCPT
   replies; the body only after `354`. Without PIPELINING one command at a time.

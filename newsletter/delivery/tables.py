@@ -1,6 +1,7 @@
-"""The send journal's tables: `sends` (one per issue and list) and `deliveries` (one per
-recipient of a send). Only the delivery package reads or writes them; the logic is in
-`delivery/journal.py`. Columns, statuses and history: docs/data-model.md.
+"""The send journal's tables: `sends` (one per issue and list), `deliveries` (one per
+recipient of a send) and `send_workers` (the processes that ran a send, with their leases).
+Only the delivery package reads or writes them; the logic is in `delivery/journal.py`.
+Columns, statuses and history: docs/data-model.md.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ DELIVERY_STATUSES = ("pending", "sending", "sent", "failed_temporary", "failed_p
 
 
 def journal_tables(md: sa.MetaData, version: int) -> tuple[sa.Table, sa.Table]:
-    """`sends` and `deliveries` as of schema `version`: 2 as first created, 3 with the columns
-    migration 3 added (at the end, where ALTER TABLE puts them)."""
+    """`sends` and `deliveries` as of schema `version`: 2 as first created, 3 and 6 with the
+    columns migrations 3 and 6 added (at the end, where ALTER TABLE puts them)."""
     v3 = version >= 3
+    v6 = version >= 6
     send_table = sa.Table(
         "sends", md,
         sa.Column("id", sa.Integer, primary_key=True),
@@ -54,13 +56,38 @@ def journal_tables(md: sa.MetaData, version: int) -> tuple[sa.Table, sa.Table]:
         # before the crash and was sent again by the resume. Stays set once set.
         *([sa.Column("possibly_duplicated", sa.Boolean, nullable=False, default=False,
                      server_default=sa.false())] if v3 else []),
+        # The worker (`send_workers.worker_id`) that claimed the row: set with `sending`. Rows
+        # left `sending` by a worker whose lease expired are handed on; a live one's never. No
+        # foreign key: a tag (worker rows are deleted only with their send).
+        *([sa.Column("worker_id", sa.String(32), nullable=True)] if v6 else []),
         sa.CheckConstraint(one_of("status", DELIVERY_STATUSES), name="status"),
         sa.Index("ix_deliveries_send_status", "send_id", "status"),
     )
     return send_table, delivery_table
 
 
-sends, deliveries = journal_tables(metadata, 3)
+def send_workers_table(md: sa.MetaData) -> sa.Table:
+    """`send_workers` (created by migration 6): one row per run of a send, i.e. per process that
+    took the send's lease. Live while `released_at` is NULL and `lease_expires_at` is in the
+    future; the running process renews `heartbeat_at` / `lease_expires_at` (journal.py)."""
+    return sa.Table(
+        "send_workers", md,
+        sa.Column("worker_id", sa.String(32), primary_key=True),  # random, per process and run
+        sa.Column("send_id", sa.Integer, sa.ForeignKey("sends.id", ondelete="CASCADE"),
+                  nullable=False, index=True),
+        sa.Column("host", sa.String(255), nullable=False),
+        sa.Column("pid", sa.Integer, nullable=False),
+        sa.Column("started_at", UtcDateTime, nullable=False),
+        sa.Column("heartbeat_at", UtcDateTime, nullable=False),
+        sa.Column("lease_expires_at", UtcDateTime, nullable=False),
+        # Set when the run ended (finished, paused, interrupted, Ctrl-C); NULL while it runs, and
+        # for ever on a worker that died (its lease just expires).
+        sa.Column("released_at", UtcDateTime, nullable=True),
+    )
+
+
+sends, deliveries = journal_tables(metadata, 6)
+send_workers = send_workers_table(metadata)
 
 
 @erases_subscriber

@@ -9,10 +9,15 @@ Routes and wiring only; everything here faces the internet (see docs/web.md):
   token-free access logs), trusted proxies, rate limits, CSRF;
 * `newsletter.web.pages`: the Jinja environment and the pages; the words are in the templates;
 * `newsletter.web.confirmation`: the confirmation mail.
+
+A database that fails under a request (locked past the busy timeout, disk full, damaged file)
+raises `DatabaseError` (`newsletter.db.engine`); the app answers with the 503 error page and
+logs the one-line reason, not a traceback: the operator needs the file and the remedy.
 """
 
 from __future__ import annotations
 
+import logging
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,11 +26,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from newsletter.db.engine import DatabaseError
 from newsletter.project import Project
 from newsletter.web.archive import Archive
 from newsletter.web.pages import ERROR_PAGES
-from newsletter.web.security import Guard
+from newsletter.web.security import Guard, log_path
 from newsletter.web.site import Site
+
+log = logging.getLogger("newsletter.serve")
+
+# Seconds an idle keep-alive connection stays open. A client (or reverse proxy) that reuses an
+# idle connection must give it up sooner: at this moment the server closes it, and a request
+# sent just then is lost (the client sees a reset; a POST is not retried).
+KEEP_ALIVE_SECONDS = 5
 
 
 def create_app(project: Project, *, proxy_headers: bool = True) -> Starlette:
@@ -39,6 +52,11 @@ def create_app(project: Project, *, proxy_headers: bool = True) -> Starlette:
     async def not_found(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 404)
         return site.pages.error(status if status in ERROR_PAGES else 404)
+
+    async def database_failed(request: Request, exc: Exception) -> Response:
+        # Expected operational failures, not bugs: one line with the file and what to do.
+        log.error("%s %s: %s", request.method, log_path(request.url.path), exc)
+        return site.pages.error(503)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> Any:
@@ -58,7 +76,8 @@ def create_app(project: Project, *, proxy_headers: bool = True) -> Starlette:
         Route("/archive/{path:path}", archive.serve_file, methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={404: not_found, 405: not_found, 400: not_found})
+                    exception_handlers={404: not_found, 405: not_found, 400: not_found,
+                                        DatabaseError: database_failed})
     app.add_middleware(Guard, max_body=project.settings.serve.max_body_bytes,
                        hsts=site.base_url.startswith("https://"), error_page=site.pages.error_html)
     app.state.site = site
@@ -73,7 +92,10 @@ def run(project: Project, host: str, port: int, *, proxy_headers: bool = True) -
 
 def make_server(project: Project, host: str, port: int, *, proxy_headers: bool = True,
                 log_level: str = "info") -> Any:
-    """A uvicorn server for the project. Uvicorn's own access log is off: it would log tokens."""
+    """A uvicorn server for the project. Uvicorn's own access log is off: it would log tokens.
+
+    Opens the database (raises `StoreError` / `DatabaseError` if it cannot be used), so a
+    broken one stops `newsletter serve` before it listens."""
     import uvicorn
 
     trusted = project.settings.serve.trusted_proxies
@@ -81,9 +103,10 @@ def make_server(project: Project, host: str, port: int, *, proxy_headers: bool =
         create_app(project, proxy_headers=proxy_headers), host=host, port=port, access_log=False,
         log_level=log_level, proxy_headers=proxy_headers and bool(trusted),
         forwarded_allow_ips=",".join(trusted) or None, server_header=False,
-        limit_concurrency=1000, timeout_keep_alive=5, h11_max_incomplete_event_size=16384,
+        limit_concurrency=1000, timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        h11_max_incomplete_event_size=16384,
     )
     return uvicorn.Server(config)
 
 
-__all__ = ["create_app", "make_server", "run"]
+__all__ = ["KEEP_ALIVE_SECONDS", "create_app", "make_server", "run"]

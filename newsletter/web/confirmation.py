@@ -11,6 +11,7 @@ import logging
 import re
 
 from newsletter.project import Project
+from newsletter.tokens import confirm_url
 from newsletter.web.pages import Pages
 from newsletter.web.security import one_line
 
@@ -41,7 +42,7 @@ def send_confirmation(project: Project, pages: Pages, email: str, list_title: st
     try:
         subject, text, html = render_confirmation(
             pages, list_title=list_title, confirm_days=s.serve.confirm_days,
-            confirm_url=f"{s.newsletter.base_url}/confirm/{token}")
+            confirm_url=confirm_url(s.newsletter.base_url, token))
         send_message_now(project, confirmation_message(project, email, subject, text, html))
     except Exception as exc:  # the reader already has their page; the log must not name them
         log.warning("confirmation mail not sent: %s: %s", type(exc).__name__, _EMAIL.sub("…", str(exc)))

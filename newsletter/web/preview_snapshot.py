@@ -21,13 +21,11 @@ from typing import Any
 
 import jinja2
 
-from newsletter.content.validate import LoadedIssue, load_issue
 from newsletter.delivery import message
 from newsletter.errors import NewsletterError, Problem
-from newsletter.project import Project, open_project
-from newsletter.render.check import check_issue
-from newsletter.render.html import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue, render_issue
-from newsletter.tokens import Tokens
+from newsletter.project import IssuePipeline, Project, open_project
+from newsletter.render.templates import UNSUBSCRIBE_PLACEHOLDER
+from newsletter.tokens import Tokens, unsubscribe_url
 
 log = logging.getLogger("newsletter.web.preview")
 
@@ -86,15 +84,15 @@ def run_pipeline(root: Path, issue_path: Path) -> Snapshot:
     (headers by the sending code itself, so the preview cannot drift from what `send` writes),
     and run `newsletter check`. Raises for user mistakes."""
     project = open_project(root, exact=True)
-    loaded = load_issue(issue_path)
-    rendered = render_issue(loaded, project)
+    issue = project.issue(issue_path)
+    rendered = issue.rendered
     token = _sample_token(project)
-    sample_url = f"{project.settings.newsletter.base_url.rstrip('/')}/u/{token}"
+    sample_url = unsubscribe_url(project.settings.newsletter.base_url, token)
     html = rendered.html.replace(UNSUBSCRIBE_PLACEHOLDER, sample_url)
     text = rendered.text.replace(UNSUBSCRIBE_PLACEHOLDER, sample_url)
-    prepared = message.prepare(project, rendered, list_name=SAMPLE_LIST_NAME, sign=False)
+    prepared = issue.prepared(list_name=SAMPLE_LIST_NAME, sign=False).prepared
     headers, header_block = _headers(prepared.personalise(SAMPLE_RECIPIENT, token))
-    checks = _checks(loaded, project, rendered)
+    checks = _checks(issue)
     return Snapshot(version=0, ok=True, checks=checks, subject=rendered.subject,
                     preheader=rendered.preheader or "", html=html, text=text, headers=headers,
                     header_block=header_block)
@@ -144,11 +142,11 @@ def _headers(raw: bytes) -> tuple[list[tuple[str, str]], str]:
     return shown, block.decode("ascii", "replace").replace("\r\n", "\n")
 
 
-def _checks(loaded: LoadedIssue, project: Project, rendered: RenderedIssue) -> list[tuple[str, str]]:
+def _checks(issue: IssuePipeline) -> list[tuple[str, str]]:
     """(severity, line) of every `newsletter check` finding (without the live link check),
     validation warnings included; a failing check never takes the preview down."""
     try:
-        report = check_issue(loaded, project, rendered=rendered)
+        report = issue.check()
     except NewsletterError as error:
         return [("error", line) for line in error.lines()]
     except Exception as error:

@@ -26,6 +26,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from newsletter.errors import ConfigError, Problem
+from newsletter.tokens import serializer_keys
 
 log = logging.getLogger("newsletter.serve")
 access_log = logging.getLogger("newsletter.access")
@@ -229,7 +230,8 @@ class Csrf:
     nonce plus the form's path, signed. Cross-site posts have neither."""
 
     def __init__(self, keys: list[str], secure: bool) -> None:
-        self._serializer = URLSafeTimedSerializer(keys, salt=CSRF_SALT)
+        """`keys`: `signing_keys` (current first); tokens are signed with the current one."""
+        self._serializer = URLSafeTimedSerializer(serializer_keys(keys), salt=CSRF_SALT)
         self.secure = secure
 
     def issue(self, request: Request) -> tuple[str, str | None]:

@@ -8,22 +8,25 @@ the request, check tokens, CSRF and limits, call the store, and pick the page.
 * Unsubscribe: RFC 8058 one-click and the page's button, without CSRF token or cookie (the
   signed token in the URL is the secret); one-click is answered 200 without redirect.
 * `/u/test` (the link in test sends) shows a page and changes nothing.
-* Sign-up: the same page whether the address is new, pending, subscribed or suppressed; the
-  confirmation mail goes out in a background task so the response time does not tell either.
+* Sign-up: the same page whether the address is new, pending, subscribed or suppressed, and the
+  same work before it: the store call and the confirmation mail run in a background task after
+  the page went out, so the response time does not tell either.
+* Health: `/healthz` commits a write (`newsletter.db.health.probe_write`); a database that
+  cannot write (full disk) makes it answer 503, as unsubscribes would fail.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import sqlite3
-import time
+import re
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from sqlalchemy.exc import OperationalError
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
@@ -38,6 +41,8 @@ from newsletter.audience.addresses import (
 )
 from newsletter.audience.records import MailingList
 from newsletter.audience.store import open_store
+from newsletter.db.engine import DatabaseError
+from newsletter.db.health import probe_write
 from newsletter.project import Project
 from newsletter.tokens import TokenExpired, TokenInvalid, Tokens, signing_keys
 from newsletter.web.confirmation import send_confirmation
@@ -64,6 +69,8 @@ SOURCE_CONFIRM = "confirm"
 
 T = TypeVar("T")
 
+_EMAIL = re.compile(r"[^\s<>]+@[^\s<>]+")
+
 
 @dataclass
 class ListInfo:
@@ -89,11 +96,14 @@ class Site:
         self.mails = SlidingWindow(MAILS_PER_ADDRESS, 24 * 3600)
         self.csrf = Csrf(signing_keys(project), secure=self.base_url.startswith("https://"))
         self.pages = Pages(project)
+        self._health: asyncio.Future[bool] | None = None
 
     # ---- store access (sync SQLAlchemy, so off the event loop)
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await run_in_threadpool(retry_locked, fn, *args, **kwargs)
+        # A locked SQLite database is waited for by SQLite itself (busy_timeout); what is still
+        # locked after that is an error for the page, never retried here (docs/data-model.md).
+        return await run_in_threadpool(fn, *args, **kwargs)
 
     def list_info(self, list_id: int) -> ListInfo | None:
         item = self.store.get_list_by_id(list_id)
@@ -133,8 +143,24 @@ class Site:
     # ---- handlers
 
     async def healthz(self, request: Request) -> Response:
-        """`/healthz`: "ok" while the process answers."""
-        return PlainTextResponse("ok")
+        """`/healthz`: "ok" while the database commits a write; 503 when it cannot (a full disk
+        makes every unsubscribe fail, so the service is not healthy)."""
+        # Requests arriving while a probe runs share its answer: a flood of /healthz cannot queue
+        # up writes and fsyncs.
+        if self._health is None or self._health.done():
+            self._health = asyncio.ensure_future(run_in_threadpool(self.database_writable))
+        if await asyncio.shield(self._health):
+            return PlainTextResponse("ok")
+        return PlainTextResponse("database not writable", status_code=503)
+
+    def database_writable(self) -> bool:
+        """`probe_write` on the store's database; a failure is logged (it names no one)."""
+        try:
+            probe_write(self.store.engine)
+        except DatabaseError as exc:
+            log.error("health check failed: %s", exc)
+            return False
+        return True
 
     async def unsubscribe_page(self, request: Request) -> Response:
         """`/u/{token}`: GET shows the page with its button; POST unsubscribes (the button, or
@@ -198,8 +224,8 @@ class Site:
         return await self.sign_up(request, info)
 
     async def sign_up(self, request: Request, info: ListInfo) -> Response:
-        """A posted subscribe form: limits, CSRF, honeypot, checks, then `Store.request_subscription`
-        and, when the store says so, the confirmation mail (at most MAILS_PER_ADDRESS a day)."""
+        """A posted subscribe form: limits, CSRF, honeypot and syntax checks, then the "check your
+        inbox" page at once; `register_sign_up` does the rest after the page went out."""
         ip = client_ip(request.scope, self.trusted)
         if not self.signups.hit(ip):
             await drain(request)
@@ -230,21 +256,31 @@ class Site:
             invalid.add("consent")
         if errors:
             return self.subscribe_form(request, info, values, errors, invalid, status=400)
+        # Nothing that depends on the address's state happens before the answer: the store work
+        # took longer for a new address than for a subscribed one, which told them apart.
+        return self.signup_done(BackgroundTask(self.register_sign_up, email, info, values["name"], ip))
 
+    def register_sign_up(self, email: str, info: ListInfo, name: str, ip: str) -> None:
+        """After the sign-up page went out (a background task, in a worker thread):
+        `Store.request_subscription` and, when the store says so, the confirmation mail (at most
+        MAILS_PER_ADDRESS a day). Never raises: a failure is logged without the address, the name
+        or the client's IP (the reader already has their page and can sign up again)."""
         try:
-            result = await self.db(
-                self.store.request_subscription, email, info.id, name=values["name"] or None,
+            result = self.store.request_subscription(
+                email, info.id, name=name or None,
                 source=SOURCE_FORM, ip=ip, consent_version=self.settings.serve.consent_version)
-        except InvalidEmail:
-            return self.subscribe_form(request, info, values, [EMAIL_INVALID], {"email"}, status=400)
-        task = None
-        # The mail limit counts per address, kept as its hash (the one of the suppression list).
-        if result.send_confirmation and result.subscriber_id is not None \
-                and self.mails.hit(suppression_hash(email)):
-            assert result.token_id is not None
-            token = self.tokens.mint_confirm(result.token_id, info.id)
-            task = BackgroundTask(send_confirmation, self.project, self.pages, email, info.title, token)
-        return self.signup_done(task)
+            # The mail limit counts per address, kept as its hash (the one of the suppression list).
+            if result.send_confirmation and result.subscriber_id is not None \
+                    and self.mails.hit(suppression_hash(email)):
+                assert result.token_id is not None
+                token = self.tokens.mint_confirm(result.token_id, info.id)
+                send_confirmation(self.project, self.pages, email, info.title, token)
+        except DatabaseError as exc:  # one line: the file, SQLite's reason, the remedy; nobody named
+            log.error("sign-up to list %s not recorded: %s", info.name, exc)
+        except Exception as exc:
+            log.error("sign-up to list %s not recorded: %s\n%s", info.name,
+                      anonymous_error(exc, email, name, ip),
+                      "".join(traceback.format_tb(exc.__traceback__)).rstrip())
 
     def subscribe_form(self, request: Request, info: ListInfo, values: dict[str, str], errors: list[str],
                        invalid: set[str], status: int = 200) -> Response:
@@ -299,18 +335,15 @@ class Site:
                                archive_url="/archive/", subscribe_url=subscribe_url)
 
 
-def retry_locked(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """SQLite may answer "database is locked" under write bursts; retry briefly."""
-    for attempt in range(8):
-        try:
-            return fn(*args, **kwargs)
-        except OperationalError as exc:
-            if not isinstance(exc.orig, sqlite3.OperationalError) or "locked" not in str(exc.orig) \
-                    or attempt == 7:
-                raise
-            log.warning("database is locked; retrying")
-            time.sleep(0.02 * 2 ** attempt)
-    raise AssertionError("unreachable")
+def anonymous_error(exc: BaseException, *private: str) -> str:
+    """`Type: message` of `exc` for the log, without the `private` values or any address.
+
+    For database errors the driver's message: SQLAlchemy's own repeats the bound parameters."""
+    text = str(getattr(exc, "orig", None) or exc)
+    for value in private:
+        if value:
+            text = text.replace(value, "…")
+    return f"{type(exc).__name__}: {_EMAIL.sub('…', text)}"[:500]
 
 
 async def read_form(request: Request) -> FormData | None:

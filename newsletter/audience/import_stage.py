@@ -1,0 +1,363 @@
+"""An import's first phase: read the CSV in chunks into the import's TEMPORARY staging table,
+merge duplicates and plan every row, without taking the database's write lock
+(docs/data-model.md, "CSV import"). `importer._Import` adds the writing phases."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import socket
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from newsletter.audience.addresses import key_hash
+from newsletter.audience.csvfile import (
+    CsvFile,
+    CsvRow,
+    Duplicate,
+    ProgressCallback,
+    merge_duplicate,
+)
+from newsletter.audience.import_report import (
+    FILLABLE,
+    SUPPRESSED,
+    ImportReport,
+    decide,
+    fill_details,
+)
+from newsletter.audience.statuses import STATUSES, editor_target
+from newsletter.audience.store import Store
+from newsletter.audience.tables import (
+    consent_log,
+    import_subscribers,
+    imports,
+    memberships,
+    staged_rows_table,
+    subscribers,
+    suppressions,
+)
+from newsletter.db.schema import chunked, utcnow
+
+WRITE_BATCH = 5000
+# At most this many transactions create the new subscribers of one import (`_write`).
+CREATE_TRANSACTIONS = 20
+# An unfinished import not renewed for this long is presumed dead (its process is also presumed
+# dead at once when it ran on this host and its pid is gone).
+IMPORT_LEASE = timedelta(minutes=15)
+# Suppressions written this long before the import started are re-checked when it publishes
+# (a writer takes its timestamp before it commits).
+SUPPRESSION_SLACK = timedelta(minutes=5)
+# Up to this many suppressions are held in memory (a set of hashes) while reading.
+_SUPPRESSIONS_IN_MEMORY = 100_000
+# SQLite page cache of the import's connection (KiB): the indexes of a million subscribers.
+CACHE_KIB = 64 * 1024
+
+# What the plan does to a row (`import_rows.action`).
+
+# --- the import -------------------------------------------------------------------------------
+
+# Staged as a new subscriber to add (the defaults); `_plan_existing` plans the others.
+_STAGED_COLUMNS = ("line", "email", "email_key", "name", "attributes", "file_status", "token_id",
+                   "target")
+
+
+def _json(attributes: dict[str, str]) -> str:
+    """`json.dumps(attributes)` (what SQLAlchemy's JSON type writes) for the str → str dicts of
+    a CSV row, at half the cost: the import writes a million of them."""
+    if not attributes:
+        return "{}"
+    return "{" + ", ".join(f"{_quote(k)}: {_quote(v)}" for k, v in attributes.items()) + "}"
+
+
+_quote = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+
+
+def _token_ids(count: int) -> list[str]:
+    """`count` times `tables.new_token_id()` (`secrets.token_urlsafe(12)`: 12 random bytes as
+    16 URL-safe characters) from one read of the system's randomness: 12 bytes are exactly 16
+    base64 characters, so each token is its own slice."""
+    text = base64.urlsafe_b64encode(secrets.token_bytes(12 * count)).decode("ascii")
+    return [text[i:i + 16] for i in range(0, 16 * count, 16)]
+
+
+class Staging:
+    """The state of one import run and its read-and-plan phase."""
+
+    def __init__(self, store: Store, csv_file: CsvFile, list_id: int, file_name: str,
+                 report: ImportReport, batch: int, on_progress: ProgressCallback | None) -> None:
+        self.store, self.csv_file, self.list_id, self.file_name = store, csv_file, list_id, file_name
+        self.report, self.batch, self.on_progress = report, batch, on_progress
+        self.confirmed, self.dry_run = report.confirmed, report.dry_run
+        self.staged = staged_rows_table(sa.MetaData())
+        # Built after the rows are in (one sorted build, not a million random inserts).
+        self.by_key = sa.Index("import_rows_by_key", self.staged.c.email_key, self.staged.c.line)
+        self.staged.indexes.discard(self.by_key)  # not with the table
+        self.targets = {status: editor_target(status, report.confirmed) for status in (None, *STATUSES)}
+        self.import_id: int | None = None
+        self.started = utcnow()
+        self.check_suppressions = True
+        self.anyone = True
+        self.suppression_hashes: set[str] | None = None
+        self.create_batch = batch
+        self.to_write = 0
+        self.conn: Connection
+
+
+    def _sqlite_settings(self) -> None:
+        """SQLite settings of the import's connection (it is closed afterwards).
+
+        `synchronous` NORMAL instead of FULL until the publish: a batch of subscribers on no list
+        that a power cut takes back goes together with its record in `import_subscribers` (one
+        transaction), and the publish (FULL again) syncs everything before it; not waiting for
+        the disk once per batch saves much of the import's time. A page cache of CACHE_KIB
+        instead of SQLite's 2 MB keeps the indexes the import inserts into in memory (a fixed
+        amount, whatever the size of the file)."""
+        if self.conn.dialect.name == "sqlite":
+            raw = self.conn.connection.driver_connection
+            raw.execute("PRAGMA synchronous = NORMAL")
+            raw.execute(f"PRAGMA main.cache_size = {-CACHE_KIB}")
+
+    def _load_suppressions(self, conn: Connection) -> None:
+        """Suppressions are checked in memory when there are not many, else by query; not at
+        all when there are none (those added during the import are found by the publish)."""
+        count = conn.execute(sa.select(sa.func.count()).select_from(suppressions)).scalar() or 0
+        self.check_suppressions = count > 0
+        if 0 < count <= _SUPPRESSIONS_IN_MEMORY:
+            self.suppression_hashes = set(conn.execute(sa.select(suppressions.c.email_hash)).scalars())
+
+    @contextmanager
+    def transaction(self, write: bool = False) -> Iterator[Connection]:
+        """A transaction on the import's connection: `write` takes the write lock up front (as
+        `Store.write`); otherwise it reads the database and writes only the staging table, which
+        locks nobody out."""
+        conn = self.conn
+        if conn.dialect.name == "sqlite":
+            conn.execution_options(sqlite_begin="IMMEDIATE" if write else "DEFERRED")
+        with conn.begin():
+            yield conn
+
+    def _progress(self, done: int) -> None:
+        if self.on_progress:
+            self.on_progress("write", done, self.to_write)
+
+    # 1. read: stage, merge duplicates, plan ---------------------------------------------------
+
+    def _read(self) -> None:
+        """Stage every valid row (appended: cheap whatever the order of the file), then index
+        the staging table by address (one sorted build), merge duplicates and plan."""
+        for chunk in self.csv_file.chunks(self.batch, self.on_progress):
+            if chunk:
+                self._stage(chunk)
+        self.report.records = self.csv_file.records
+        with self.transaction() as conn:
+            self.by_key.create(conn)
+        self._merge_duplicates()
+        if self.anyone:
+            self._plan_existing()
+        if self.check_suppressions:
+            self._plan_suppressed()
+
+    def _stage(self, chunk: list[CsvRow]) -> None:
+        """Append a chunk's rows, each planned as a new subscriber to add (`_plan_existing` and
+        `_plan_suppressed` plan the others)."""
+        targets = self.targets
+        staged = [(row.line, row.email, row.key, row.name, _json(row.attributes), row.status,
+                   token_id, targets[row.status])
+                  for row, token_id in zip(chunk, _token_ids(len(chunk)), strict=True)]
+        insert = self.staged.insert().values({c: sa.bindparam(c) for c in _STAGED_COLUMNS})
+        with self.transaction() as conn:
+            _executemany(conn, insert, _STAGED_COLUMNS, staged)
+
+    def _merge_duplicates(self) -> None:
+        """One row per person: later rows of an address fill in what its first row lacks
+        (`merge_duplicate`) and go; each is reported as a duplicate of the first."""
+        s = self.staged
+        with self.transaction() as conn:
+            keys = conn.execute(sa.select(s.c.email_key).group_by(s.c.email_key)
+                                .having(sa.func.count() > 1)).scalars().all()
+        duplicates: list[Duplicate] = []
+        for part in chunked(keys):
+            with self.transaction() as conn:
+                rows = conn.execute(
+                    sa.select(s.c.line, s.c.email, s.c.email_key, s.c.name, s.c.attributes)
+                    .where(s.c.email_key.in_(part)).order_by(s.c.email_key, s.c.line)).all()
+                first: CsvRow | None = None
+                later: list[int] = []
+                for row in [*rows, None]:
+                    if first is not None and (row is None or row.email_key != first.key):
+                        conn.execute(s.update().where(s.c.line == first.line)
+                                     .values(name=first.name, attributes=first.attributes))
+                        first = None
+                    if row is None:
+                        break
+                    current = CsvRow(row.line, row.email, row.email_key, row.name,
+                                     dict(row.attributes), None)
+                    if first is None:
+                        first = current
+                    else:
+                        duplicates.append(Duplicate(row.line, first.line, row.email))
+                        merge_duplicate(first, current)
+                        later.append(row.line)
+                for lines in chunked(later):
+                    conn.execute(s.delete().where(s.c.line.in_(lines)))
+        self.report.duplicates.extend(sorted(duplicates, key=lambda d: d.line))
+
+    def _pages(self, query: sa.Select[Any]) -> Iterator[list[Any]]:
+        """`query` (ordered by line; its first column is the line) a page of `batch` rows at a
+        time, each page read in a transaction of its own."""
+        after = 0
+        while True:
+            with self.transaction() as conn:
+                page = conn.execute(query.where(self.staged.c.line > after).limit(self.batch)).all()
+            if not page:
+                return
+            yield page
+            after = page[-1][0]
+
+    def _plan_existing(self) -> None:
+        """Plan the rows of people who are subscribers already."""
+        s, m = self.staged, memberships
+        query = (
+            sa.select(s.c.line, s.c.file_status, s.c.name, s.c.attributes, m.c.status,
+                      subscribers.c.id, subscribers.c.name.label("current_name"),
+                      subscribers.c.attributes.label("current_attributes"))
+            .select_from(s.join(subscribers, subscribers.c.email_key == s.c.email_key)
+                         .outerjoin(m, sa.and_(m.c.subscriber_id == subscribers.c.id,
+                                               m.c.list_id == self.list_id)))
+            .order_by(s.c.line))
+        for page in self._pages(query):
+            plans = []
+            for row in page:
+                action, target = decide(row.file_status, self.confirmed, True, row.status, False)
+                fill = action in FILLABLE and fill_details(row.current_name, row.current_attributes,
+                                                     row.name, row.attributes) is not None
+                plans.append((action, target, row.status, fill, row.id, row.line))
+            with self.transaction() as conn:
+                _executemany(conn, _PLAN.compile(dialect=conn.dialect), _PLAN_COLUMNS, plans)
+
+    def _plan_suppressed(self) -> None:
+        """Mark the rows whose address is on the suppression list."""
+        s = self.staged
+        for page in self._pages(sa.select(s.c.line, s.c.email_key).order_by(s.c.line)):
+            hashes = {key_hash(key): line for line, key in page}
+            if self.suppression_hashes is not None:
+                hits = [line for digest, line in hashes.items() if digest in self.suppression_hashes]
+            else:
+                with self.transaction() as conn:
+                    hits = [hashes[digest] for part in chunked(list(hashes))
+                            for digest in conn.execute(_SUPPRESSED, {"hashes": part}).scalars()]
+            if hits:
+                with self.transaction() as conn:
+                    conn.execute(s.update().where(s.c.line.in_(hits)).values(
+                        action=SUPPRESSED, target=None, fill=False, subscriber_id=None))
+
+    def _look_up(self, conn: Connection, keys: list[str]) -> tuple[dict[str, Any], dict[int, str], set[str]]:
+        """The subscribers with these keys, their membership statuses on the list, and the keys
+        on the suppression list (for a few rows planned again)."""
+        found: dict[str, Any] = {}
+        for part in chunked(keys):
+            for person in conn.execute(_SUBSCRIBERS_BY_KEY, {"keys": part}):
+                found[person.email_key] = person
+        statuses: dict[int, str] = {}
+        for part in chunked([person.id for person in found.values()]):
+            statuses.update((sid, status) for sid, status in
+                            conn.execute(_STATUSES, {"list": self.list_id, "ids": part}))
+        hashes = {key_hash(key): key for key in keys}
+        suppressed = {hashes[digest] for part in chunked(list(hashes))
+                      for digest in conn.execute(_SUPPRESSED, {"hashes": part}).scalars()}
+        return found, statuses, suppressed
+
+    # 2. create the new subscribers, 3. publish --------------------------------------------------
+
+
+def delete_created(run: Staging, import_id: int) -> None:
+    """Delete the subscribers import `import_id` created that are still bare (no membership, no
+    consent-log entry, not claimed by another import's range), a range per transaction; then the
+    import's record."""
+    with run.transaction() as conn:
+        ranges = conn.execute(sa.select(import_subscribers.c.first_id, import_subscribers.c.last_id)
+                              .where(import_subscribers.c.import_id == import_id)).all()
+    others = import_subscribers.alias("others")
+    for first, last in ranges:
+        with run.transaction(write=True) as conn:
+            conn.execute(subscribers.delete().where(
+                subscribers.c.id.between(first, last), bare(subscribers.c.id),
+                ~sa.exists().where(others.c.import_id != import_id,
+                                   subscribers.c.id.between(others.c.first_id, others.c.last_id))))
+            conn.execute(import_subscribers.delete().where(
+                import_subscribers.c.import_id == import_id, import_subscribers.c.first_id == first))
+    with run.transaction(write=True) as conn:
+        conn.execute(imports.delete().where(imports.c.id == import_id))
+
+
+def bare(subscriber_id: sa.ColumnElement[int]) -> sa.ColumnElement[bool]:
+    """The subscriber is on no list and has no consent-log entry: nobody knows of them."""
+    return sa.and_(~sa.exists().where(memberships.c.subscriber_id == subscriber_id),
+                   ~sa.exists().where(consent_log.c.subscriber_id == subscriber_id))
+
+
+def is_dead(row: Any, now: Any) -> bool:
+    """An `imports` row whose process is gone: not renewed for IMPORT_LEASE, or run on this host
+    by a pid that no longer exists."""
+    if row.heartbeat_at < now - IMPORT_LEASE:
+        return True
+    if row.host != socket.gethostname() or row.pid == os.getpid() or os.name != "posix":
+        return False
+    try:
+        os.kill(row.pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _executemany(conn: Connection, statement: sa.Executable | sa.engine.Compiled,
+                 columns: tuple[str, ...], rows: list[tuple[Any, ...]], suffix: str = "") -> int:
+    """`statement` (bound parameters named `columns`) for every row, through the driver's
+    executemany: SQLAlchemy's per-row parameter handling would cost more than the database
+    does. Rows in `columns` order; the number of rows changed."""
+    compiled = statement if isinstance(statement, sa.engine.Compiled) else statement.compile(
+        dialect=conn.dialect)
+    if compiled.positional:
+        order = [columns.index(name) for name in compiled.positiontup or ()]
+        params: list[Any] = rows if order == list(range(len(columns))) else [
+            tuple(row[i] for i in order) for row in rows]
+    else:
+        params = [dict(zip(columns, row, strict=True)) for row in rows]
+    return conn.exec_driver_sql(f"{compiled}{suffix}", params).rowcount
+
+
+def runs(ids: Iterable[int]) -> list[tuple[int, int]]:
+    """Consecutive runs of ids as (first, last)."""
+    result: list[tuple[int, int]] = []
+    for i in sorted(ids):
+        if result and result[-1][1] == i - 1:
+            result[-1] = (result[-1][0], i)
+        else:
+            result.append((i, i))
+    return result
+
+
+_SUBSCRIBERS_BY_KEY = sa.select(
+    subscribers.c.id, subscribers.c.email_key, subscribers.c.name, subscribers.c.attributes,
+    subscribers.c.token_id,
+).where(subscribers.c.email_key.in_(sa.bindparam("keys", expanding=True)))
+_STATUSES = sa.select(memberships.c.subscriber_id, memberships.c.status).where(
+    memberships.c.list_id == sa.bindparam("list"),
+    memberships.c.subscriber_id.in_(sa.bindparam("ids", expanding=True)))
+_SUPPRESSED = sa.select(suppressions.c.email_hash).where(
+    suppressions.c.email_hash.in_(sa.bindparam("hashes", expanding=True)))
+_STAGED = staged_rows_table(sa.MetaData())
+_PLAN_COLUMNS = ("action", "target", "seen_status", "fill", "subscriber_id", "line")
+_PLAN = _STAGED.update().where(_STAGED.c.line == sa.bindparam("line")).values(
+    action=sa.bindparam("action"), target=sa.bindparam("target"),
+    seen_status=sa.bindparam("seen_status"), fill=sa.bindparam("fill"),
+    subscriber_id=sa.bindparam("subscriber_id"))
