@@ -4,7 +4,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
 
 from newsletter.cli.common import (
     IssueFile,
@@ -19,6 +18,14 @@ from newsletter.cli.common import (
     user_errors,
 )
 from newsletter.errors import NewsletterError
+
+
+def escape(text: str) -> str:
+    """rich markup escaped (rich.markup is loaded by the send commands only, not at start-up)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
 
 if TYPE_CHECKING:
     from datetime import datetime
