@@ -65,7 +65,7 @@ def test_every_subscriber_gets_exactly_one_correct_message(long_url_project, smt
         assert header_line(raw, b"List-Archive") == f"List-Archive: <{LONG_BASE_URL}/archive/>".encode()
         assert b"=?" not in header_line(raw, b"List-Unsubscribe")
         # The subject has umlauts? Then it is encoded; either way it decodes to the issue's subject.
-        assert message["Subject"] == plan.rendered.subject
+        assert message["Subject"] == plan.issue.rendered.subject
         assert message["To"].addresses[0].addr_spec == got.rcpt_tos[0]
         assert message.get_content_type() == "multipart/alternative"
         kinds = [p.get_content_type() for p in message.iter_parts()]

@@ -230,8 +230,8 @@ def test_a_run_whose_lease_was_taken_over_stops_claiming(project_dir, monkeypatc
                         lease_expires_at=utcnow() - timedelta(seconds=1)))
                 takeover.append(Worker.here())
                 Journal(store).start(
-                    issue_slug=plan.rendered.slug, list_id=plan.mailing_list.id,
-                    subject=plan.rendered.subject, content=plan.content_hash,
+                    issue_slug=plan.issue.rendered.slug, list_id=plan.mailing_list.id,
+                    subject=plan.issue.rendered.subject, content=plan.issue.content_hash,
                     transport=plan.transport.description, worker=takeover[0])
             return await super().handle_DATA(server, session, envelope)
 

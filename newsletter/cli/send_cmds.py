@@ -92,7 +92,7 @@ def send(
             plan.refuse_if_busy()  # another process is sending it: one line, exit 1
             if plan.nothing_to_do:
                 assert plan.existing is not None
-                say(f"Send #{plan.existing.id} of {escape(plan.rendered.slug)} to "
+                say(f"Send #{plan.existing.id} of {escape(plan.issue.rendered.slug)} to "
                     f"{escape(plan.mailing_list.name)} is complete ({plan.existing.counts['sent']} "
                     "sent) and nobody has joined the list since: nothing to send.")
                 return
@@ -114,7 +114,7 @@ def _dry_run(plan: "SendPlan", out: Path | None) -> None:
     """Write the messages; say where, and who was left out and why."""
     from newsletter.delivery.dryrun import dry_run
 
-    for warning in plan.warnings:
+    for warning in plan.issue.warnings:
         plain(warning, err=True)
     unbuildable: list[str] = []
     directory, count = dry_run(plan, out, unbuildable)
@@ -128,11 +128,11 @@ def _dry_run(plan: "SendPlan", out: Path | None) -> None:
 
 
 def _summary(plan: "SendPlan") -> None:
-    for warning in plan.warnings:
+    for warning in plan.issue.warnings:
         say(escape(warning), err=True)
     mailing_list = plan.mailing_list
     title = f" ({mailing_list.title})" if mailing_list.title else ""
-    say(f"[bold]Subject:[/bold]    {escape(plan.rendered.subject)}")
+    say(f"[bold]Subject:[/bold]    {escape(plan.issue.rendered.subject)}")
     say(f"[bold]List:[/bold]       {escape(mailing_list.name + title)}")
     say(f"[bold]Recipients:[/bold] {plan.recipients} subscribed")
     rate = f"{plan.rate:g}/s" if plan.rate else "unlimited"
@@ -145,7 +145,7 @@ def _summary(plan: "SendPlan") -> None:
     existing = plan.existing
     if existing is not None:
         c = existing.counts
-        if existing.status == "finished" and c["pending"] + c["failed_temporary"] + c["sending"] == 0:
+        if existing.status == "finished" and existing.open_rows == 0:
             say(f"[yellow]Send #{existing.id} finished earlier[/yellow] ({c['sent']} sent): "
                 f"{plan.joined_since} member(s) joined the list since and get it now; "
                 "nobody gets it twice.")
@@ -156,7 +156,7 @@ def _summary(plan: "SendPlan") -> None:
                 if c["sending"] else ""))
         if existing.reason:
             say(f"It stopped: {escape(existing.reason)}")
-        if existing.content_hash != plan.content_hash:
+        if existing.content_hash != plan.issue.content_hash:
             say("[red]The issue changed since this send started[/red] (use --force to "
                  "send the new version to the rest).")
 

@@ -20,12 +20,12 @@ def dry_run(plan: SendPlan, directory: Path | None = None,
     `dist/`, which `serve` publishes) — the files hold addresses and working unsubscribe links.
     The messages are not DKIM-signed. Members whose message cannot be built (the real send
     fails them) are left out and, with `skipped`, listed there with the reason."""
-    directory = directory or plan.project.outbox_dir / "dry-run" / plan.rendered.slug
+    directory = directory or plan.project.outbox_dir / "dry-run" / plan.issue.rendered.slug
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise NewsletterError(f"cannot create {directory}: {exc.strerror}") from None
-    prepared = dataclasses.replace(plan.prepared, dkim=None)
+    prepared = dataclasses.replace(plan.issue.prepared, dkim=None)
     tokens = Tokens.for_project(plan.project)
     list_id = plan.mailing_list.id
     count = 0

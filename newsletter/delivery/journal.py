@@ -162,6 +162,11 @@ class SendInfo:
     possibly_duplicated: list[str] = field(default_factory=list)
     workers: list[WorkerInfo] = field(default_factory=list)  # its runs, oldest first
 
+    @property
+    def open_rows(self) -> int:
+        """Rows still to (re)try, in flight ones included."""
+        return self.counts["pending"] + self.counts["failed_temporary"] + self.counts["sending"]
+
     def live_worker(self, now: datetime | None = None) -> WorkerInfo | None:
         """The worker holding the lease (as of when this was read), if any."""
         now = now or utcnow()

@@ -70,7 +70,6 @@ class SendPlan:
     store: Store
     issue: PreparedIssue
     mailing_list: MailingList
-    recipients: int  # subscribed members now
     transport: Transport
     existing: SendInfo | None  # the earlier (paused, interrupted, finished) send of this issue
     joined_since: int  # with `existing`: subscribed members it has no row for yet
@@ -79,16 +78,16 @@ class SendPlan:
     rate: float
 
     @property
-    def rendered(self) -> RenderedIssue:
-        return self.issue.rendered
+    def recipients(self) -> int:
+        """Subscribed members now."""
+        return self.counts.get("subscribed", 0)
 
     @property
     def nothing_to_do(self) -> bool:
         """A re-run of a send that is complete: nobody to (re)try and nobody new on the list."""
         if self.existing is None or self.existing.status != "finished":
             return False  # a paused or interrupted send is resumed: it finishes and says why
-        c = self.existing.counts
-        return c["pending"] + c["failed_temporary"] + c["sending"] == 0 and self.joined_since == 0
+        return self.existing.open_rows == 0 and self.joined_since == 0
 
     def refuse_if_busy(self) -> None:
         """Raise `SendBusy` (the one line saying who sends it, since when, until when its lease
@@ -99,17 +98,8 @@ class SendPlan:
             if busy is not None:
                 raise busy
 
-    @property
-    def prepared(self) -> PreparedMessage:
-        return self.issue.prepared
 
-    @property
-    def content_hash(self) -> str:
-        return self.issue.content_hash
 
-    @property
-    def warnings(self) -> list[str]:
-        return self.issue.warnings
 
 
 def plan_send(project: Project, issue_path: Path, list_name: str, *, concurrency: int | None = None,
@@ -136,7 +126,7 @@ def plan_send(project: Project, issue_path: Path, list_name: str, *, concurrency
     delivery = project.settings.delivery
     return SendPlan(
         project=project, store=store, issue=issue, mailing_list=mailing_list,
-        recipients=recipients, transport=transport_for(project), existing=existing,
+        transport=transport_for(project), existing=existing,
         joined_since=joined_since, counts=counts,
         concurrency=concurrency or delivery.concurrency,
         rate=delivery.rate if rate is None else rate,

@@ -113,11 +113,11 @@ def run_send(plan: SendPlan, *, force: bool = False,
     asyncio.run(plan.transport.check())
     try:
         resume = journal.start(
-            issue_slug=plan.rendered.slug, list_id=plan.mailing_list.id,
-            subject=plan.rendered.subject, content=plan.content_hash,
+            issue_slug=plan.issue.rendered.slug, list_id=plan.mailing_list.id,
+            subject=plan.issue.rendered.subject, content=plan.issue.content_hash,
             transport=plan.transport.description, worker=worker, force=force)
     except ContentChanged:  # the issue changed since the send started: note it on the send
-        existing = journal.find(plan.rendered.slug, plan.mailing_list.id)
+        existing = journal.find(plan.issue.rendered.slug, plan.mailing_list.id)
         if existing is not None:
             journal.refuse_changed(existing.id)
         raise
@@ -125,7 +125,7 @@ def run_send(plan: SendPlan, *, force: bool = False,
     # Ctrl-C, a bug); only a killed process leaves it to expire.
     run: _Run | None = None
     try:
-        run = _Run(plan, journal, worker, resume.send.id, plan.prepared, resume.jobs, progress)
+        run = _Run(plan, journal, worker, resume.send.id, plan.issue.prepared, resume.jobs, progress)
         asyncio.run(run.deliver())
     finally:
         status = ("interrupted" if run is None else "paused" if run.paused
@@ -441,7 +441,7 @@ class _Run:
                                      ids)
         for bounce in bounces:
             self.plan.store.set_status(bounce.job.subscriber_id, self.list_id, "bounced", "bounce",
-                                       detail=f"{self.plan.rendered.slug}: {bounce.reply}"[:1000])
+                                       detail=f"{self.plan.issue.rendered.slug}: {bounce.reply}"[:1000])
         return result
 
     def _committed(self, result: Claimed | BaseException,
