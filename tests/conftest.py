@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from pgcluster import Cluster, ClusterUnavailable, start_cluster
 
 from newsletter.project import Project, open_project
 from newsletter.scaffold import init_project
@@ -26,11 +28,67 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+# --- the two back-ends ------------------------------------------------------------------------
+# A test module that sets `pytestmark = pytest.mark.backends` runs each of its tests that use a
+# project (or the `database_url` fixture) on SQLite and on PostgreSQL. The PostgreSQL server is
+# a throw-away cluster started once per test run (tests/pgcluster.py); each test gets a new
+# database in it. Without PostgreSQL binaries those tests fail with a line saying what to install.
+# A test of such a module that is about SQLite itself says
+# `@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)`.
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "backends: run the module's tests on SQLite and PostgreSQL")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    chosen = any(m.args and m.args[0] == "backend"
+                 for m in metafunc.definition.iter_markers("parametrize"))
+    if ("backend" in metafunc.fixturenames and not chosen
+            and metafunc.definition.get_closest_marker("backends")):
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
+
+
 @pytest.fixture
-def project_dir(tmp_path: Path) -> Path:
-    """A project created by `newsletter init` in a temporary directory."""
+def backend(request: pytest.FixtureRequest) -> str:
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    try:
+        cluster = start_cluster()
+    except ClusterUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+_database_numbers = itertools.count(1)
+
+
+@pytest.fixture
+def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The database URL a test project uses: its own SQLite file, or a new PostgreSQL database."""
+    if backend == "postgresql":
+        cluster: Cluster = request.getfixturevalue("pg_cluster")
+        return cluster.create_database(f"test_{os.getpid()}_{next(_database_numbers)}")
+    return f"sqlite:///{tmp_path / 'newsletter.db'}"
+
+
+@pytest.fixture
+def project_dir(tmp_path: Path, backend: str, request: pytest.FixtureRequest,
+                monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project created by `newsletter init` in a temporary directory. On PostgreSQL its
+    database URL comes from the environment (so CLI subprocesses use it too)."""
     root = tmp_path / "project"
     init_project(root)
+    if backend == "postgresql":
+        monkeypatch.setenv("NEWSLETTER_DATABASE__URL", request.getfixturevalue("database_url"))
     return root
 
 

@@ -19,10 +19,12 @@ from newsletter.delivery.tables import deliveries, sends
 from newsletter.errors import NewsletterError
 from newsletter.project import Project
 
+pytestmark = pytest.mark.backends
+
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'newsletter.db'}"
+def db_url(database_url: str) -> str:
+    return database_url
 
 
 @pytest.fixture
@@ -201,6 +203,7 @@ def test_forget_erases_everything_but_a_hash_and_blocks_the_address(store: Store
 # --- database setup and migrations ------------------------------------------------------------
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_sqlite_runs_in_wal_mode_with_foreign_keys(store: Store, db_url: str) -> None:
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
@@ -332,8 +335,10 @@ def test_fresh_and_upgraded_databases_have_the_same_journal_columns(tmp_path: Pa
 
 def test_database_newer_than_the_program_is_refused(db_url: str) -> None:
     Store.open(db_url).close()
-    with sqlite3.connect(sa.make_url(db_url).database) as conn:
-        conn.execute("INSERT INTO schema_version VALUES (99, '2030-01-01 00:00:00')")
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO schema_version VALUES (99, '2030-01-01 00:00:00')")
+    engine.dispose()
     with pytest.raises(StoreError, match="newer than this program"):
         Store.open(db_url)
 
@@ -348,6 +353,7 @@ def test_unusable_database_urls_give_a_clear_error(url: str, message: str) -> No
         Store.open(url)
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_open_store_creates_the_subscribers_directory(project: Project) -> None:
     db = project.root / "subscribers" / "newsletter.db"
     (project.root / "subscribers" / "example.csv").unlink()
@@ -442,6 +448,7 @@ def test_every_new_subscriber_gets_a_distinct_token_id(store: Store, tmp_path: P
     assert store.token_ids(news.id) == {m.subscriber_id: m.token_id for m in members}
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_erasure_leaves_nothing_in_the_wal(store: Store, db_url: str) -> None:
     """GDPR erasure: the deleted rows must not survive in `newsletter.db-wal` either."""
     news = store.create_list("news")
