@@ -147,6 +147,49 @@ class ServeSettings(Section):
     max_body_bytes: int = Field(16384, ge=1024, description="largest accepted request body")
 
 
+def _address(value: str) -> str:
+    """A bare address (`bounces@example.org`): the envelope sender's base, no display name."""
+    value = _no_control_chars(value.strip())
+    local, _, domain = value.rpartition("@")
+    if not local or "." not in domain or any(c in value for c in " <>,;\"+"):
+        raise ValueError(f"`{value}` is not a bare e-mail address such as bounces@example.org "
+                         "(without a name, without `+`)")
+    return value
+
+
+def _sns_topic_arn(value: str) -> str:
+    if not re.fullmatch(r"arn:aws(-cn|-us-gov)?:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}", value):
+        raise ValueError(f"`{value}` is not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)")
+    return value
+
+
+class HooksSettings(Section):
+    """Provider webhooks at /hooks/<provider> (docs/feedback-webhooks.md); none set = switched off."""
+
+    sns_topic_arns: list[Annotated[str, AfterValidator(_sns_topic_arn)]] = Field(
+        default_factory=list, description="SNS topics accepted at /hooks/ses")
+    mailgun_signing_key: SecretStr | None = Field(None, description="only from the environment / .env")
+    postmark_user: str | None = None
+    postmark_password: SecretStr | None = Field(None, description="only from the environment / .env")
+    generic_secret: SecretStr | None = Field(None, description="only from the environment / .env")
+
+
+class BouncesSettings(Section):
+    """Bounces and complaints that arrive after the send (docs/feedback.md)."""
+
+    address: Annotated[str, AfterValidator(_address)] | None = Field(
+        None, description="envelope sender base; each message goes out from a VERP address "
+                          "local+TAG@domain. None: the From address, no bounce processing")
+    mailbox: str | None = Field(None, description="where bounce reports arrive: imaps://user@host/INBOX, "
+                                                  "pop3s://user@host, or a Maildir/mbox path")
+    password: SecretStr | None = Field(None, description="mailbox password; only from the environment")
+    ca_file: str | None = Field(None, description="extra CA certificates (PEM) for the mailbox server")
+    soft_limit: int = Field(3, ge=1, description="soft bounces that make a member bounced …")
+    soft_sends: int = Field(2, ge=1, description="… spread over at least this many sends …")
+    soft_days: int = Field(30, ge=1, description="… within this many days")
+    hooks: HooksSettings = HooksSettings()
+
+
 class SecretSettings(Section):
     token: SecretStr | None = Field(None, description="HMAC key for unsubscribe/confirm tokens")
     old_tokens: list[SecretStr] = Field(default_factory=list, description="previous keys, still accepted")
@@ -164,6 +207,7 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = DeliverySettings()
     database: DatabaseSettings = DatabaseSettings()
     serve: ServeSettings = ServeSettings()
+    bounces: BouncesSettings = BouncesSettings()
     secret: SecretSettings = SecretSettings()
 
     model_config = SettingsConfigDict(
@@ -184,7 +228,11 @@ class Settings(BaseSettings):
 
 
 # Keys that must never be written into newsletter.toml.
-SECRET_KEYS = {("smtp", "password"), ("secret", "token"), ("secret", "old_tokens")}
+SECRET_KEYS: set[tuple[str, ...]] = {
+    ("smtp", "password"), ("secret", "token"), ("secret", "old_tokens"), ("bounces", "password"),
+    ("bounces", "hooks", "mailgun_signing_key"), ("bounces", "hooks", "postmark_password"),
+    ("bounces", "hooks", "generic_secret"),
+}
 
 
 def load_settings(path: Path) -> Settings:
@@ -199,11 +247,11 @@ def load_settings(path: Path) -> Settings:
         message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
         raise ConfigError(problems=[Problem(file, line, col, "", f"TOML syntax error: {message}")]) from None
     problems = [
-        Problem(file, *_toml_position(text, (section, key)), f"{section}.{key}",
+        Problem(file, *_toml_position(text, path), ".".join(path),
                 f"secrets do not belong in {CONFIG_NAME} (it is committed to git); set "
-                f"{ENV_PREFIX}{section.upper()}__{key.upper()} in the environment or in .env")
-        for section, key in SECRET_KEYS
-        if isinstance(data.get(section), dict) and key in data[section]
+                f"{ENV_PREFIX}{'__'.join(p.upper() for p in path)} in the environment or in .env")
+        for path in sorted(SECRET_KEYS)
+        if _get_path(data, path) is not _MISSING
     ]
     if problems:
         raise ConfigError(problems=problems)
@@ -251,13 +299,17 @@ def _get_path(data: Any, loc: tuple[str, ...]) -> Any:
 
 
 def _known_keys(loc: tuple[str, ...]) -> list[str]:
-    if not loc:
-        return list(Settings.model_fields)
-    field = Settings.model_fields.get(loc[0])
-    annotation = field.annotation if field else None
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [f.alias or name for name, f in annotation.model_fields.items()]
-    return []
+    model: Any = Settings
+    for part in loc:
+        field = model.model_fields.get(part)
+        model = field.annotation if field else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+# Tables inside tables, written `[bounces.hooks]` in the file.
+NESTED_SECTIONS = {("bounces", "hooks")}
 
 
 def _toml_position(
@@ -266,6 +318,8 @@ def _toml_position(
     """Line and column of the value (or with `at_key`, the key) of `section.key` in TOML
     text (tomllib keeps no positions)."""
     lines = text.splitlines()
+    if len(loc) >= 3 and loc[:2] in NESTED_SECTIONS:
+        loc = (".".join(loc[:2]), *loc[2:])
     section, key = (loc[0], loc[1]) if len(loc) >= 2 else ("", loc[0] if loc else "")
     current = ""
     for number, line in enumerate(lines, start=1):

@@ -90,6 +90,30 @@ def test_secret_token_in_toml_is_an_error(project_dir: Path) -> None:
     ]
 
 
+def test_a_webhook_secret_in_a_nested_table_is_an_error(project_dir: Path) -> None:
+    path = config_file(project_dir)
+    with path.open("a", encoding="utf-8") as f:
+        f.write('\n[bounces]\naddress = "bounces@example.org"\n\n[bounces.hooks]\ngeneric_secret = "abc"\n')
+    line = line_of(path, "generic_secret")
+    assert problems(project_dir) == [
+        f"{path}:{line}:18: bounces.hooks.generic_secret: secrets do not belong in newsletter.toml (it "
+        "is committed to git); set NEWSLETTER_BOUNCES__HOOKS__GENERIC_SECRET in the environment or in .env"
+    ]
+
+
+def test_bounce_settings_are_checked_where_they_are_written(project_dir: Path) -> None:
+    path = config_file(project_dir)
+    with path.open("a", encoding="utf-8") as f:
+        f.write('\n[bounces]\naddress = "Bounces <b@example.org>"\n\n[bounces.hooks]\npostmark_usr = "pm"\n')
+    address_line = line_of(path, 'address = "Bounces')
+    assert problems(project_dir) == [
+        f"{path}:{address_line}:11: bounces.address: `Bounces <b@example.org>` is not a bare "
+        "e-mail address such as bounces@example.org (without a name, without `+`)",
+        f"{path}:{line_of(path, 'postmark_usr')}:1: bounces.hooks.postmark_usr: unknown key "
+        "`postmark_usr`, did you mean `postmark_user`?",
+    ]
+
+
 def test_unknown_key_suggests_the_closest(project_dir: Path) -> None:
     path = replace_in_config(project_dir, 'title = "Smart zu wissen"', 'titel = "Smart zu wissen"')
     line = line_of(path, "titel")
