@@ -139,7 +139,8 @@ class ServeSettings(Section):
         "Ich möchte den Newsletter per E-Mail erhalten. Die Einwilligung kann ich jederzeit "
         "über den Abmeldelink in jeder Ausgabe widerrufen."
     )
-    consent_version: str = "1"
+    consent_version: str = Field("1", min_length=1, max_length=64,
+                                 description="stored with each sign-up (a 64-character column)")
     confirm_days: int = Field(7, ge=1)
     trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1"])
     signups_per_ip: int = Field(10, ge=1, description="sign-ups per client IP within signup_window")

@@ -10,6 +10,8 @@ from typer.testing import CliRunner, Result
 
 from newsletter.cli import app
 
+pytestmark = pytest.mark.backends
+
 
 @pytest.fixture
 def run(project_dir: Path):

@@ -9,6 +9,8 @@ from newsletter.audience.addresses import InvalidEmail, normalize_email
 from newsletter.audience.importer import import_csv
 from newsletter.audience.store import open_store
 
+pytestmark = pytest.mark.backends
+
 NON_ASCII_LOCAL = ["müller@example.org", "greta.groß@example.org", "jörg@müller.de"]
 
 

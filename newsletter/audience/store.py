@@ -2,7 +2,9 @@
 
 SQLAlchemy Core, synchronous, over the audience tables (`audience/tables.py`); the database
 layer (engine, transactions, migrations) is `newsletter/db`. Every write runs in one
-`Store.write()` transaction (`BEGIN IMMEDIATE` on SQLite, see `db/engine.py`).
+`Store.write()` transaction (`BEGIN IMMEDIATE` on SQLite, see `db/engine.py`); on PostgreSQL
+it locks what it reads before changing it (`audience/writes.py`), so no update is lost there
+either.
 
 Which status change an operation makes is decided in `audience/statuses.py`: nobody who
 unsubscribed, bounced or complained is re-activated by an editor (`add_subscriber`, the CSV
@@ -16,14 +18,21 @@ the web). Both change only LEAVABLE statuses. See docs/data-model.md.
 from __future__ import annotations
 
 import re
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from newsletter.audience import writes
-from newsletter.audience.addresses import email_key, lookup_key, normalize_email, suppression_hash
+from newsletter.audience.addresses import (
+    email_key,
+    key_hash,
+    lookup_key,
+    normalize_email,
+    suppression_hash,
+)
 from newsletter.audience.names import InvalidName, clean_name, name_or_none
 from newsletter.audience.records import (
     ConsentEntry,
@@ -54,10 +63,11 @@ from newsletter.db.engine import (
     write_transaction,
 )
 from newsletter.db.migrations import SCHEMA_VERSION, current_version, migrate
-from newsletter.db.schema import subscriber_erasers, utcnow
+from newsletter.db.schema import by_code_point, subscriber_erasers, utcnow
 from newsletter.project import Project
 
 LIST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
+MAX_TITLE = 300  # lists.title
 
 
 class Store:
@@ -105,6 +115,14 @@ class Store:
         on any exception."""
         return write_transaction(self.engine)
 
+    @contextmanager
+    def _change(self) -> Iterator[Connection]:
+        """A write transaction that changes subscribers or memberships: on PostgreSQL it takes
+        the table locks first (`writes.lock_tables`)."""
+        with self.write() as conn:
+            writes.lock_tables(conn)
+            yield conn
+
     def read(self) -> AbstractContextManager[Connection]:
         """A read-only transaction (consistent snapshot)."""
         return read_transaction(self.engine)
@@ -121,18 +139,24 @@ class Store:
                 f"invalid list name `{name}`: use letters, digits, '.', '_' and '-' "
                 "(start with a letter or digit, at most 100 characters)"
             )
+        if title is not None and (len(title) > MAX_TITLE or "\x00" in title):
+            # PostgreSQL enforces the column's length and has no NUL in text; SQLite would take both.
+            raise StoreError(f"invalid list title: at most {MAX_TITLE} characters, no NUL character")
         with self.write() as conn:
             if conn.execute(sa.select(lists.c.id).where(lists.c.name == name)).first():
                 raise StoreError(f"list `{name}` already exists")
             now = utcnow()
-            list_id = conn.execute(
-                lists.insert().values(name=name, title=title, created_at=now)
-            ).inserted_primary_key[0]
+            try:
+                list_id = conn.execute(
+                    lists.insert().values(name=name, title=title, created_at=now)
+                ).inserted_primary_key[0]
+            except sa.exc.IntegrityError:  # PostgreSQL: created by another process meanwhile
+                raise StoreError(f"list `{name}` already exists") from None
         return MailingList(list_id, name, title, now)
 
     def lists(self) -> list[MailingList]:
         with self.read() as conn:
-            rows = conn.execute(sa.select(lists).order_by(lists.c.name)).all()
+            rows = conn.execute(sa.select(lists).order_by(by_code_point(lists.c.name))).all()
         return [MailingList(r.id, r.name, r.title, r.created_at) for r in rows]
 
     def list_counts(self) -> list[ListCounts]:
@@ -200,10 +224,16 @@ class Store:
     def leave(self, token_id: str | int, list_id: int, *, source: str,
               ip: str | None = None) -> tuple[int, str] | None:
         """An unsubscribe link was used: (subscriber id, status before), None if the link names
-        no membership. Idempotent; only LEAVABLE statuses change (logged with `source`)."""
+        no membership. Idempotent; only LEAVABLE statuses change (logged with `source`).
+
+        The read is the hot path's one query; the write checks LEAVABLE again on the locked row,
+        so a bounce recorded in between is not overwritten."""
         found = self.membership_by_token_id(token_id, list_id)
         if found is not None and found[1] in LEAVABLE:
-            self.set_status(found[0], list_id, "unsubscribed", source, ip=ip)
+            check_source(source)
+            with self._change() as conn:
+                writes.set_status(conn, found[0], list_id, "unsubscribed", source, ip=ip,
+                                  only_from=LEAVABLE)
         return found
 
     def find_subscriber(self, email: str) -> Subscriber | None:
@@ -247,7 +277,7 @@ class Store:
             )
             .join(memberships, memberships.c.subscriber_id == subscribers.c.id)
             .join(lists, lists.c.id == memberships.c.list_id)
-            .order_by(subscribers.c.email_key, lists.c.name)
+            .order_by(by_code_point(subscribers.c.email_key), by_code_point(lists.c.name))
         )
         if list_id is not None:
             query = query.where(memberships.c.list_id == list_id)
@@ -263,7 +293,7 @@ class Store:
                 sa.select(memberships, lists.c.name)
                 .join(lists, lists.c.id == memberships.c.list_id)
                 .where(memberships.c.subscriber_id == subscriber_id)
-                .order_by(lists.c.name)
+                .order_by(by_code_point(lists.c.name))
             ).all()
         return [Membership(r.list_id, r.name, r.status, r.created_at, r.updated_at) for r in rows]
 
@@ -300,7 +330,7 @@ class Store:
         """
         check_status(status)
         check_source(source)
-        with self.write() as conn:
+        with self._change() as conn:
             return writes.set_status(conn, subscriber_id, list_id, status, source, ip=ip,
                                      detail=detail)
 
@@ -321,7 +351,8 @@ class Store:
         normalized = normalize_email(email)
         key = email_key(normalized)
         requested = name_or_none(name)
-        with self.write() as conn:
+        with self._change() as conn:
+            writes.lock_address(conn, key_hash(key))
             if writes.is_suppressed_key(conn, key):
                 return SignupResult(None, False)
             now = utcnow()
@@ -348,7 +379,9 @@ class Store:
         (if any) becomes the subscriber's name; both logged in one entry. Anything else stays as
         it is."""
         check_source(source)
-        with self.write() as conn:
+        with self._change() as conn:
+            if not writes.lock_subscriber(conn, subscriber_id):
+                return False
             membership = writes.membership_for_update(conn, subscriber_id, list_id)
             if membership is None or membership.status != "pending":
                 return False
@@ -378,7 +411,8 @@ class Store:
         except InvalidName as exc:
             raise StoreError(f"{normalized}: {exc.message}") from None
         target = editor_target(None, confirmed)
-        with self.write() as conn:
+        with self._change() as conn:
+            writes.lock_address(conn, key_hash(key))
             if writes.is_suppressed_key(conn, key):
                 raise StoreError(f"{normalized} is on the suppression list (erased on request or "
                                  "blocked); it cannot be added again")
@@ -407,7 +441,8 @@ class Store:
         if found is None:
             raise StoreError(f"no subscriber with the address {email.strip()}")
         changed: list[str] = []
-        with self.write() as conn:
+        with self._change() as conn:
+            writes.lock_subscriber(conn, found.id)  # none: erased meanwhile, no rows below
             query = (sa.select(memberships.c.list_id, lists.c.name)
                      .join(lists, lists.c.id == memberships.c.list_id)
                      .where(memberships.c.subscriber_id == found.id))
@@ -417,10 +452,8 @@ class Store:
             if list_id is not None and not rows:
                 raise StoreError(f"{found.email} is not on that list")
             for row in rows:
-                current = writes.status_for_update(conn, found.id, row.list_id)
-                if current in LEAVABLE and writes.set_status(
-                    conn, found.id, row.list_id, "unsubscribed", source, detail=detail
-                ):
+                if writes.set_status(conn, found.id, row.list_id, "unsubscribed", source,
+                                     detail=detail, only_from=LEAVABLE):
                     changed.append(row.name)
         return changed
 
@@ -429,10 +462,13 @@ class Store:
         send journal. Keeps only a hashed suppression entry so no import or sign-up brings the
         address back. True if a subscriber was found."""
         key = lookup_key(email)
-        with self.write() as conn:
-            # Looked up inside the write transaction: a sign-up racing the erasure cannot slip by.
+        email_hash = suppression_hash(email)
+        with self._change() as conn:
+            # Looked up inside the write transaction, under the address lock: a sign-up racing
+            # the erasure cannot slip by.
+            writes.lock_address(conn, email_hash)
             found = conn.execute(
-                sa.select(subscribers.c.id).where(subscribers.c.email_key == key)
+                sa.select(subscribers.c.id).where(subscribers.c.email_key == key).with_for_update()
             ).scalar() if key else None
             if found is not None:
                 conn.execute(consent_log.delete().where(consent_log.c.subscriber_id == found))
@@ -440,7 +476,7 @@ class Store:
                 for erase in subscriber_erasers:  # e.g. the send journal's copies of the address
                     erase(conn, found)
                 conn.execute(subscribers.delete().where(subscribers.c.id == found))
-            writes.suppress(conn, suppression_hash(email), reason)
+            writes.suppress(conn, email_hash, reason)
         if found is not None:
             self.checkpoint()
         return found is not None
@@ -452,8 +488,10 @@ class Store:
         return checkpoint(self.engine)
 
     def suppress(self, email: str, reason: str) -> None:
+        email_hash = suppression_hash(email)
         with self.write() as conn:
-            writes.suppress(conn, suppression_hash(email), reason)
+            writes.lock_address(conn, email_hash)
+            writes.suppress(conn, email_hash, reason)
 
     def is_suppressed(self, email: str) -> bool:
         with self.read() as conn:

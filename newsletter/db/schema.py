@@ -1,5 +1,6 @@
 """What every package's table definitions share: one MetaData (one database, one naming
-convention), timezone-aware UTC timestamps, server-side "now", and chunking for IN lists.
+convention), timezone-aware UTC timestamps, server-side "now", text sorted the same on every
+backend, and chunking for IN lists.
 
 The tables themselves live with the package that owns them (docs/data-model.md).
 """
@@ -8,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.visitors import InternalTraversal
 
 # Portable upper bound for bound parameters in one IN (…) query.
 CHUNK = 900
@@ -49,6 +53,34 @@ class UtcDateTime(sa.types.TypeDecorator[datetime]):
 # Server-side "now" (UTC on SQLite, timestamptz on PostgreSQL): bulk inserts can leave the
 # timestamps out and save a Python conversion per row.
 NOW = sa.func.now()
+
+
+class ByCodePoint(sa.sql.expression.ColumnElement[str]):
+    """Text sorted by code point, as SQLite sorts it: on PostgreSQL ``COLLATE "C"``, whatever the
+    database's collation (en_US or ICU would put "a-list" before "B-list" and ignore punctuation
+    first), so listings and exports come out in the same order on both back-ends."""
+
+    inherit_cache = True
+    _traverse_internals: ClassVar[Any] = [("text", InternalTraversal.dp_clauseelement)]
+
+    def __init__(self, text: sa.ColumnElement[str]) -> None:
+        self.text = text
+        self.type = text.type
+
+
+def by_code_point(text: sa.ColumnElement[str]) -> ByCodePoint:
+    """`text` for ORDER BY, sorted by code point on every backend (see `ByCodePoint`)."""
+    return ByCodePoint(text)
+
+
+@compiles(ByCodePoint)
+def _by_code_point(element: ByCodePoint, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(element.text, **kw)
+
+
+@compiles(ByCodePoint, "postgresql")
+def _by_code_point_pg(element: ByCodePoint, compiler: SQLCompiler, **kw: Any) -> str:
+    return f'{compiler.process(element.text, **kw)} COLLATE "C"'
 
 
 # GDPR erasure reaches every table that holds a person's data, each owned by its package: an
