@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import sqlalchemy as sa
 from test_send_support import make_list, parse
 from typer.testing import CliRunner
 
 from newsletter.cli import app
 from newsletter.delivery.tables import deliveries, sends
+
+pytestmark = pytest.mark.backends
 
 runner = CliRunner()
 ISSUE = "issues/2026-02.yaml"

@@ -24,6 +24,8 @@ from newsletter.delivery.testsend import send_test
 from newsletter.project import open_project
 from newsletter.tokens import Tokens
 
+pytestmark = pytest.mark.backends
+
 URL = re.compile(r"https://[^\s\"<>]+/u/([A-Za-z0-9_.-]+)")
 
 

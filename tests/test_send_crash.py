@@ -11,6 +11,7 @@ import sys
 import time
 from collections import Counter
 
+import pytest
 from conftest import REPO, RecordingHandler, start_smtp
 from test_send_support import issue_path, make_list, wait_out_the_lease
 
@@ -18,6 +19,8 @@ from newsletter.delivery.journal import Journal
 from newsletter.delivery.plan import plan_send
 from newsletter.delivery.sender import run_send
 from newsletter.project import open_project
+
+pytestmark = pytest.mark.backends
 
 
 class SlowToAnswer(RecordingHandler):

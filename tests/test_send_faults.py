@@ -20,6 +20,8 @@ from newsletter.delivery.sender import classify, run_send
 from newsletter.delivery.transport import DeliveryError, Reply
 from newsletter.project import open_project
 
+pytestmark = pytest.mark.backends
+
 
 @pytest.fixture(params=["one-by-one", "pipelining"])
 def serve(request, project_dir, monkeypatch):

@@ -33,6 +33,8 @@ from newsletter.delivery.tables import deliveries, send_workers
 from newsletter.errors import NewsletterError
 from newsletter.project import open_project
 
+pytestmark = pytest.mark.backends
+
 ISSUE = "issues/2026-02.yaml"
 REFUSAL = re.compile(
     r"the issue `2026-02` is being sent to the list `news` \(send #1\) by pid (\d+) on host (\S+) "
@@ -94,7 +96,9 @@ def cli(project, *args):
     return CliRunner().invoke(app, [*args, "--project", str(project.root)])
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_two_concurrent_sends_one_refuses_and_everybody_gets_exactly_one(project_dir, monkeypatch):
+    """On SQLite a second run is refused; on PostgreSQL it joins (tests/test_send_workers.py)."""
     events: queue.Queue = queue.Queue()
     # Holds the first message of each of the sender's 4 connections: it cannot finish before the
     # other process has decided. If both sent (no lease), a fifth would be held: `overflow`.
@@ -132,7 +136,10 @@ def test_two_concurrent_sends_one_refuses_and_everybody_gets_exactly_one(project
     assert [(w.pid, w.state()) for w in info.workers] == [(winner.pid, "ended")]
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_sigkill_rerun_refused_while_the_lease_lives_then_finishes(project_dir, monkeypatch):
+    """SQLite: the re-run is refused while the dead run's lease lives (PostgreSQL joins it:
+    tests/test_send_workers.py)."""
     handler = Gate(free=10, hold=4)  # 10 messages go through, then all 4 connections hang in DATA
     controller, server = gated_server(handler)
     try:
@@ -335,7 +342,7 @@ def test_a_finished_send_released_its_lease_and_show_names_the_worker(project):
     (line,) = [x for x in shown.output.splitlines() if x.startswith("  pid ")]
     assert re.fullmatch(
         rf"  pid {os.getpid()} on host {re.escape(socket.gethostname())}: started \S+ \S+ UTC, "
-        r"last heartbeat \S+ \S+ UTC, ended \S+ \S+ UTC", line), line
+        r"last heartbeat \S+ \S+ UTC, 2 sent, 0 in flight, ended \S+ \S+ UTC", line), line
     (listed,) = json.loads(cli(project, "sends", "ls", "--json").stdout)
     assert [w["state"] for w in listed["workers"]] == ["ended"]
     assert "running" not in cli(project, "sends", "ls").output

@@ -19,6 +19,8 @@ from newsletter.delivery.plan import plan_send
 from newsletter.delivery.sender import run_send
 from newsletter.project import open_project
 
+pytestmark = pytest.mark.backends
+
 
 def insert_raw(store, list_id: int, address: str) -> int:
     """A subscriber as an import before the address check could have stored it."""

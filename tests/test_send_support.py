@@ -10,10 +10,14 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
 from newsletter.audience.store import Store, open_store
 from newsletter.db.schema import utcnow
 from newsletter.delivery.journal import Journal
 from newsletter.project import Project
+
+pytestmark = pytest.mark.backends
 
 H = TypeVar("H")
 

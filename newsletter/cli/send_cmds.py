@@ -145,6 +145,14 @@ def _summary(plan: "SendPlan") -> None:
     existing = plan.existing
     if existing is not None:
         c = existing.counts
+        live = existing.live_workers()
+        if live:  # PostgreSQL (elsewhere `refuse_if_busy` has refused): this run joins them
+            say(f"[yellow]Joining send #{existing.id}[/yellow], running now: "
+                + escape("; ".join(f"pid {w.pid} on host {w.host} since {_at(w.started_at)}"
+                                   for w in live))
+                + f". {c['pending'] + c['failed_temporary']} still open are shared out between "
+                "the runs; nobody gets the issue twice.")
+            return
         if existing.status == "finished" and existing.open_rows == 0:
             say(f"[yellow]Send #{existing.id} finished earlier[/yellow] ({c['sent']} sent): "
                 f"{plan.joined_since} member(s) joined the list since and get it now; "
@@ -196,19 +204,38 @@ def _send_with_progress(plan: "SendPlan", force: bool) -> "SendReport":
 
 
 def _final_report(report: "SendReport") -> None:
+    counts = (f"{report.sent} sent, {report.failed_permanent} failed permanently "
+              f"({report.bounced} bounced), {report.failed_temporary} failed temporarily, "
+              f"{report.skipped} skipped (no longer subscribed), {report.pending} pending.")
+    if report.status == "running":  # other runs still send it: the last of them finishes it
+        say(f"[cyan]Send #{report.send_id} running[/cyan]: this run found nothing more to claim "
+            f"and ended in {report.seconds:.1f} s ({report.run_sent} sent by it); "
+            + escape(_still_sending(report.others))
+            + f" and finishes the send. So far: {counts}")
+        return
     color = {"finished": "green", "paused": "yellow", "interrupted": "yellow"}[report.status]
     say(f"[{color}]Send #{report.send_id} {report.status}[/{color}] in {report.seconds:.1f} s: "
-         f"{report.sent} sent, {report.failed_permanent} failed permanently "
-         f"({report.bounced} bounced), {report.failed_temporary} failed temporarily, "
-         f"{report.skipped} skipped (no longer subscribed), {report.pending} pending.")
+        + counts)
+    if report.joined or report.others:
+        say(f"This run sent {report.run_sent}; the others of the send are listed by "
+            f"`newsletter sends show {report.send_id}`.")
+    if report.others:  # this run stopped early; the send goes on
+        say(escape(_still_sending(report.others)) + " and finishes the send.", err=True)
     if report.reason:
         say(escape(report.reason), err=True)
     if report.possibly_duplicated:
         say(f"{len(report.possibly_duplicated)} recipient(s) were in flight at an "
              "interruption and may have got the issue twice: "
              + escape(", ".join(report.possibly_duplicated)))
-    if report.failed_temporary or report.pending:
+    if (report.failed_temporary or report.pending) and not report.others:
         say("Re-run the same command to retry the rest; nobody gets the issue twice.")
+
+
+def _still_sending(others: "list[WorkerInfo]") -> str:
+    """`pid 12 on host x is still sending it (3 in flight)`, for the runs still live."""
+    runs = [f"pid {w.pid} on host {w.host}" for w in others]
+    verb = "is" if len(runs) == 1 else "are"
+    return f"{' and '.join(runs)} {verb} still sending it"
 
 
 @sends_app.command("ls")
@@ -286,7 +313,7 @@ def sends_show(
         from newsletter.db.schema import utcnow
 
         now = utcnow()
-        say("Workers (one per run):")
+        say("Workers (one per run; on PostgreSQL several at once share a send out):")
         for w in info.workers:
             say(f"  {escape(_worker_line(w, now))}")
     from rich.table import Table
@@ -310,10 +337,11 @@ def _at(moment: "datetime") -> str:
 
 
 def _worker_line(w: "WorkerInfo", now: "datetime") -> str:
-    """One run of a send: who, since when, its last heartbeat, and whether it holds the lease."""
+    """One run of a send: who, since when, its last heartbeat, what it sent and has in flight,
+    and whether it holds its lease."""
     state = w.state(now)
     line = (f"pid {w.pid} on host {w.host}: started {_at(w.started_at)}, last heartbeat "
-            f"{_at(w.heartbeat_at)}, ")
+            f"{_at(w.heartbeat_at)}, {w.sent} sent, {w.in_flight} in flight, ")
     if state == "live":
         return line + f"live (lease until {_at(w.lease_expires_at)})"
     if state == "expired":
@@ -328,10 +356,11 @@ def _runner(info: "SendInfo") -> str:
     from newsletter.db.schema import utcnow
 
     now = utcnow()
-    live = info.live_worker(now)
-    if live is not None:
-        return (f"by pid {live.pid} on host {live.host} since {_at(live.started_at)}, last "
-                f"heartbeat {_at(live.heartbeat_at)}")
+    live = info.live_workers(now)
+    if live:
+        return "by " + " and ".join(
+            f"pid {w.pid} on host {w.host} since {_at(w.started_at)}, last heartbeat "
+            f"{_at(w.heartbeat_at)}" for w in live)
     last = info.workers[-1] if info.workers else None
     who = f" (pid {last.pid} on host {last.host})" if last is not None else ""
     return (f"but its process{who} is gone: no heartbeat for a whole lease; re-run the same "

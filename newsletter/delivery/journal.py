@@ -17,12 +17,15 @@ Writes are batched ("group commit"): one transaction records the results of the 
 just finished, checks the subscription state of the next recipients (one query through
 `audience.queries.membership_statuses`) and marks them `sending`.
 
-A run of a send holds the send's *lease*: a `send_workers` row (random worker id, host, pid)
-taken in the same write transaction that checks nobody else holds it (`start`), renewed every
-`Worker.heartbeat` seconds (`heartbeat`, from the send loop's journal thread) and released when
-the run ends (`finish`). While a worker's lease is live, `start` refuses (`SendBusy`). A worker
+A run of a send holds a *lease*: a `send_workers` row (random worker id, host, pid) taken in
+`start`'s write transaction, renewed every `Worker.heartbeat` seconds (`heartbeat`, from the send
+loop's journal thread) and released when the run ends (`finish`). On SQLite, while a worker's
+lease is live, `start` refuses (`SendBusy`). On PostgreSQL a further run *joins*: it takes a
+lease of its own and the workers share the rows out through the claim (`FOR UPDATE SKIP
+LOCKED`, from an open status only); the last worker to end sets the send's status. A worker
 whose lease expired (killed, machine gone) is presumed dead: its rows still `sending` are handed
-on, flagged, exactly as after a crash; a live worker's rows never are. A claim takes a row only
+on, flagged, exactly as after a crash, by whichever worker notices (`start`, `heartbeat`,
+`refill`, `finish`); a live worker's rows never are. A claim takes a row only
 from `pending` / `failed_temporary` (the row's status now, not the job list's), and only while
 the claiming worker's lease is live; results are recorded only onto rows the worker still has
 `sending`. So even a bug elsewhere, or a worker that was suspended past its lease and taken
@@ -57,6 +60,8 @@ from newsletter.delivery.lease import (
     busy_error,
     hand_on,
     live_worker,
+    live_workers,
+    with_counts,
     workers_of,
 )
 from newsletter.delivery.tables import DELIVERY_STATUSES, deliveries, send_workers, sends
@@ -94,7 +99,7 @@ CLAIMABLE = sa.select(deliveries.c.subscriber_id).where(
     deliveries.c.send_id == sa.bindparam("send"),
     deliveries.c.subscriber_id.in_(sa.bindparam("sids", expanding=True)),
     _IS_OPEN,
-).with_for_update(skip_locked=True)
+).order_by(deliveries.c.subscriber_id).with_for_update(skip_locked=True)
 CLAIM = deliveries.update().where(_ROW, _IS_OPEN).values(
     status="sending", updated_at=sa.bindparam("now"), message_id=sa.bindparam("mid"),
     worker_id=sa.bindparam("worker"))
@@ -168,9 +173,13 @@ class SendInfo:
         return self.counts["pending"] + self.counts["failed_temporary"] + self.counts["sending"]
 
     def live_worker(self, now: datetime | None = None) -> WorkerInfo | None:
-        """The worker holding the lease (as of when this was read), if any."""
+        """The oldest worker holding a live lease (as of when this was read), if any."""
+        return next(iter(self.live_workers(now)), None)
+
+    def live_workers(self, now: datetime | None = None) -> list[WorkerInfo]:
+        """The workers holding a live lease (as of when this was read), oldest first."""
         now = now or utcnow()
-        return next((w for w in self.workers if w.state(now) == "live"), None)
+        return [w for w in self.workers if w.state(now) == "live"]
 
     def as_dict(self) -> dict[str, Any]:
         now = utcnow()
@@ -211,11 +220,19 @@ class Resume:
     send: SendInfo
     resumed: bool
     jobs: list[Job]  # rows still to send, in order
+    # PostgreSQL: the live workers this run joined (they share the rows out with it).
+    joined: list[WorkerInfo] = field(default_factory=list)
 
 
 class Journal:
     def __init__(self, store: Store) -> None:
         self.store = store
+
+    @property
+    def joinable(self) -> bool:
+        """Several runs may send one send at once: PostgreSQL, whose row locks let claims skip
+        each other's rows. SQLite locks the whole file per write: one run at a time."""
+        return self.store.engine.dialect.name == "postgresql"
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -235,7 +252,7 @@ class Journal:
                 return None
             counts = _counts(conn, [send_id]).get(send_id, {})
             duplicated = _duplicated(conn, [send_id]).get(send_id, [])
-            workers = workers_of(conn, [send_id]).get(send_id, [])
+            workers = with_counts(conn, send_id, workers_of(conn, [send_id]).get(send_id, []))
         return _info(row, counts, duplicated, workers)
 
     def all(self) -> list[SendInfo]:
@@ -256,7 +273,10 @@ class Journal:
             return live_worker(conn, send_id, utcnow())
 
     def busy_error(self, send_id: int) -> SendBusy | None:
-        """The refusal `start` would give now because another worker holds the lease, or None."""
+        """The refusal `start` would give now because another worker holds the lease, or None
+        (always None on PostgreSQL, where the run would join)."""
+        if self.joinable:
+            return None
         now = utcnow()
         with self.store.read() as conn:
             holder = live_worker(conn, send_id, now)
@@ -288,38 +308,35 @@ class Journal:
 
     def start(self, *, issue_slug: str, list_id: int, subject: str, content: str, transport: str,
               worker: Worker, force: bool = False) -> Resume:
-        """Create the send, or resume it, as `worker`: take the lease (refused with `SendBusy`
-        while another worker's is live), hand on the rows of dead workers, add new members, list
-        the work. One write transaction: two processes racing cannot both take the lease."""
+        """Create the send, or resume it, as `worker`: take a lease, hand on the rows of dead
+        workers, add new members, list the work. One write transaction, the send's row locked.
+        While another worker's lease is live: on SQLite refused (`SendBusy`), on PostgreSQL this
+        run joins it (same version of the issue only) and lists the open rows from the other end,
+        so the workers meet in the middle instead of racing for the same rows."""
         now = utcnow()
         with self.store.write() as conn:
-            row = conn.execute(sa.select(sends).where(
-                sends.c.issue_slug == issue_slug, sends.c.list_id == list_id).with_for_update()).first()
+            row = self._locked_send(conn, issue_slug, list_id)
             resumed = row is not None
+            joined: list[WorkerInfo] = []
             if row is None:
-                send_id = conn.execute(sends.insert().values(
-                    issue_slug=issue_slug, list_id=list_id, content_hash=content, subject=subject,
-                    status="running", transport=transport, created_at=now, updated_at=now,
-                )).inserted_primary_key[0]
-            else:
+                send_id = self._create_send(conn, issue_slug, list_id, subject, content, transport, now)
+                if send_id is None:  # PostgreSQL: another run created it a moment ago
+                    row = self._locked_send(conn, issue_slug, list_id)
+                    assert row is not None
+                    resumed = True
+            if row is not None:
                 send_id = row.id
-                holder = live_worker(conn, send_id, now)
-                if holder is not None:
-                    raise busy_error(conn, send_id, holder, now)
-                if row.content_hash != content and not force:
-                    sent = conn.execute(sa.select(sa.func.count()).where(
-                        deliveries.c.send_id == send_id, deliveries.c.status == "sent")).scalar_one()
-                    names = list_names()
-                    name = conn.execute(sa.select(names.c.name).where(
-                        names.c.list_id == list_id)).scalar_one()
-                    raise ContentChanged(
-                        f"the issue `{issue_slug}` changed since send #{send_id} to the list "
-                        f"`{name}` started ({row.created_at:%Y-%m-%d %H:%M} UTC); {sent} "
-                        "recipients got the old version. Re-run with --force to send the new "
-                        "version to the rest.")
-                conn.execute(sends.update().where(sends.c.id == send_id).values(
-                    status="running", reason=None, content_hash=content, subject=subject,
-                    transport=transport, updated_at=now, finished_at=None))
+                joined = live_workers(conn, send_id, now)
+                if joined and not self.joinable:
+                    raise busy_error(conn, send_id, joined[0], now)
+                if row.content_hash != content and (joined or not force):
+                    raise self._changed(conn, row, issue_slug, list_id, joined, now)
+                if joined:  # the send is running: its status and reason are the workers' to set
+                    conn.execute(sends.update().where(sends.c.id == send_id).values(updated_at=now))
+                else:
+                    conn.execute(sends.update().where(sends.c.id == send_id).values(
+                        status="running", reason=None, content_hash=content, subject=subject,
+                        transport=transport, updated_at=now, finished_at=None))
             hand_on(conn, send_id, now)
             conn.execute(send_workers.insert().values(
                 worker_id=worker.id, send_id=send_id, host=worker.host, pid=worker.pid,
@@ -333,16 +350,66 @@ class Journal:
                           sa.literal("pending"), sa.literal(0), sa.literal(now, UtcDateTime))
                 .where(~sa.exists(done))
                 .order_by(members.c.subscriber_id)))
-            names = subscriber_names()
-            rows = conn.execute(
-                sa.select(deliveries.c.subscriber_id, deliveries.c.email, names.c.name)
-                .outerjoin(names, names.c.subscriber_id == deliveries.c.subscriber_id)
-                .where(deliveries.c.send_id == send_id, deliveries.c.status.in_(OPEN))
-                .order_by(deliveries.c.subscriber_id))
-            jobs = [Job(r.subscriber_id, r.email, r.name) for r in rows]
+            order = deliveries.c.subscriber_id.desc() if joined else deliveries.c.subscriber_id
+            jobs = _jobs(conn, send_id, OPEN, order)
         info = self.get(send_id)
         assert info is not None
-        return Resume(info, resumed, jobs)
+        return Resume(info, resumed, jobs, joined)
+
+    @staticmethod
+    def _locked_send(conn: sa.Connection, issue_slug: str, list_id: int) -> Any:
+        """The send's row, locked until the end of the transaction (PostgreSQL; SQLite's
+        BEGIN IMMEDIATE has locked the whole file already)."""
+        return conn.execute(sa.select(sends).where(
+            sends.c.issue_slug == issue_slug, sends.c.list_id == list_id).with_for_update()).first()
+
+    @staticmethod
+    def _create_send(conn: sa.Connection, issue_slug: str, list_id: int, subject: str,
+                     content: str, transport: str, now: datetime) -> int | None:
+        """Insert the send; None if another run inserted it first (two runs started at once on
+        PostgreSQL: the second INSERT waits for the first transaction, then conflicts)."""
+        try:
+            with conn.begin_nested():
+                return int(conn.execute(sends.insert().values(
+                    issue_slug=issue_slug, list_id=list_id, content_hash=content, subject=subject,
+                    status="running", transport=transport, created_at=now, updated_at=now,
+                )).inserted_primary_key[0])
+        except sa.exc.IntegrityError:
+            return None
+
+    @staticmethod
+    def _changed(conn: sa.Connection, row: Any, issue_slug: str, list_id: int,
+                 joined: list[WorkerInfo], now: datetime) -> ContentChanged:
+        names = list_names()
+        name = conn.execute(sa.select(names.c.name).where(names.c.list_id == list_id)).scalar_one()
+        if joined:  # two versions at once: never, --force or not
+            first = joined[0]
+            return ContentChanged(
+                f"the issue `{issue_slug}` changed since send #{row.id} to the list `{name}` "
+                f"started, and pid {first.pid} on host {first.host} is sending the other version "
+                "right now; wait for it to finish (then --force sends the new version to the rest)")
+        sent = conn.execute(sa.select(sa.func.count()).where(
+            deliveries.c.send_id == row.id, deliveries.c.status == "sent")).scalar_one()
+        return ContentChanged(
+            f"the issue `{issue_slug}` changed since send #{row.id} to the list "
+            f"`{name}` started ({row.created_at:%Y-%m-%d %H:%M} UTC); {sent} "
+            "recipients got the old version. Re-run with --force to send the new "
+            "version to the rest.")
+
+    def refill(self, send_id: int, worker: Worker) -> list[Job]:
+        """More work for a worker whose own list ran out: hand on the rows of dead workers, then
+        every `pending` row (handed on, released by another worker, waiting for another worker's
+        retry). Not `failed_temporary`: those this send already tried in this round. Empty once
+        the worker's lease is gone. The send's row is locked first, so a hand-on in progress
+        elsewhere is waited for, not missed."""
+        now = utcnow()
+        with self.store.write() as conn:
+            conn.execute(sa.select(sends.c.id).where(sends.c.id == send_id).with_for_update())
+            lease = conn.execute(LEASE_ROW, {"worker": worker.id}).first()
+            if lease is None or lease.released_at is not None or lease.lease_expires_at <= now:
+                return []
+            hand_on(conn, send_id, now)
+            return _jobs(conn, send_id, ("pending",), deliveries.c.subscriber_id)
 
     # --- the group commit -------------------------------------------------------------------
 
@@ -351,7 +418,8 @@ class Journal:
         """One transaction: record outcomes, then — while `worker`'s lease is live — take the
         candidates whose rows are still open, check their subscription, mark them `sending`."""
         now = utcnow()
-        outcomes = list(outcomes)
+        # Rows are locked in subscriber order everywhere (the claim, `hand_on`): no deadlocks.
+        outcomes = sorted(outcomes, key=lambda o: o.job.subscriber_id)
         with self.store.write() as conn:
             if outcomes:
                 conn.execute(_RECORD, [
@@ -384,29 +452,54 @@ class Journal:
                     for c in skip])
         return Claimed(go, skip, taken)
 
-    def heartbeat(self, worker: Worker) -> bool:
+    def heartbeat(self, worker: Worker, send_id: int | None = None) -> bool:
         """Renew `worker`'s lease; False if it is no longer live (expired or released): the
-        worker must stop claiming (its rows may have been handed on)."""
+        worker must stop claiming (its rows may have been handed on). With `send_id`, also hand
+        on the rows of the send's dead workers — unless another worker is doing so right now
+        (the send's row is locked: `SKIP LOCKED`, a renewal never waits for it)."""
         now = utcnow()
         with self.store.write() as conn:
-            return conn.execute(RENEW, {"worker": worker.id, "now": now,
-                                         "until": worker.expires(now)}).rowcount == 1
+            held = conn.execute(RENEW, {"worker": worker.id, "now": now,
+                                        "until": worker.expires(now)}).rowcount == 1
+            if held and send_id is not None and conn.execute(
+                    sa.select(sends.c.id).where(sends.c.id == send_id)
+                    .with_for_update(skip_locked=True)).first() is not None:
+                hand_on(conn, send_id, now)
+            return held
 
-    def finish(self, send_id: int, worker: Worker, status: str, reason: str | None = None) -> None:
-        """End a run: release `worker`'s lease and set the send `finished`, or `paused` /
-        `interrupted` with the reason (kept for `sends`). If another worker took the send over
-        meanwhile (this one's lease had run out), the send's status is that worker's to set."""
+    def finish(self, send_id: int, worker: Worker, status: str,
+               reason: str | None = None) -> list[WorkerInfo]:
+        """End a run: release `worker`'s lease. If other workers are live (PostgreSQL: runs that
+        joined; or one that took the send over after this one's lease ran out), the send's status
+        is theirs to set: returns them. Else this was the last worker: dead workers' rows are
+        handed on and the send is set `finished` — or `interrupted` if rows are still to send
+        (a worker died after this one's last look) — or `paused` / `interrupted` with the reason
+        (kept for `sends`); returns []. The send's row is locked first: of two workers ending at
+        once, the second sees the first's release, so exactly one of them is the last."""
         now = utcnow()
-        finished = status == "finished"
         with self.store.write() as conn:
+            conn.execute(sa.select(sends.c.id).where(sends.c.id == send_id).with_for_update())
             conn.execute(send_workers.update().where(
                 send_workers.c.worker_id == worker.id, send_workers.c.released_at.is_(None),
             ).values(released_at=now))
-            if live_worker(conn, send_id, now) is not None:
-                return
+            others = live_workers(conn, send_id, now)
+            if others:
+                return others
+            if status == "finished":
+                hand_on(conn, send_id, now)
+                left = conn.execute(sa.select(sa.func.count()).where(
+                    deliveries.c.send_id == send_id,
+                    deliveries.c.status.in_(("pending", "sending")))).scalar_one()
+                if left:
+                    status, reason = "interrupted", (
+                        f"{left} message(s) still to send: another run of this send stopped "
+                        "before it finished them (those it had in flight are sent again, flagged "
+                        "possibly duplicated); re-run the same command to send them")
+            finished = status == "finished"
             conn.execute(sends.update().where(sends.c.id == send_id).values(
                 status=status, reason=None if finished else reason, updated_at=now,
                 finished_at=now if finished else None))
+        return []
 
     def refuse_changed(self, send_id: int) -> None:
         """A resume was refused because the issue changed: note it on a paused or interrupted
@@ -419,6 +512,18 @@ class Journal:
                 return
             reason = CONTENT_CHANGED_NOTE + (f"; it had stopped: {row.reason}" if row.reason else "")
             conn.execute(sends.update().where(sends.c.id == send_id).values(reason=reason))
+
+
+def _jobs(conn: sa.Connection, send_id: int, statuses: Sequence[str],
+          order: sa.ColumnElement[Any]) -> list[Job]:
+    """The send's rows in `statuses` as jobs, with the subscriber's name."""
+    names = subscriber_names()
+    rows = conn.execute(
+        sa.select(deliveries.c.subscriber_id, deliveries.c.email, names.c.name)
+        .outerjoin(names, names.c.subscriber_id == deliveries.c.subscriber_id)
+        .where(deliveries.c.send_id == send_id, deliveries.c.status.in_(statuses))
+        .order_by(order))
+    return [Job(r.subscriber_id, r.email, r.name) for r in rows]
 
 
 def _without_row(send_id: int, list_id: int) -> tuple[sa.Subquery, sa.Select[Any]]:

@@ -26,11 +26,18 @@ The subscription is checked when a message is claimed, and a message is claimed 
 rate-limit slot has come: the check is at most one group commit old when SMTP gets the message.
 The claim commits while MAIL and RCPT go out; DATA waits for it.
 
-A run holds the send's lease (journal.py): taken by `Journal.start` (another live run → `SendBusy`,
-nothing sent), renewed every `Worker.heartbeat` seconds by a timer on the event loop that queues
-the renewal on the journal thread (behind at most the group commit in hand), released by
+A run holds a lease (journal.py): taken by `Journal.start` (another live run: on SQLite
+`SendBusy`, nothing sent; on PostgreSQL this run joins it), renewed every `Worker.heartbeat`
+seconds by a timer on the event loop that queues the renewal on the journal thread (behind at
+most the group commit in hand; the renewal also hands on dead workers' rows), released by
 `Journal.finish` however the run ends. A run that finds its lease gone (the process was
 suspended past it) claims nothing more and stops like on Ctrl-C.
+
+Several runs of one send (PostgreSQL): each claims from its own list, the joiner's from the other
+end. A claim that finds its row taken by another worker means the two met: the rest of the list
+is dropped. When its list runs out a run asks the journal for the `pending` rows left
+(`Journal.refill`: handed on from dead workers, released by others) until there are none; then it
+ends, and the last worker to end sets the send's status (`SendReport.others`: the live ones left).
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ from dataclasses import dataclass, field
 
 from newsletter.audience.addresses import ascii_email
 from newsletter.delivery.journal import Claimed, ContentChanged, Job, Journal, Outcome
-from newsletter.delivery.lease import SendBusy, Worker
+from newsletter.delivery.lease import SendBusy, Worker, WorkerInfo
 from newsletter.delivery.message import PreparedMessage, Recipient, failure_reason
 from newsletter.delivery.plan import SendPlan
 from newsletter.delivery.transport import Connection, DeliveryError, RateLimit, Reply
@@ -83,7 +90,7 @@ class SendReport:
     list_name: str
     subject: str
     transport: str
-    status: str  # finished | paused | interrupted
+    status: str  # this run's end: finished | paused | interrupted, or running (see `others`)
     total: int
     sent: int
     failed_temporary: int
@@ -95,9 +102,17 @@ class SendReport:
     possibly_duplicated: list[str] = field(default_factory=list)
     reason: str | None = None
     seconds: float = 0.0
+    run_sent: int = 0  # sent by this run (the counts above are the whole send's)
+    joined: list[WorkerInfo] = field(default_factory=list)  # the live runs this one joined
+    # The runs still live when this one ended (PostgreSQL): the last of them sets the send's
+    # status. With a run that found nothing more to claim, `status` is `running`.
+    others: list[WorkerInfo] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
-        return dict(self.__dict__)
+        data: dict[str, object] = dict(self.__dict__)
+        data["joined"] = [w.as_dict() for w in self.joined]
+        data["others"] = [w.as_dict() for w in self.others]
+        return data
 
 
 def run_send(plan: SendPlan, *, force: bool = False,
@@ -124,6 +139,7 @@ def run_send(plan: SendPlan, *, force: bool = False,
     # From here on this process holds the lease: released however the run ends (a second
     # Ctrl-C, a bug); only a killed process leaves it to expire.
     run: _Run | None = None
+    others: list[WorkerInfo] = []
     try:
         run = _Run(plan, journal, worker, resume.send.id, plan.issue.prepared, resume.jobs, progress)
         asyncio.run(run.deliver())
@@ -131,10 +147,14 @@ def run_send(plan: SendPlan, *, force: bool = False,
         status = ("interrupted" if run is None else "paused" if run.paused
                   else "interrupted" if run.stopped else "finished")
         reason = "internal error before the first message" if run is None else run.reason
-        journal.finish(resume.send.id, worker, status, reason)
+        others = journal.finish(resume.send.id, worker, status, reason)
     assert run is not None
     info = journal.get(resume.send.id)
     assert info is not None
+    if not others and status == "finished" and info.status != "finished":
+        status, run.reason = info.status, info.reason  # a dead run left rows: `finish` said so
+    if others and status == "finished":
+        status = "running"  # nothing more to claim here; the others finish the send
     c = info.counts
     report = SendReport(
         send_id=info.id, issue=info.issue_slug, list_name=info.list_name, subject=info.subject,
@@ -143,7 +163,8 @@ def run_send(plan: SendPlan, *, force: bool = False,
         bounced=run.bounced, skipped=c["skipped"], pending=c["pending"] + c["sending"],
         resumed=resume.resumed,
         possibly_duplicated=journal.possibly_duplicated(resume.send.id),
-        reason=run.reason, seconds=time.monotonic() - started,
+        reason=run.reason, seconds=time.monotonic() - started, run_sent=run.progress.sent,
+        joined=resume.joined, others=others,
     )
     if run.fatal is not None:
         raise DeliveryError(
@@ -193,6 +214,10 @@ class _Run:
         self.claims: list[tuple[Job, str, asyncio.Future[bool]]] = []  # job, Message-ID, claim
         self.flush_handle: asyncio.Handle | None = None
         self.committing = False
+        self.refilling: asyncio.Future[bool] | None = None  # one `Journal.refill` at a time
+        # Handed to a connection, outcome not yet known: its row may still read `pending` (the
+        # claim not committed yet), so a refill must not list it again.
+        self.in_hand: set[int] = set()
         self.progress_cb = progress
         self.progress = SendProgress(total=len(jobs))
         self.policy_streak = 0
@@ -344,7 +369,7 @@ class _Run:
     def _renew(self, loop: asyncio.AbstractEventLoop) -> None:
         """On the journal thread."""
         try:
-            held = self.journal.heartbeat(self.worker)
+            held = self.journal.heartbeat(self.worker, self.send_id)
         except Exception:  # e.g. locked past the busy timeout. Harmless: every group commit
             return  # checks the lease before it claims, so a missed renewal never sends twice
         if not held:
@@ -377,6 +402,7 @@ class _Run:
         loop = asyncio.get_running_loop()
         if outcome is not None:
             self.outcomes.append(outcome)
+            self.in_hand.discard(outcome.job.subscriber_id)
             self._count(outcome)
         while True:
             self._wake()
@@ -390,8 +416,10 @@ class _Run:
             elif self.retry_heap:  # only retries left, none due yet
                 await asyncio.sleep(min(max(self.retry_heap[0][0] - now, 0.001), 0.1))
                 continue
-            else:
+            elif not await self.refill():
                 return None
+            else:
+                continue
             # Wait for the rate limit *before* claiming: the claim checks the subscription, and
             # that check must be fresh when SMTP gets the message, not a rate-limit slot old.
             await self.rate.wait()
@@ -401,8 +429,34 @@ class _Run:
                 Recipient(job.email, job.name, job.subscriber_id, self.list_id))
             claim: asyncio.Future[bool] = loop.create_future()
             self.claims.append((job, message_id, claim))
+            self.in_hand.add(job.subscriber_id)
             self._wake()
             return job, message_id, claim
+
+    async def refill(self) -> bool:
+        """The list ran out: ask the journal for rows left `pending` (dead workers' rows handed
+        on, rows other workers released). True if there are more. Connections that run out
+        together share one query; it runs on the journal thread, after the commits queued."""
+        if self.refilling is None:
+            self.refilling = asyncio.ensure_future(self._refill())
+        refilling = self.refilling
+        try:
+            return await asyncio.shield(refilling)
+        finally:
+            if self.refilling is refilling and refilling.done():
+                self.refilling = None
+
+    async def _refill(self) -> bool:
+        loop = asyncio.get_running_loop()
+        jobs = await loop.run_in_executor(self.executor, self.journal.refill, self.send_id,
+                                          self.worker)
+        if self.stopped:
+            return False
+        busy = self.in_hand | {job.subscriber_id for _due, _seq, job in self.retry_heap}
+        jobs = [j for j in jobs if j.subscriber_id not in busy]
+        self.queue.extend(jobs)
+        self.progress.total += len(jobs)
+        return bool(jobs)
 
     def _wake(self) -> None:
         if self.committing or self.flush_handle is not None or not (self.outcomes or self.claims):
@@ -456,9 +510,18 @@ class _Run:
             if result.lease_lost:
                 self.lease_lost()
             # `result.taken`: rows no longer open (another worker has them): not sent, not counted.
+            # The other worker came from the other end of the list: from here on the rest is
+            # its, so the rest is dropped (what it leaves `pending` comes back with `refill`).
+            # (A retry taken by another worker says nothing about where the list meets.)
+            self.progress.total -= len(result.taken)
+            if any(job.attempts == 0 for job in result.taken):
+                self.progress.total -= len(self.queue)
+                self.queue.clear()
             go, skipped = result.go, result.skipped
         cleared = {job.subscriber_id for job in go}
         for job, _message_id, claim in claims:
+            if job.subscriber_id not in cleared:  # skipped or taken: no outcome will follow
+                self.in_hand.discard(job.subscriber_id)
             if not claim.done():
                 claim.set_result(job.subscriber_id in cleared)
         self.progress.skipped += len(skipped)
