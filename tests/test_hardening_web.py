@@ -42,6 +42,9 @@ from newsletter.tokens import CONFIRM_SALT, UNSUBSCRIBE_SALT, Tokens
 from newsletter.web.security import CSRF_SALT
 from newsletter.web.site import Site
 
+# Every test with a project runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.backends
+
 # The real-server fixtures live in test_serve.py.
 serve = test_serve.serve
 served = test_serve.served
@@ -333,6 +336,7 @@ def wal_full_limit(store: Store) -> int:
     return 32 + 24 + page_size - 1
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # a full disk under SQLite's WAL
 def test_healthz_answers_503_while_the_database_cannot_write(project_dir: Path) -> None:
     port = free_port()
     env = {**os.environ, "NEWSLETTER_NEWSLETTER__BASE_URL": f"http://127.0.0.1:{port}"}
@@ -392,11 +396,11 @@ def test_concurrent_health_checks_share_one_probe(project: Any, monkeypatch: pyt
     site = Site(project)
     release, probes = threading.Event(), []
 
-    def probe(engine: Any) -> None:
-        probes.append(engine)
+    def probe(conn: Any) -> None:  # runs in the writer's batch
+        probes.append(conn)
         release.wait(timeout=15)
 
-    monkeypatch.setattr("newsletter.web.site.probe_write", probe)
+    monkeypatch.setattr("newsletter.web.site.probe", probe)
 
     async def main() -> list[Any]:
         first = asyncio.ensure_future(site.healthz(None))  # type: ignore[arg-type]
@@ -412,20 +416,20 @@ def test_concurrent_health_checks_share_one_probe(project: Any, monkeypatch: pyt
         assert asyncio.run(site.healthz(None)).body == b"ok"  # type: ignore[arg-type]
         assert len(probes) == 2  # a later request probes again
     finally:
-        site.store.close()
+        site.close()
 
 
 def test_healthz_failure_is_503(project: Any, monkeypatch: pytest.MonkeyPatch,
                                 caplog: pytest.LogCaptureFixture) -> None:
     site = Site(project)
 
-    def full(engine: Any) -> None:
+    def full(conn: Any) -> None:
         raise DatabaseError("newsletter.db: the disk is full")
 
-    monkeypatch.setattr("newsletter.web.site.probe_write", full)
+    monkeypatch.setattr("newsletter.web.site.probe", full)
     try:
         answer = asyncio.run(site.healthz(None))  # type: ignore[arg-type]
     finally:
-        site.store.close()
+        site.close()
     assert (answer.status_code, answer.body) == (503, b"database not writable")
     assert "health check failed: newsletter.db: the disk is full" in caplog.text

@@ -25,6 +25,9 @@ from newsletter.tokens import CONFIRM_SALT, Tokens, signing_keys
 from newsletter.web.app import make_server
 from newsletter.web.site import Site
 
+# Every test with a project runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.backends
+
 # --- a real server ----------------------------------------------------------------------------
 
 

@@ -1,18 +1,26 @@
-"""500 one-click unsubscribes and 500 sign-ups at once against the running server:
-every one answered without error and recorded, none lost."""
+"""Concurrency of `newsletter serve` against the running server, on SQLite and PostgreSQL:
+500 one-click unsubscribes and 500 sign-ups at once, every one answered without error and
+recorded; the same link clicked many times at once changes once; one-clicks that arrive while
+another process holds the write lock wait for it inside the writer and are all answered."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 import httpx
 import pytest
 import test_serve
-from test_serve import ServeFactory, csrf_of, wait_for
+from test_serve import Served, ServeFactory, csrf_of, wait_for
 
 from newsletter.audience.store import Store
 
+pytestmark = pytest.mark.backends
+
 serve = test_serve.serve  # the real-server fixture
+served = test_serve.served
+ONE_CLICK = {"List-Unsubscribe": "One-Click"}
 
 N = 500
 CONCURRENCY = 50
@@ -77,3 +85,67 @@ async def test_the_clients_above_never_reuse_a_connection(serve: ServeFactory) -
                 ports.add(response.extensions["network_stream"].get_extra_info("client_addr")[1])
                 await response.aread()
     assert len(ports) == 3
+
+
+async def test_the_same_link_clicked_many_times_at_once_changes_once(served: Served) -> None:
+    """Mail providers retry; scanners follow links twice. 40 posts of one token at once (many of
+    them in the same group commit): all 200, one change, one consent-log entry."""
+    sid = served.add("oft@example.org")
+    token = served.tokens.mint_unsubscribe(served.token_id(sid), served.list_id)
+    async with httpx.AsyncClient(base_url=served.url, timeout=60, limits=LIMITS) as client:
+        answers = await asyncio.gather(*(client.post(f"/u/{token}", data=ONE_CLICK) for _ in range(40)))
+    assert [a.status_code for a in answers] == [200] * 40
+    assert served.status(sid) == "unsubscribed"
+    assert [e.action for e in served.store.history(sid)].count("unsubscribed") == 1
+    # One answer says "you unsubscribed", every other one "you had already unsubscribed".
+    assert sum("bereits abgemeldet" not in a.text for a in answers) == 1
+
+
+# Holds the database's write lock until a line arrives on stdin: a long import's publish, a
+# `sqlite3` shell with an open transaction. On PostgreSQL the lock the import takes.
+HOLD_LOCK = """
+import sys
+import sqlalchemy as sa
+from newsletter.audience.store import open_store
+from newsletter.project import open_project
+store = open_store(open_project(sys.argv[1]))
+with store.write() as conn:
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("LOCK TABLE subscribers, memberships IN SHARE ROW EXCLUSIVE MODE"))
+    else:
+        conn.execute(sa.text("UPDATE lists SET title = title"))  # BEGIN IMMEDIATE has the lock
+    print("locked", flush=True)
+    sys.stdin.readline()
+store.close()
+print("released", flush=True)
+"""
+
+
+async def test_one_clicks_wait_for_another_writer_and_all_succeed(served: Served) -> None:
+    """Another process holds the write lock (briefly — well within the busy timeout) while
+    one-clicks arrive: they queue in the writer, none fails, each is answered once the lock is
+    free and is then in the database."""
+    members = [served.add(f"warte{i}@example.org") for i in range(30)]
+    tokens = [served.tokens.mint_unsubscribe(served.token_id(sid), served.list_id) for sid in members]
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(served.project.root)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline().strip() == "locked"
+        async with httpx.AsyncClient(base_url=served.url, timeout=60, limits=LIMITS) as client:
+            posts = [asyncio.ensure_future(client.post(f"/u/{t}", data=ONE_CLICK)) for t in tokens]
+            writer = served.site.writer
+            # They are all inside the server, waiting for the writer's transaction (which
+            # waits for the lock inside the database, not in a loop of ours).
+            while writer.waiting < len(tokens):
+                await asyncio.sleep(0.02)
+            assert not any(p.done() for p in posts)  # nothing was answered before its commit
+            holder.stdin.write("go\n")
+            holder.stdin.flush()
+            answers = await asyncio.gather(*posts)
+        assert holder.stdout.readline().strip() == "released"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert [a.status_code for a in answers] == [200] * len(tokens)
+    assert [served.status(sid) for sid in members] == ["unsubscribed"] * len(members)

@@ -13,6 +13,9 @@ from test_serve import Served, ServeFactory, csrf_of, sign_up, wait_for
 
 from newsletter.web.security import client_ip, log_path, parse_networks
 
+# Every test with a project runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.backends
+
 # The real-server fixtures live in test_serve.py.
 serve = test_serve.serve
 served = test_serve.served

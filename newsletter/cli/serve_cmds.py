@@ -18,6 +18,9 @@ def serve(
         "--proxy-headers/--no-proxy-headers",
         help="Trust X-Forwarded-For/-Proto from the addresses in serve.trusted_proxies "
              "(run behind a TLS reverse proxy).")] = True,
+    workers: Annotated[int, typer.Option(
+        min=1, help="Worker processes (each with its own database writer; rate limits are "
+                    "shared through the database).")] = 1,
     project: ProjectOption = None,
 ) -> None:
     """Run the public endpoint: subscribe (double opt-in), confirm, unsubscribe incl. RFC 8058
@@ -25,16 +28,23 @@ def serve(
 
     Example: [bold]newsletter serve --host 127.0.0.1 --port 8000[/bold]
     """
-    from newsletter.web.app import make_server
+    from newsletter.web.app import make_server, run_workers
 
     proj = get_project(project)
     host = host or proj.settings.serve.host
     port = port or proj.settings.serve.port
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    serving = (f"Serving {proj.settings.newsletter.title} on http://{host}:{port} "
+               f"(public URL {proj.settings.newsletter.base_url})")
+    if workers > 1:
+        console.print(f"{serving} with {workers} worker processes; Ctrl+C stops.")
+        with user_errors():
+            # Opens the database first: a broken one is one line and exit 1.
+            run_workers(proj, host, port, workers, proxy_headers=proxy_headers)
+        return
     with user_errors():
         # Opens the database first: a broken one is one line and exit 1, never "Serving …".
         server = make_server(proj, host, port, proxy_headers=proxy_headers)
-    console.print(f"Serving {proj.settings.newsletter.title} on http://{host}:{port} "
-                  f"(public URL {proj.settings.newsletter.base_url}); Ctrl+C stops.")
+    console.print(f"{serving}; Ctrl+C stops.")
     with user_errors():
         server.run()

@@ -128,6 +128,22 @@ def _v7_imports(conn: Connection) -> None:
         table.to_metadata(md).create(conn)
 
 
+def _v8_rate_limits(conn: Connection) -> None:
+    # The counters of serve's rate limits, shared by its worker processes (docs/web.md,
+    # `web/limits.py`): hits per bucket ("signup:<ip>", "mail:<address hash>") and time slot.
+    # Spelled out here, not in the shared MetaData: counters, not data.
+    md = sa.MetaData(naming_convention=metadata.naming_convention)
+    table = sa.Table(
+        "rate_limits", md,
+        sa.Column("bucket", sa.String(200), primary_key=True),
+        sa.Column("slot", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("hits", sa.Integer, nullable=False),
+        sa.Column("expires", sa.BigInteger, nullable=False),
+    )
+    sa.Index("ix_rate_limits_expires", table.c.expires)
+    table.create(conn)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "subscribers, lists, memberships, consent log, suppressions", _v1_core),
     (2, "send journal: sends, deliveries", _v2_send_journal),
@@ -136,6 +152,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (5, "memberships.requested_name (a sign-up's name, applied at confirmation)", _v5_requested_name),
     (6, "send_workers (a send's lease: host, pid, heartbeat), deliveries.worker_id", _v6_send_workers),
     (7, "imports, import_subscribers (a running CSV import and what it created)", _v7_imports),
+    (8, "rate_limits (serve's rate-limit counters, shared by its workers)", _v8_rate_limits),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

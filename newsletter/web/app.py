@@ -17,7 +17,11 @@ logs the one-line reason, not a traceback: the operator needs the file and the r
 
 from __future__ import annotations
 
+import asyncio
+import copy
+import json
 import logging
+import os
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -61,9 +65,8 @@ def create_app(project: Project, *, proxy_headers: bool = True) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> Any:
         yield
-        close = getattr(site.store, "close", None)
-        if close:
-            close()
+        # After the last request: the writer commits what is queued, then the database closes.
+        await asyncio.to_thread(site.close)
 
     routes = [
         Route("/healthz", site.healthz, methods=["GET"]),
@@ -90,6 +93,17 @@ def run(project: Project, host: str, port: int, *, proxy_headers: bool = True) -
     server.run()
 
 
+def _config(project: Project, proxy_headers: bool, log_level: str) -> dict[str, Any]:
+    """uvicorn's settings, the same for one process and for workers."""
+    trusted = project.settings.serve.trusted_proxies
+    return {
+        "access_log": False, "log_level": log_level, "proxy_headers": proxy_headers and bool(trusted),
+        "forwarded_allow_ips": ",".join(trusted) or None, "server_header": False,
+        "limit_concurrency": 1000, "timeout_keep_alive": KEEP_ALIVE_SECONDS,
+        "h11_max_incomplete_event_size": 16384,
+    }
+
+
 def make_server(project: Project, host: str, port: int, *, proxy_headers: bool = True,
                 log_level: str = "info") -> Any:
     """A uvicorn server for the project. Uvicorn's own access log is off: it would log tokens.
@@ -98,15 +112,46 @@ def make_server(project: Project, host: str, port: int, *, proxy_headers: bool =
     broken one stops `newsletter serve` before it listens."""
     import uvicorn
 
-    trusted = project.settings.serve.trusted_proxies
-    config = uvicorn.Config(
-        create_app(project, proxy_headers=proxy_headers), host=host, port=port, access_log=False,
-        log_level=log_level, proxy_headers=proxy_headers and bool(trusted),
-        forwarded_allow_ips=",".join(trusted) or None, server_header=False,
-        limit_concurrency=1000, timeout_keep_alive=KEEP_ALIVE_SECONDS,
-        h11_max_incomplete_event_size=16384,
-    )
+    config = uvicorn.Config(create_app(project, proxy_headers=proxy_headers), host=host, port=port,
+                            **_config(project, proxy_headers, log_level))
     return uvicorn.Server(config)
 
 
-__all__ = ["KEEP_ALIVE_SECONDS", "create_app", "make_server", "run"]
+# `serve --workers N`: how a worker process finds its project (children are spawned, not forked:
+# no thread or connection of the parent crosses over). Not NEWSLETTER_*: not a setting.
+WORKER_ENV = "NL_SERVE_WORKER"
+
+
+def worker_app() -> Starlette:
+    """The app of one worker process (uvicorn's factory): the project named in `WORKER_ENV`;
+    its settings come from the same files and environment as the parent's."""
+    from newsletter.project import open_project
+
+    root, proxy_headers = json.loads(os.environ[WORKER_ENV])
+    return create_app(open_project(root, exact=True), proxy_headers=proxy_headers)
+
+
+def run_workers(project: Project, host: str, port: int, workers: int, *,
+                proxy_headers: bool = True, log_level: str = "info") -> None:
+    """Serve with `workers` processes on one listening socket (uvicorn's supervisor restarts a
+    worker that dies). Each process has its own writer and connections; rate limits are shared
+    through the database. Opens the database once first, so a broken one stops here."""
+    import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
+
+    from newsletter.audience.store import open_store
+
+    open_store(project).close()  # migrations once, and errors before anything listens
+    os.environ[WORKER_ENV] = json.dumps([str(project.root), proxy_headers])
+    # The children are new interpreters: they get our loggers (access log, errors) through
+    # uvicorn's logging config, formatted like uvicorn's own lines.
+    log_config = copy.deepcopy(LOGGING_CONFIG)
+    log_config["loggers"]["newsletter"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    # Which worker wrote a line (the access log, an error): its process id.
+    log_config["formatters"]["default"]["fmt"] = "%(levelprefix)s [%(process)d] %(name)s: %(message)s"
+    uvicorn.run(f"{__name__}:worker_app", factory=True, host=host, port=port, workers=workers,
+                log_config=log_config, **_config(project, proxy_headers, log_level))
+
+
+__all__ = ["KEEP_ALIVE_SECONDS", "WORKER_ENV", "create_app", "make_server", "run", "run_workers",
+           "worker_app"]

@@ -15,6 +15,7 @@ A project's `templates/` directory overrides any of them (and can extend the pac
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from starlette.responses import HTMLResponse
@@ -34,6 +35,8 @@ LINK_SUBSCRIBE_FORM = "subscribe_form"  # "Zum Anmeldeformular"
 LINK_SUBSCRIBE = "subscribe"  # "Zur Anmeldung"
 LINK_CONFIRM_FORM = "confirm_form"  # "Zurück zur Bestätigung"
 
+CACHED_PAGES = 256  # rendered pages kept (list titles × statuses, error pages)
+
 
 class Pages:
     """Renders `templates/web/*` (and the confirmation mail's templates) with the values every
@@ -46,6 +49,12 @@ class Pages:
     def __init__(self, project: Project) -> None:
         self.env = environment(project)
         self.base = base_context(project)
+        # Pages that depend on a few values only (the one-click answer: list title and status)
+        # are rendered once: the hot path of one-click unsubscribes should not run Jinja.
+        self._rendered = lru_cache(maxsize=CACHED_PAGES)(self._render_items)
+
+    def _render_items(self, name: str, items: tuple[tuple[str, Any], ...]) -> bytes:
+        return self.render(name, **dict(items)).encode()
 
     def context(self, **values: Any) -> dict[str, Any]:
         return {**self.base, **values}
@@ -58,9 +67,16 @@ class Pages:
         """`templates/web/<name>` as a response."""
         return HTMLResponse(self.render(f"web/{name}", **values), status_code=http_status)
 
+    def cached_page(self, name: str, http_status: int = 200, **values: str | None) -> HTMLResponse:
+        """`page` for a page whose values are a few strings (no token, no CSRF): rendered once per
+        set of values, as the templates are read once at start-up anyway."""
+        return HTMLResponse(self._rendered(f"web/{name}", tuple(sorted(values.items()))),
+                            status_code=http_status)
+
     def error_html(self, status: int, *, link: str | None = None, link_url: str | None = None) -> bytes:
         """The error page for an HTTP status, optionally with a link back (`LINK_*`)."""
-        return self.render("web/error.html", http_status=status, link=link, link_url=link_url).encode()
+        return self._rendered("web/error.html", (("http_status", status), ("link", link),
+                                                 ("link_url", link_url)))
 
     def error(self, status: int, *, link: str | None = None, link_url: str | None = None) -> HTMLResponse:
         return HTMLResponse(self.error_html(status, link=link, link_url=link_url), status_code=status)

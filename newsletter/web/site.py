@@ -11,8 +11,12 @@ the request, check tokens, CSRF and limits, call the store, and pick the page.
 * Sign-up: the same page whether the address is new, pending, subscribed or suppressed, and the
   same work before it: the store call and the confirmation mail run in a background task after
   the page went out, so the response time does not tell either.
-* Health: `/healthz` commits a write (`newsletter.db.health.probe_write`); a database that
-  cannot write (full disk) makes it answer 503, as unsubscribes would fail.
+* Health: `/healthz` commits a write (`newsletter.db.health.probe`) through the writer, the
+  path unsubscribes take; a database that cannot write (full disk) makes it answer 503.
+
+Writes go through the process's one `Writer` (`web/writer.py`, group commit): unsubscribes,
+rate-limit hits and the health probe inside its batch transaction; `Store.request_subscription`
+and `Store.confirm` alone in its thread. Reads run in worker threads (at most `READ_THREADS`).
 """
 
 from __future__ import annotations
@@ -20,15 +24,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
+import time
 import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
+import anyio
+import anyio.to_thread
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 from starlette.background import BackgroundTask
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -40,12 +50,16 @@ from newsletter.audience.addresses import (
     suppression_hash,
 )
 from newsletter.audience.records import MailingList
-from newsletter.audience.store import open_store
+from newsletter.audience.statuses import LEAVABLE
+from newsletter.audience.store import _token_condition, open_store
+from newsletter.audience.tables import consent_log, lists, memberships, subscribers
 from newsletter.db.engine import DatabaseError
-from newsletter.db.health import probe_write
+from newsletter.db.health import probe
+from newsletter.db.schema import utcnow
 from newsletter.project import Project
 from newsletter.tokens import TokenExpired, TokenInvalid, Tokens, signing_keys
 from newsletter.web.confirmation import send_confirmation
+from newsletter.web.limits import SWEEP_EVERY, Limit, sweep
 from newsletter.web.pages import (
     CONSENT_MISSING,
     EMAIL_INVALID,
@@ -55,17 +69,24 @@ from newsletter.web.pages import (
     LINK_SUBSCRIBE_FORM,
     Pages,
 )
-from newsletter.web.security import BodyTooLarge, Csrf, SlidingWindow, client_ip, one_line, parse_networks
+from newsletter.web.security import BodyTooLarge, Csrf, client_ip, one_line, parse_networks
+from newsletter.web.writer import Writer
 
 log = logging.getLogger("newsletter.serve")
 
 MAILS_PER_ADDRESS = 3  # confirmation mails per address and day: no mail-bombing a stranger
 ONE_CLICK = "One-Click"
+URLENCODED = "application/x-www-form-urlencoded"
 
 SOURCE_ONE_CLICK = "one_click"
 SOURCE_PAGE = "unsubscribe_page"
 SOURCE_FORM = "web"
 SOURCE_CONFIRM = "confirm"
+
+# Worker threads for reads at once: below the engine's pool (5 kept, 15 at most), with room for
+# the writer's connection and a `Store` write of its own, so no thread ever waits for a
+# connection from the pool; further requests wait on the event loop instead.
+READ_THREADS = 8
 
 T = TypeVar("T")
 
@@ -92,18 +113,29 @@ class Site:
         self.confirm_max_age = settings.serve.confirm_days * 86400
         trusted = parse_networks(settings.serve.trusted_proxies)
         self.trusted = trusted if proxy_headers else []
-        self.signups = SlidingWindow(settings.serve.signups_per_ip, settings.serve.signup_window)
-        self.mails = SlidingWindow(MAILS_PER_ADDRESS, 24 * 3600)
+        # Shared by every worker process (and machine) through the database: web/limits.py.
+        self.signups = Limit("signup", settings.serve.signups_per_ip, settings.serve.signup_window)
+        self.mails = Limit("mail", MAILS_PER_ADDRESS, 24 * 3600)
+        self.writer = Writer(self.store.engine)
         self.csrf = Csrf(signing_keys(project), secure=self.base_url.startswith("https://"))
         self.pages = Pages(project)
         self._health: asyncio.Future[bool] | None = None
+        self._reads = anyio.CapacityLimiter(READ_THREADS)
+        self._swept = 0.0
+        self._sweep_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Finish the queued writes, then close the database."""
+        self.writer.close()
+        self.store.close()
 
     # ---- store access (sync SQLAlchemy, so off the event loop)
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        # A locked SQLite database is waited for by SQLite itself (busy_timeout); what is still
-        # locked after that is an error for the page, never retried here (docs/data-model.md).
-        return await run_in_threadpool(fn, *args, **kwargs)
+        """A read in a worker thread. A locked SQLite database is waited for by SQLite itself
+        (busy_timeout); what is still locked after that is an error for the page, never retried
+        here (docs/data-model.md)."""
+        return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs), limiter=self._reads)
 
     def list_info(self, list_id: int) -> ListInfo | None:
         item = self.store.get_list_by_id(list_id)
@@ -125,20 +157,31 @@ class Site:
         info = self.list_info(list_id) if found else None
         return (*found, info) if found and info else None
 
-    def leave(self, ref: str | int, list_id: int, one_click: bool,
-              ip: str) -> tuple[ListInfo, str, str | None] | None:
-        """`Store.leave` (the rule: idempotent, bounced/complained stay as they are); None if
-        unknown, else (list, status before, subscribe URL for the page).
+    def leave(self, conn: Connection, items: list[Leave]) -> list[tuple[ListInfo, str] | None]:
+        """A bulk writer job: `leave_all` and the lists' titles; per item (list, status before)
+        or None when the link names no membership."""
+        titles: dict[int, ListInfo | None] = {}
+        for list_id in {item.list_id for item in items}:
+            row = conn.execute(sa.select(lists).where(lists.c.id == list_id)).first()
+            titles[list_id] = self._info(MailingList(row.id, row.name, row.title, row.created_at)) \
+                if row else None
+        results: list[tuple[ListInfo, str] | None] = []
+        for item, found in zip(items, leave_all(conn, items), strict=True):
+            info = titles[item.list_id]
+            results.append((info, found[1]) if found and info else None)
+        return results
 
-        One database round trip per step, all on one worker thread: one-click is the hot path."""
-        found = self.store.leave(ref, list_id, source=SOURCE_ONE_CLICK if one_click else SOURCE_PAGE, ip=ip)
-        if found is None:
-            return None
-        status = found[1]
-        info = self.list_info(list_id)
-        if info is None:
-            return None
-        return info, status, None if one_click else self.subscribe_url(info)
+    def count_hit(self, conn: Connection, limit: Limit, key: str) -> bool:
+        """A writer job: one hit of a rate limit; False when over it. Sweeps expired counters
+        now and then (in this batch's transaction: no write of its own)."""
+        now = time.time()
+        with self._sweep_lock:
+            due = now - self._swept >= SWEEP_EVERY
+            if due:
+                self._swept = now
+        if due:
+            sweep(conn, now)
+        return limit.hit(conn, key, now)
 
     # ---- handlers
 
@@ -148,17 +191,17 @@ class Site:
         # Requests arriving while a probe runs share its answer: a flood of /healthz cannot queue
         # up writes and fsyncs.
         if self._health is None or self._health.done():
-            self._health = asyncio.ensure_future(run_in_threadpool(self.database_writable))
+            self._health = asyncio.ensure_future(self.database_writable())
         if await asyncio.shield(self._health):
             return PlainTextResponse("ok")
         return PlainTextResponse("database not writable", status_code=503)
 
-    def database_writable(self) -> bool:
-        """`probe_write` on the store's database; a failure is logged (it names no one)."""
+    async def database_writable(self) -> bool:
+        """`probe` committed by the writer; a failure is logged (it names no one)."""
         try:
-            probe_write(self.store.engine)
-        except DatabaseError as exc:
-            log.error("health check failed: %s", exc)
+            await self.writer.write(_probe)
+        except (DatabaseError, sa.exc.SQLAlchemyError) as exc:
+            log.error("health check failed: %s", getattr(exc, "orig", None) or exc)
             return False
         return True
 
@@ -186,12 +229,15 @@ class Site:
         # must still be able to leave.
         one_click = form.get("List-Unsubscribe") == ONE_CLICK
         ip = client_ip(request.scope, self.trusted)
-        left = await self.db(self.leave, ref, list_id, one_click, ip)
+        # Answered only after the writer's commit: a 200 means it is on disk.
+        left = await self.writer.write_many(
+            self.leave, Leave(ref, list_id, SOURCE_ONE_CLICK if one_click else SOURCE_PAGE, ip))
         if left is None:
             return self.pages.error(404)
-        info, before, subscribe_url = left
-        return self.pages.page("unsubscribed.html", list_title=info.title, status=before,
-                               subscribe_url=subscribe_url)
+        info, before = left
+        subscribe_url = None if one_click else await self.db(self.subscribe_url, info)
+        return self.pages.cached_page("unsubscribed.html", list_title=info.title, status=before,
+                                      subscribe_url=subscribe_url)
 
     async def unsubscribe_test_page(self, request: Request) -> Response:
         """`/u/test`: the link in test sends (`newsletter send --to`); changes nothing."""
@@ -227,7 +273,7 @@ class Site:
         """A posted subscribe form: limits, CSRF, honeypot and syntax checks, then the "check your
         inbox" page at once; `register_sign_up` does the rest after the page went out."""
         ip = client_ip(request.scope, self.trusted)
-        if not self.signups.hit(ip):
+        if not await self.writer.write(self.count_hit, self.signups, ip):
             await drain(request)
             return Response(self.pages.error_html(429), status_code=429, media_type="text/html",
                             headers={"retry-after": str(self.settings.serve.signup_window)})
@@ -266,12 +312,16 @@ class Site:
         MAILS_PER_ADDRESS a day). Never raises: a failure is logged without the address, the name
         or the client's IP (the reader already has their page and can sign up again)."""
         try:
-            result = self.store.request_subscription(
-                email, info.id, name=name or None,
+            # Looked up now, not bound at start-up: tests watch the store's method.
+            result = self.writer.alone_sync(
+                self.store.request_subscription, email, info.id, name=name or None,
                 source=SOURCE_FORM, ip=ip, consent_version=self.settings.serve.consent_version)
             # The mail limit counts per address, kept as its hash (the one of the suppression list).
-            if result.send_confirmation and result.subscriber_id is not None \
-                    and self.mails.hit(suppression_hash(email)):
+            if result.send_confirmation and result.subscriber_id is not None:
+                if not self.writer.write_sync(self.count_hit, self.mails, suppression_hash(email)):
+                    log.info("confirmation mail not sent: daily limit of %d for the address reached",
+                             MAILS_PER_ADDRESS)
+                    return
                 assert result.token_id is not None
                 token = self.tokens.mint_confirm(result.token_id, info.id)
                 send_confirmation(self.project, self.pages, email, info.title, token)
@@ -329,10 +379,90 @@ class Site:
         if not self.csrf.valid(request, form):
             return self.pages.error(403, link=LINK_CONFIRM_FORM, link_url=request.url.path)
         ip = client_ip(request.scope, self.trusted)
-        await self.db(self.store.confirm, subscriber_id, list_id, source=SOURCE_CONFIRM, ip=ip)
+        await self.writer.alone(self.store.confirm, subscriber_id, list_id, source=SOURCE_CONFIRM, ip=ip)
         status = await self.db(self.store.membership_status, subscriber_id, list_id)
         return self.pages.page("confirmed.html", list_title=info.title, status=status,
                                archive_url="/archive/", subscribe_url=subscribe_url)
+
+
+@dataclass(frozen=True)
+class Leave:
+    """An unsubscribe link used: the token's reference, its list, who, from where."""
+
+    token_id: str | int
+    list_id: int
+    source: str
+    ip: str | None
+
+
+def leave_all(conn: Connection, items: list[Leave]) -> list[tuple[int, str] | None]:
+    """`Store.leave` for many links inside the caller's write transaction, in order: per item
+    (subscriber id, status before) or None if the link names no membership. The same rule
+    (idempotent: a link used twice changes once; only LEAVABLE statuses change, logged with the
+    source) with the statements of `writes.update_membership` and `writes.log`, each run once
+    for all items. Statuses are read inside the write — rows locked in a fixed order on
+    PostgreSQL, so two workers' batches cannot deadlock — and a bounce recorded just before
+    stays a bounce."""
+    found: dict[tuple[str | int, int], tuple[int, str]] = {}
+    names = sorted({i.token_id for i in items if isinstance(i.token_id, str) and i.token_id})
+    if names:
+        found = {(r.token_id, r.list_id): (r.id, r.status) for r in conn.execute(_FIND, {"names": names})}
+    for item in items:  # links mailed before migration 4 name the subscriber id: rare, one by one
+        condition = None if isinstance(item.token_id, str) else _token_condition(item.token_id)
+        if condition is not None:
+            row = conn.execute(
+                sa.select(subscribers.c.id, memberships.c.status)
+                .join(memberships, memberships.c.subscriber_id == subscribers.c.id)
+                .where(memberships.c.list_id == item.list_id, condition)
+                .with_for_update(of=memberships)).first()
+            if row:
+                found[(item.token_id, item.list_id)] = (row.id, row.status)
+    now = utcnow()
+    changes: dict[int, set[int]] = {}  # list id → subscriber ids
+    entries, results = [], []
+    for item in items:
+        hit = found.get((item.token_id, item.list_id))
+        if hit is None:
+            results.append(None)
+            continue
+        subscriber_id, status = hit
+        results.append(hit)
+        if status in LEAVABLE:
+            found[(item.token_id, item.list_id)] = (subscriber_id, "unsubscribed")  # a repeat: no-op
+            changes.setdefault(item.list_id, set()).add(subscriber_id)
+            entries.append({"subscriber_id": subscriber_id, "list_id": item.list_id, "at": now,
+                            "action": "unsubscribed", "source": item.source, "ip": item.ip,
+                            "consent_version": None, "detail": None})
+    # One statement each, not one per row: in the server, every statement gives up the GIL
+    # and waits to get it back from the event loop.
+    for list_id, ids in changes.items():
+        conn.execute(_UNSUBSCRIBE.values(updated_at=now), {"list": list_id, "ids": sorted(ids)})
+    if entries:
+        conn.execute(consent_log.insert().values(entries))
+    return results
+
+
+# Built once: the hot path should not pay for building statements.
+_FIND = (
+    sa.select(subscribers.c.id, subscribers.c.token_id, memberships.c.list_id, memberships.c.status)
+    .join(memberships, memberships.c.subscriber_id == subscribers.c.id)
+    # Not narrowed by list in SQL: with `list_id = ?` SQLite walked the list's index (every
+    # member, 9 ms for 20,000) instead of the token_id index; the rows are filtered here.
+    .where(subscribers.c.token_id.in_(sa.bindparam("names", expanding=True)))
+    .order_by(memberships.c.subscriber_id, memberships.c.list_id)
+    .with_for_update(of=memberships)
+)
+# writes.update_membership's statement: the status, its time, the sign-up's name cleared.
+_UNSUBSCRIBE = (
+    memberships.update()
+    .where(memberships.c.list_id == sa.bindparam("list"),
+           memberships.c.subscriber_id.in_(sa.bindparam("ids", expanding=True)))
+    .values(status="unsubscribed", requested_name=None)
+)
+
+
+def _probe(conn: Connection) -> None:
+    probe(conn)  # looked up at call time (tests replace it)
 
 
 def anonymous_error(exc: BaseException, *private: str) -> str:
@@ -349,6 +479,10 @@ def anonymous_error(exc: BaseException, *private: str) -> str:
 async def read_form(request: Request) -> FormData | None:
     """The posted form (url-encoded or multipart, no files), or None if unparseable."""
     try:
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() == URLENCODED:
+            # What one-click POSTs send: parsed directly, a fraction of the multipart machinery.
+            body = (await request.body()).decode("utf-8")
+            return FormData(parse_qsl(body, keep_blank_values=True, max_num_fields=20))
         return await request.form(max_files=0, max_fields=20, max_part_size=8192)
     except BodyTooLarge:
         raise

@@ -1,0 +1,202 @@
+"""`newsletter serve` as real processes, on SQLite and PostgreSQL: `--workers 2` shares its rate
+limits and the daily confirmation-mail cap through the database, and a one-click answered 200
+is in the database even when the server is killed (SIGKILL) right after answering."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from test_serve import csrf_of, free_port, wait_for
+
+from newsletter.audience.store import open_store
+from newsletter.project import open_project
+from newsletter.tokens import Tokens
+
+pytestmark = pytest.mark.backends
+
+ONE_CLICK = {"List-Unsubscribe": "One-Click"}
+
+
+class Server:
+    """`newsletter serve` in its own process group, its output in a file."""
+
+    def __init__(self, project_dir: Path, tmp_path: Path, *, workers: int = 1, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp_path / f"serve-{self.port}.log"
+        environment = {**os.environ, "NEWSLETTER_NEWSLETTER__BASE_URL": self.url,
+                       **{f"NEWSLETTER_{k.upper()}": v for k, v in env.items()}}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "newsletter", "serve", "--project", str(project_dir),
+             "--port", str(self.port), "--workers", str(workers)],
+            env=environment, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
+            start_new_session=True)
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"{self.url}/healthz").status_code == 200
+            except httpx.TransportError:
+                assert self.process.poll() is None, self.output()
+                return False
+
+        wait_for(up, timeout=60)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def pids(self, request_line: str, since: int = 0) -> set[str]:
+        """The worker processes that logged `request_line` (e.g. "POST /subscribe 200"), in the
+        output after its first `since` characters."""
+        return set(re.findall(r"\[(\d+)\] newsletter\.access: " + re.escape(request_line),
+                              self.output()[since:]))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+@pytest.fixture
+def servers(project_dir: Path, tmp_path: Path) -> Iterator[list[Server]]:
+    started: list[Server] = []
+    yield started
+    for server in started:
+        server.stop()
+
+
+def _news(project_dir: Path) -> int:
+    with open_store(open_project(project_dir)) as store:
+        return store.create_list("news", "Nachrichten").id
+
+
+def _form(url: str) -> tuple[str, str]:
+    with httpx.Client(base_url=url) as client:
+        page = client.get("/subscribe")
+        return csrf_of(page), client.cookies["nl_csrf"]
+
+
+async def _sign_ups(url: str, form: tuple[str, str], sign_ups: list[tuple[str, str]]) -> list[int]:
+    """Posted at once, each on a connection of its own (so the workers share them); (address,
+    client address behind the trusted proxy 127.0.0.1) each."""
+    csrf, nonce = form
+    limits = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=url, cookies={"nl_csrf": nonce}, limits=limits,
+                                 timeout=60) as client:
+        answers = await asyncio.gather(*(
+            client.post("/subscribe", headers={"x-forwarded-for": ip},
+                        data={"csrf": csrf, "email": address, "consent": "1", "website": ""})
+            for address, ip in sign_ups))
+    return [a.status_code for a in answers]
+
+
+def test_the_sign_up_limit_holds_across_two_workers(project_dir: Path, tmp_path: Path,
+                                                    servers: list[Server]) -> None:
+    """In memory each worker counted for itself (two workers: twice the limit). 12 sign-ups
+    from one client address at once, answered by both workers: exactly 3 get through."""
+    _news(project_dir)
+    server = Server(project_dir, tmp_path, workers=2, serve__signups_per_ip="3")
+    servers.append(server)
+    form = _form(server.url)
+    for round_number in range(1, 6):  # until a round was answered by both workers
+        ip = f"198.51.100.{round_number}"
+        codes = asyncio.run(_sign_ups(server.url, form, [(f"r{round_number}x{i}@example.org", ip)
+                                                        for i in range(12)]))
+        assert sorted(codes) == [200] * 3 + [429] * 9
+        if len(server.pids("POST /subscribe")) == 2:
+            break
+    assert len(server.pids("POST /subscribe")) == 2, "the two workers did not share the requests"
+
+
+def test_the_daily_mail_cap_holds_across_two_workers(project_dir: Path, tmp_path: Path,
+                                                     servers: list[Server]) -> None:
+    """Six sign-ups of one address (from six client addresses, so the per-client limit does not
+    count) at once, answered by both workers: three confirmation mails, not six."""
+    news = _news(project_dir)
+    server = Server(project_dir, tmp_path, workers=2)
+    servers.append(server)
+    outbox = open_project(project_dir).outbox_dir
+    form = _form(server.url)
+
+    def mails_to(address: str) -> int:
+        return sum(f"To: {address}".encode() in p.read_bytes() for p in outbox.glob("*/*")
+                   if p.is_file() and p.parent.name != "tmp")
+
+    store = open_store(open_project(project_dir))
+    try:
+        for round_number in range(1, 6):  # until a round was answered by both workers
+            address, seen = f"viel{round_number}@example.org", len(server.output())
+            codes = asyncio.run(_sign_ups(server.url, form, [
+                (address, f"203.0.{round_number}.{i}") for i in range(1, 7)]))
+            assert codes == [200] * 6
+
+            def decided(address: str = address, seen: int = seen) -> bool:
+                # The store work and the mails run after the answers.
+                found = store.find_subscriber(address)
+                refused = server.output()[seen:].count("daily limit of 3 for the address reached")
+                return found is not None and len(store.history(found.id)) == 6 \
+                    and refused + mails_to(address) >= 6
+            wait_for(decided, timeout=60)
+            # Each of the six decided: three mails, three refused by the shared cap.
+            assert mails_to(address) == 3
+            assert server.output()[seen:].count("daily limit of 3 for the address reached") == 3
+            found = store.find_subscriber(address)
+            assert found is not None and store.membership_status(found.id, news) == "pending"
+            if len(server.pids("POST /subscribe 200", since=seen)) == 2:
+                break
+    finally:
+        store.close()
+    assert len(server.pids("POST /subscribe 200", since=seen)) == 2, \
+        "the two workers did not share the requests"
+    assert "viel1@example.org" not in server.output()
+
+
+def test_a_one_click_answered_200_survives_sigkill(project_dir: Path, tmp_path: Path,
+                                                   servers: list[Server]) -> None:
+    """Many one-clicks at once; the moment the first ones are answered 200, the server is
+    killed (SIGKILL: no shutdown, no flush). Every one answered 200 is in the database."""
+    news = _news(project_dir)
+    project = open_project(project_dir)
+    with open_store(project) as store:
+        ids = [store.add_subscriber(f"weg{i}@example.org", news, confirmed=True)[0] for i in range(200)]
+        token_ids = {sid: store.subscriber(sid).token_id for sid in ids}  # type: ignore[union-attr]
+    server = Server(project_dir, tmp_path)
+    servers.append(server)
+    tokens = Tokens.for_project(open_project(project_dir))
+    answered: list[int] = []
+
+    async def main() -> None:
+        limits = httpx.Limits(max_connections=50, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=60) as client:
+            async def one(sid: int) -> None:
+                token = tokens.mint_unsubscribe(token_ids[sid], news)
+                try:
+                    response = await client.post(f"/u/{token}", data=ONE_CLICK)
+                except httpx.TransportError:
+                    return  # killed before it answered: may or may not be recorded
+                if response.status_code == 200:
+                    answered.append(sid)
+                    if len(answered) == 20:
+                        os.killpg(server.process.pid, signal.SIGKILL)
+
+            await asyncio.gather(*(one(sid) for sid in ids))
+
+    asyncio.run(main())
+    server.process.wait(10)
+    assert server.process.returncode == -signal.SIGKILL
+    assert len(answered) >= 20
+    with open_store(open_project(project_dir)) as store:
+        statuses = {sid: store.membership_status(sid, news) for sid in answered}
+    assert statuses == dict.fromkeys(answered, "unsubscribed")
