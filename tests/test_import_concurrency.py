@@ -1,4 +1,5 @@
-"""A large import next to other writers, against a real SQLite file, the import in a real process.
+"""A large import next to other writers, against a real database (a SQLite file, a PostgreSQL
+database), the import in a real process.
 
 The importing process stops after each of its write batches until the test says "go": what the
 test writes in such a gap shows, from the data alone, that the import did not hold the write
@@ -26,7 +27,13 @@ import sqlalchemy as sa
 from newsletter.audience.importer import import_csv
 from newsletter.audience.records import MailingList
 from newsletter.audience.store import Store
-from newsletter.audience.tables import import_subscribers, imports, subscribers
+from newsletter.audience.tables import (
+    consent_log,
+    import_subscribers,
+    imports,
+    memberships,
+    subscribers,
+)
 from newsletter.db.schema import utcnow
 
 # The importing process: reports every write batch on stdout as a JSON line; with PAUSE set,
@@ -104,8 +111,12 @@ class Importer:
         return event["report"]
 
     def kill(self) -> None:
+        """SIGKILL, then wait until the import's watchdog is done too: it inherited the
+        process's stdout, so the pipe ends when both have exited."""
         self.proc.kill()
         self.proc.wait(timeout=60)
+        assert self.proc.stdout is not None
+        self.proc.stdout.read()
 
 
 class Writer(threading.Thread):
@@ -131,11 +142,14 @@ class Writer(threading.Thread):
             self.store.close()
 
 
+pytestmark = pytest.mark.backends
+
+
 @pytest.fixture
-def db(tmp_path: Path) -> tuple[str, Store, MailingList]:
+def db(database_url: str) -> tuple[str, Store, MailingList]:
     # A busy timeout far below the old import's lock (the whole file): a write the import kept
     # waiting would fail instead of hanging.
-    url = f"sqlite:///{tmp_path / 'newsletter.db'}?timeout=10"
+    url = f"{database_url}?timeout=10" if database_url.startswith("sqlite") else database_url
     store = Store.open(url)
     yield url, store, store.create_list("news")
     store.close()
@@ -207,16 +221,17 @@ def test_other_writers_get_the_lock_between_import_batches(tmp_path: Path, db) -
         assert conn.execute(sa.select(sa.func.count()).select_from(imports)).scalar() == 0
 
 
-def test_an_address_erased_or_signed_up_during_the_import(tmp_path: Path, db) -> None:
+def test_an_address_erased_suppressed_or_signed_up_during_the_import(tmp_path: Path, db) -> None:
     url, store, news = db
     csv_path = write_csv(tmp_path / "big.csv", 3 * 100)
     importer = Importer.start(tmp_path, url, csv_path, pause="batches", batch=100)
     try:
-        assert importer.next_event()["event"] == "batch"  # user000000..099 exist, on no list
+        assert importer.next_event()["event"] == "batch"  # user000000..099 are on the list
         erased = store.find_subscriber("user000005@example.org")
-        assert erased is not None and store.memberships(erased.id) == []
+        assert [m.status for m in store.memberships(erased.id)] == ["subscribed"]
         assert store.forget("user000005@example.org")
-        # An address of the last batch, not created yet, signs up itself.
+        # Addresses of the last batches, not created yet: one suppressed, one signs up itself.
+        store.suppress("user000270@example.org", "blocked")
         assert store.request_subscription("user000250@example.org", news.id).send_confirmation
         importer.go()
         assert importer.next_event()["event"] == "batch"
@@ -226,48 +241,63 @@ def test_an_address_erased_or_signed_up_during_the_import(tmp_path: Path, db) ->
         if importer.proc.poll() is None:
             importer.kill()
 
-    assert report["skipped"] == [{"line": 7, "email": "user000005@example.org",
+    assert report["skipped"] == [{"line": 272, "email": "user000270@example.org",
                                   "reason": "on the suppression list"}]
-    assert store.find_subscriber("user000005@example.org") is None
+    assert store.find_subscriber("user000005@example.org") is None  # not brought back
+    assert store.find_subscriber("user000270@example.org") is None
     # The sign-up made the subscriber; the (confirmed) import confirmed the pending membership.
     assert (report["added"], report["confirmed_pending"]) == (298, 1)
     signed_up = store.find_subscriber("user000250@example.org")
     assert [(h.action, h.source) for h in store.history(signed_up.id)] == [
         ("pending", "web"), ("subscribed", "import")]
-    assert len(store.members(news.id)) == 299
+    assert len(store.members(news.id)) == 298  # 297 added and still there, and the sign-up
 
 
 def test_a_dead_imports_leftovers_are_deleted_a_live_ones_kept(tmp_path: Path, db) -> None:
+    """What an import that died left (the watchdog did not run: a power cut, a killed process
+    group) is undone by the next import: the subscribers it created that carry nothing but its
+    own publication. Anyone who did something since (here: unsubscribed) stays."""
     _url, store, news = db
     dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                               capture_output=True, text=True, check=True).stdout.strip()
     live = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     try:
         now = utcnow()
-        bare: dict[str, int] = {}
+        created: dict[str, int] = {}
         with store.write() as conn:
             for who, pid, beat in (("dead", int(dead_pid), now), ("live", live.pid, now),
                                    ("stale", os.getpid(), now - timedelta(hours=1))):
-                sid = conn.execute(subscribers.insert().values(
-                    email=f"{who}@example.org", email_key=f"{who}@example.org", attributes={})
-                ).inserted_primary_key[0]
                 import_id = conn.execute(imports.insert().values(
                     list_id=news.id, file="x.csv", host=socket.gethostname(), pid=pid,
                     started_at=beat, heartbeat_at=beat)).inserted_primary_key[0]
-                conn.execute(import_subscribers.insert().values(import_id=import_id, first_id=sid,
-                                                                last_id=sid))
-                bare[who] = sid
+                names = [who] + (["published", "acted"] if who == "dead" else [])
+                ids = [conn.execute(subscribers.insert().values(
+                    email=f"{name}@example.org", email_key=f"{name}@example.org", attributes={})
+                ).inserted_primary_key[0] for name in names]
+                conn.execute(import_subscribers.insert().values(import_id=import_id, first_id=ids[0],
+                                                                last_id=ids[-1]))
+                created.update(zip(names, ids, strict=True))
+            for name in ("published", "acted"):  # what the dead import's batches published
+                conn.execute(memberships.insert().values(subscriber_id=created[name], list_id=news.id,
+                                                         status="subscribed"))
+                conn.execute(consent_log.insert().values(
+                    subscriber_id=created[name], list_id=news.id, action="subscribed",
+                    source="import", detail="x.csv line 2; editor confirmed prior consent"))
+        store.set_status(created["acted"], news.id, "unsubscribed", "one_click")
         # One the dead import created has since been put on a list by someone else: it stays.
         kept, _ = store.add_subscriber("kept@example.org", news.id)
         with store.write() as conn:
-            conn.execute(import_subscribers.update().where(import_subscribers.c.first_id == bare["dead"])
-                         .values(last_id=kept))
+            conn.execute(import_subscribers.update().where(
+                import_subscribers.c.first_id == created["dead"]).values(last_id=kept))
         small = write_csv(tmp_path / "small.csv", 2)
         assert import_csv(store, small, news).added == 2
-        assert store.find_subscriber("dead@example.org") is None
-        assert store.find_subscriber("stale@example.org") is None
+        for gone in ("dead", "stale", "published"):
+            assert store.find_subscriber(f"{gone}@example.org") is None
         assert store.find_subscriber("live@example.org") is not None
         assert store.find_subscriber("kept@example.org") is not None
+        acted = store.find_subscriber("acted@example.org")
+        assert [(h.action, h.source) for h in store.history(acted.id)] == [
+            ("subscribed", "import"), ("unsubscribed", "one_click")]
         with store.read() as conn:
             assert conn.execute(sa.select(imports.c.pid)).scalars().all() == [live.pid]
     finally:

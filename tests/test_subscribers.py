@@ -1,9 +1,13 @@
-"""CSV import/export against real SQLite files, with files as editors really have them."""
+"""CSV import/export against real databases (a SQLite file, a PostgreSQL database), with files
+as editors really have them."""
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +20,26 @@ from newsletter.audience.records import MailingList
 from newsletter.audience.store import Store
 from newsletter.errors import NewsletterError
 
+pytestmark = pytest.mark.backends
+
+_numbers = itertools.count(1)
+
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    opened = Store.open(f"sqlite:///{tmp_path / 'newsletter.db'}")
+def new_database(database_url: str, backend: str, tmp_path: Path,
+                 request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """Another empty database on the test's back-end: a URL for each name."""
+    def make(name: str) -> str:
+        if backend == "postgresql":
+            cluster = request.getfixturevalue("pg_cluster")
+            return cluster.create_database(f"extra_{os.getpid()}_{next(_numbers)}")
+        return f"sqlite:///{tmp_path / name}"
+    return make
+
+
+@pytest.fixture
+def store(database_url: str) -> Store:
+    opened = Store.open(database_url)
     yield opened
     opened.close()
 
@@ -208,8 +228,8 @@ def test_dry_run_reports_the_same_and_changes_nothing(tmp_path: Path, store: Sto
     assert (real.added, len(real.problems)) == (2, 1)
 
 
-def test_export_then_import_round_trip_is_lossless(tmp_path: Path, store: Store,
-                                                   news: MailingList) -> None:
+def test_export_then_import_round_trip_is_lossless(tmp_path: Path, store: Store, news: MailingList,
+                                                   new_database: Callable[[str], str]) -> None:
     path = write(tmp_path, (
         "email;Vorname;Nachname;Firma;Notiz\n"
         "anna@straße.de;Anna;Schmidt;Muster GmbH;\"Zeile 1\nZeile 2\"\n"
@@ -227,7 +247,7 @@ def test_export_then_import_round_trip_is_lossless(tmp_path: Path, store: Store,
     exported = tmp_path / "export.csv"
     exported.write_text(first.getvalue(), encoding="utf-8-sig", newline="")
 
-    fresh = Store.open(f"sqlite:///{tmp_path / 'fresh.db'}")
+    fresh = Store.open(new_database("fresh.db"))
     fresh_news = fresh.create_list("news")
     report = import_csv(fresh, exported, fresh_news, confirmed=True)
     assert report.problems == [] and report.added == 6
@@ -265,11 +285,11 @@ def test_read_csv_is_ui_free_and_reports_counts(tmp_path: Path) -> None:
     assert (parsed.records, parsed.delimiter, [r.line for r in parsed.rows]) == (2, ";", [2, 4])
 
 
-def _messy_import(tmp_path: Path, name: str, batch: int | None, *,
+def _messy_import(tmp_path: Path, url: str, batch: int | None, *,
                   dry_run: bool = False) -> tuple[Any, ...]:
     """One database set up with members in every state, then the same messy file imported with
     `batch` rows per transaction (None: not imported): the report, the list, the consent log."""
-    store = Store.open(f"sqlite:///{tmp_path / name}")
+    store = Store.open(url)
     news = store.create_list("news")
     store.add_subscriber("pending@example.org", news.id)
     store.add_subscriber("subscribed@example.org", news.id, name="Sub", confirmed=True)
@@ -307,11 +327,12 @@ def _messy_import(tmp_path: Path, name: str, batch: int | None, *,
     return result, rows, log
 
 
-def test_batches_and_dry_runs_do_not_change_the_result(tmp_path: Path) -> None:
+def test_batches_and_dry_runs_do_not_change_the_result(tmp_path: Path,
+                                                      new_database: Callable[[str], str]) -> None:
     """Duplicates across batches, every membership state, suppression, opt-outs from the file:
     the same report, list and consent log in batches of 2 as in one batch; a dry run in batches
     reports the same and changes nothing."""
-    whole = _messy_import(tmp_path, "whole.db", 5000)
+    whole = _messy_import(tmp_path, new_database("whole.db"), 5000)
     report = whole[0]
     assert {k: report[k] for k in ("records", "added", "joined", "confirmed_pending", "opted_out",
                                    "unchanged", "updated")} == {
@@ -330,9 +351,9 @@ def test_batches_and_dry_runs_do_not_change_the_result(tmp_path: Path) -> None:
     assert ("unsubscribed", "import", "messy.csv line 10; status unsubscribed carried over from "
             "the file") in whole[2]
 
-    assert _messy_import(tmp_path, "batched.db", 2) == whole
-    dry = _messy_import(tmp_path, "dry.db", 2, dry_run=True)
-    before = _messy_import(tmp_path, "untouched.db", None)  # the state it started from
+    assert _messy_import(tmp_path, new_database("batched.db"), 2) == whole
+    dry = _messy_import(tmp_path, new_database("dry.db"), 2, dry_run=True)
+    before = _messy_import(tmp_path, new_database("untouched.db"), None)  # the state it started from
     assert dry[0] == report
     assert dry[1:] == before[1:] != whole[1:]
 

@@ -9,7 +9,8 @@
     store      Store: the operations (open, lists, sign-up, confirm, unsubscribe/leave, forget)
     queries    read-only query pieces other packages join into their SQL (the send journal)
     csvfile    reading and checking a subscriber CSV (no database)
-    importer   an import: create subscribers in short write transactions, publish in one
+    importer   an import: publish new subscribers in bounded batches, changes to existing ones
+               in the last transaction; undo an interrupted one
     import_stage  its first phase: stream the CSV into a staging table and plan every row
     import_report what happens to each row (the rule) and the report
     export     writing a list back as CSV

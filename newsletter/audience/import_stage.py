@@ -5,10 +5,13 @@ merge duplicates and plan every row, without taking the database's write lock
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
 import socket
+import subprocess
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -48,6 +51,8 @@ from newsletter.db.schema import chunked, utcnow
 WRITE_BATCH = 5000
 # At most this many transactions create the new subscribers of one import (`_write`).
 CREATE_TRANSACTIONS = 20
+# … but at most this many rows in one of them: what bounds another writer's wait.
+MAX_BATCH = 50_000
 # An unfinished import not renewed for this long is presumed dead (its process is also presumed
 # dead at once when it ran on this host and its pid is gone).
 IMPORT_LEASE = timedelta(minutes=15)
@@ -58,6 +63,8 @@ SUPPRESSION_SLACK = timedelta(minutes=5)
 _SUPPRESSIONS_IN_MEMORY = 100_000
 # SQLite page cache of the import's connection (KiB): the indexes of a million subscribers.
 CACHE_KIB = 64 * 1024
+# … and of its staging table: a batch of staged rows, read three times by its transaction.
+TEMP_CACHE_KIB = 32 * 1024
 
 # What the plan does to a row (`import_rows.action`).
 
@@ -101,6 +108,7 @@ class Staging:
         self.staged.indexes.discard(self.by_key)  # not with the table
         self.targets = {status: editor_target(status, report.confirmed) for status in (None, *STATUSES)}
         self.import_id: int | None = None
+        self.watchdog: Watchdog | None = None
         self.started = utcnow()
         self.check_suppressions = True
         self.anyone = True
@@ -123,6 +131,7 @@ class Staging:
             raw = self.conn.connection.driver_connection
             raw.execute("PRAGMA synchronous = NORMAL")
             raw.execute(f"PRAGMA main.cache_size = {-CACHE_KIB}")
+            raw.execute(f"PRAGMA temp.cache_size = {-TEMP_CACHE_KIB}")
 
     def _load_suppressions(self, conn: Connection) -> None:
         """Suppressions are checked in memory when there are not many, else by query; not at
@@ -171,9 +180,15 @@ class Staging:
         staged = [(row.line, row.email, row.key, row.name, _json(row.attributes), row.status,
                    token_id, targets[row.status])
                   for row, token_id in zip(chunk, _token_ids(len(chunk)), strict=True)]
-        insert = self.staged.insert().values({c: sa.bindparam(c) for c in _STAGED_COLUMNS})
         with self.transaction() as conn:
-            _executemany(conn, insert, _STAGED_COLUMNS, staged)
+            if conn.dialect.name == "postgresql":  # COPY: the server's bulk path
+                with conn.connection.driver_connection.cursor() as cursor, cursor.copy(
+                        f"COPY {self.staged.name} ({', '.join(_STAGED_COLUMNS)}) FROM STDIN") as copy:
+                    for row in staged:
+                        copy.write_row(row)
+            else:
+                insert = self.staged.insert().values({c: sa.bindparam(c) for c in _STAGED_COLUMNS})
+                _executemany(conn, insert, _STAGED_COLUMNS, staged)
 
     def _merge_duplicates(self) -> None:
         """One row per person: later rows of an address fill in what its first row lacks
@@ -277,30 +292,50 @@ class Staging:
     # 2. create the new subscribers, 3. publish --------------------------------------------------
 
 
-def delete_created(run: Staging, import_id: int) -> None:
-    """Delete the subscribers import `import_id` created that are still bare (no membership, no
-    consent-log entry, not claimed by another import's range), a range per transaction; then the
-    import's record."""
-    with run.transaction() as conn:
+def delete_created(store: Store, import_id: int) -> None:
+    """Undo what import `import_id` did before it could finish: delete the subscribers it
+    created (its `import_subscribers` ranges) that carry nothing but its own publication
+    (`unpublishable`), a range per transaction; then the import's record."""
+    with store.read() as conn:
+        row = conn.execute(sa.select(imports.c.list_id).where(imports.c.id == import_id)).first()
         ranges = conn.execute(sa.select(import_subscribers.c.first_id, import_subscribers.c.last_id)
                               .where(import_subscribers.c.import_id == import_id)).all()
+    if row is None:
+        return  # finished, or undone by someone else already
     others = import_subscribers.alias("others")
     for first, last in ranges:
-        with run.transaction(write=True) as conn:
+        with store.write() as conn:
+            _lock(conn)
             conn.execute(subscribers.delete().where(
-                subscribers.c.id.between(first, last), bare(subscribers.c.id),
+                subscribers.c.id.between(first, last), only_this_import(subscribers.c.id, row.list_id),
                 ~sa.exists().where(others.c.import_id != import_id,
                                    subscribers.c.id.between(others.c.first_id, others.c.last_id))))
             conn.execute(import_subscribers.delete().where(
                 import_subscribers.c.import_id == import_id, import_subscribers.c.first_id == first))
-    with run.transaction(write=True) as conn:
+    with store.write() as conn:
         conn.execute(imports.delete().where(imports.c.id == import_id))
 
 
-def bare(subscriber_id: sa.ColumnElement[int]) -> sa.ColumnElement[bool]:
-    """The subscriber is on no list and has no consent-log entry: nobody knows of them."""
-    return sa.and_(~sa.exists().where(memberships.c.subscriber_id == subscriber_id),
-                   ~sa.exists().where(consent_log.c.subscriber_id == subscriber_id))
+def only_this_import(subscriber_id: sa.ColumnElement[int], list_id: int) -> sa.ColumnElement[bool]:
+    """The subscriber carries nothing but what an import created: at most one consent-log entry,
+    from an import onto `list_id`, and no membership of another list. Any later change (an
+    unsubscribe, a confirmation, another list) writes a second entry: such a person stays."""
+    entries = sa.select(sa.func.count()).select_from(consent_log).where(
+        consent_log.c.subscriber_id == subscriber_id).scalar_subquery()
+    return sa.and_(
+        ~sa.exists().where(memberships.c.subscriber_id == subscriber_id,
+                           memberships.c.list_id != list_id),
+        ~sa.exists().where(consent_log.c.subscriber_id == subscriber_id,
+                           sa.or_(consent_log.c.source != "import",
+                                  consent_log.c.list_id.is_distinct_from(list_id))),
+        entries <= 1)
+
+
+def _lock(conn: Connection) -> None:
+    """PostgreSQL: what BEGIN IMMEDIATE is on SQLite, for a transaction that checks, then writes
+    subscribers and memberships (other writers wait for it; readers do not)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("LOCK TABLE subscribers, memberships IN SHARE ROW EXCLUSIVE MODE"))
 
 
 def is_dead(row: Any, now: Any) -> bool:
@@ -361,3 +396,40 @@ _PLAN = _STAGED.update().where(_STAGED.c.line == sa.bindparam("line")).values(
     action=sa.bindparam("action"), target=sa.bindparam("target"),
     seen_status=sa.bindparam("seen_status"), fill=sa.bindparam("fill"),
     subscriber_id=sa.bindparam("subscriber_id"))
+
+
+class Watchdog:
+    """A helper process that undoes the import (`delete_created`) if this process dies before
+    it says "done" — `kill -9` included: the kernel closes the pipe the helper reads. Its own
+    session, so a Ctrl-C in the terminal does not stop it; stdout and stderr are the import's."""
+
+    def __init__(self, url: str, import_id: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from newsletter.audience.import_stage import watch; watch()"],
+            stdin=subprocess.PIPE, text=True, start_new_session=True)
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{import_id}\n{url}\n")  # not in argv: the URL may hold a password
+        self.proc.stdin.flush()
+
+    def finish(self, undo: bool) -> None:
+        """The import finished or undid itself (`undo` False: nothing for the helper to do), or
+        could not undo itself (True: the helper does it now, in the background)."""
+        assert self.proc.stdin is not None
+        with contextlib.suppress(OSError):
+            if not undo:
+                self.proc.stdin.write("done\n")
+            self.proc.stdin.close()
+        if not undo:
+            self.proc.wait()
+
+
+def watch() -> None:
+    """The watchdog process: import id and URL on stdin, then "done" or end-of-file."""
+    import_id, url = int(sys.stdin.readline()), sys.stdin.readline().rstrip("\n")
+    if sys.stdin.readline().strip() == "done":
+        return
+    store = Store.open(url)
+    try:
+        delete_created(store, import_id)
+    finally:
+        store.close()

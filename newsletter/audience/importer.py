@@ -6,22 +6,23 @@ same rules as `Store.add_subscriber`); suppressed addresses are skipped. The lib
 progress goes to a callback.
 
 A large import must not lock other writers out (serve's unsubscribes, a send's journal) and must
-never be half visible. It runs in three steps (docs/data-model.md, "CSV import"):
+never be left half done. It runs in three steps (docs/data-model.md, "CSV import"):
 
 1. read — the file is streamed `batch` records at a time into a TEMPORARY staging table of the
    import's own connection (appended in file order), which is then indexed by address, its
    duplicates merged into the first row, and planned (`decide`: subscriber, membership and
    suppression looked up). Only reads of the database: nobody waits for this step.
-2. create — the new subscribers are inserted in key order, `batch` rows per write transaction
-   (more for a very large file: at most CREATE_TRANSACTIONS); other writers get the lock in
-   between. They are on no list yet, so nothing of the import is visible in a list. The import
-   (`imports`) and the ids it created (`import_subscribers`) are recorded with them: if the
-   process dies, the next import deletes the ones that are still on no list.
-3. publish — one write transaction re-checks every planned row against the database as it is
-   now (someone who unsubscribed in the meantime is skipped, not re-activated; an erased address
-   is dropped), inserts the last batch of subscribers, and writes the memberships, status
-   changes, consent-log entries and filled-in details with a few set-based statements. The
-   import appears in the list at once, or not at all.
+2. publish the new subscribers — in key order, a write transaction per batch (`batch` rows;
+   more for a very large file, about CREATE_TRANSACTIONS, at most MAX_BATCH rows: what another
+   writer may wait): each batch re-checks its rows, then creates the subscribers, their
+   memberships and consent-log entries, and records the ids with the import (`imports`,
+   `import_subscribers`). A watchdog process, the process itself on an error, or the next
+   import undoes the batches of an import that does not finish.
+3. final transaction — the last batch, and every row of people who were there before,
+   re-checked against the database as it is now (someone who unsubscribed in the meantime is
+   skipped, not re-activated; an erased address is dropped), then joins, status changes,
+   consent-log entries and filled-in details with a few set-based statements; the import's
+   record goes. Existing people change at once or not at all.
 
 A dry run does step 1 only and changes nothing. The report says what happened to every row.
 """
@@ -51,7 +52,6 @@ from newsletter.audience.import_report import (
     REFUSED,
     SUPPRESSED,
     UNCHANGED,
-    WRITES,
     ImportReport,
     Skipped,
     decide,
@@ -59,13 +59,14 @@ from newsletter.audience.import_report import (
 )
 from newsletter.audience.import_stage import (
     CREATE_TRANSACTIONS,
+    MAX_BATCH,
     SUPPRESSION_SLACK,
     WRITE_BATCH,
     Staging,
-    bare,
+    Watchdog,
+    _lock,
     delete_created,
     is_dead,
-    runs,
 )
 from newsletter.audience.records import MailingList
 from newsletter.audience.statuses import OPTED_OUT
@@ -81,14 +82,18 @@ from newsletter.audience.tables import (
 )
 from newsletter.db.schema import NOW, chunked, utcnow
 
+# The plans of people who were there before the import (re-checked by its final transaction).
+EXISTING = (JOIN, CHANGE, UNCHANGED, LEFT, REFUSED)
+
 
 def import_csv(store: Store, path: Path, mailing_list: MailingList, *, confirmed: bool = False,
                dry_run: bool = False, on_progress: ProgressCallback | None = None,
                batch: int = WRITE_BATCH) -> ImportReport:
     """Import a CSV into a list; the report says what happened to every row. Invalid rows are
-    reported in `report.problems` and left out. The list changes in one transaction at the end
-    (nothing of an import that fails or is interrupted shows); the work before it is done in
-    transactions of `batch` rows. `dry_run` changes nothing and reports the same."""
+    reported in `report.problems` and left out. New subscribers are published in batches of
+    `batch` rows or more, existing ones in one transaction at the end; an import that fails or
+    is killed is undone (docs/data-model.md, "CSV import"). `dry_run` changes nothing and
+    reports the same."""
     if batch < 1:
         raise ValueError("batch must be at least 1")
     with open_csv(Path(path)) as csv_file:
@@ -124,6 +129,8 @@ class _Import(Staging):
                 self._forget_created()
                 raise
             finally:
+                if self.watchdog is not None:  # with the record still there: undo it now
+                    self.watchdog.finish(undo=self.import_id is not None)
                 # Closed, not returned to the pool: the staging table and the import's settings
                 # go with it (quicker than dropping a table of a million rows).
                 conn.invalidate()
@@ -132,37 +139,36 @@ class _Import(Staging):
         with self.transaction() as conn:
             tally = self._tally(conn)
         new = tally[ADD]
-        self.to_write = 2 * new + tally[JOIN] + tally["opted_out"] + tally["confirmed_pending"] \
+        self.to_write = new + tally[JOIN] + tally["opted_out"] + tally["confirmed_pending"] \
             + tally["fill"]
         if not self.to_write:
             return  # nothing to write: the plan's reads are the import
         # Each write transaction rewrites the pages of the token_id index it touches, and random
         # tokens touch about one page per row until a batch spans the whole index: so a large
-        # import creates its subscribers in at most CREATE_TRANSACTIONS transactions.
-        self.create_batch = max(self.batch, -(-new // CREATE_TRANSACTIONS))
+        # import publishes its new subscribers in about CREATE_TRANSACTIONS transactions — but
+        # never more than MAX_BATCH rows in one, which bounds how long others wait for the lock.
+        self.create_batch = min(max(self.batch, -(-new // CREATE_TRANSACTIONS)),
+                                max(self.batch, MAX_BATCH))
         after, remaining = "", new  # every key is > "": the new subscribers in key order
         with self.transaction() as conn:
             last, size = self._next_batch(conn, after, remaining)
-        while last is not None:  # the last `batch` rows go in with the publish
+        if last is not None:
+            self._start_record()
+        while last is not None:  # the last `batch` rows go in with the final transaction
             with self.transaction(write=True) as conn:
+                _lock(conn)
                 self._renew(conn)
-                ids = self._create_subscribers(conn, after, last)
-                conn.execute(import_subscribers.insert(), [  # cleaned up after a crash
-                    {"import_id": self.import_id, "first_id": first, "last_id": last_id}
-                    for first, last_id in runs(ids)])
+                self._publish_new(conn, after, last)
             remaining -= size
             with self.transaction() as conn:
                 after, (last, size) = last, self._next_batch(conn, last, remaining)
             self._progress(new - remaining)
-        if after:
-            with self.transaction() as conn:  # in file order: the staging table is written in order
-                self._resolve(conn, "", None)
         self._publish(after)
 
     def _next_batch(self, conn: Connection, after: str, remaining: int) -> tuple[str | None, int]:
         """(last key, size) of the next batch of new subscribers after `after`, of up to
-        `create_batch` rows; (None, 0) when no more than `batch` remain (the publish creates
-        those)."""
+        `create_batch` rows; (None, 0) when no more than `batch` remain (the final transaction
+        publishes those)."""
         if remaining <= self.batch:
             return None, 0
         size = min(self.create_batch, remaining - self.batch)
@@ -172,77 +178,118 @@ class _Import(Staging):
             .order_by(s.c.email_key).offset(size - 1).limit(1)).scalar()
         return last, size
 
-    def _renew(self, conn: Connection) -> None:
-        """Record this import (with its first batch), or renew its heartbeat."""
+    def _start_record(self) -> None:
+        """Record this import before its first batch, and start the watchdog that undoes the
+        batches if this process dies (`import_stage.Watchdog`)."""
         now = utcnow()
-        if self.import_id is None:
+        with self.transaction(write=True) as conn:
             self.import_id = conn.execute(imports.insert().values(
                 list_id=self.list_id, file=self.file_name[:300], host=socket.gethostname(),
                 pid=os.getpid(), started_at=now, heartbeat_at=now)).inserted_primary_key[0]
-        else:
-            conn.execute(imports.update().where(imports.c.id == self.import_id)
-                         .values(heartbeat_at=now))
+        self.watchdog = Watchdog(self.store.engine.url.render_as_string(hide_password=False),
+                                 self.import_id)
 
-    def _create_subscribers(self, conn: Connection, after: str, last: str | None) -> list[int]:
-        """Insert the staged new subscribers with keys in (after, last] (None: to the end) that
-        nobody created meanwhile; their ids."""
+    def _renew(self, conn: Connection) -> None:
+        conn.execute(imports.update().where(imports.c.id == self.import_id)
+                     .values(heartbeat_at=utcnow()))
+
+    def _publish_new(self, conn: Connection, after: str, last: str | None) -> None:
+        """Inside a write transaction: the staged new subscribers with keys in (after, last]
+        (None: to the end) re-checked against the database as it is now, created, put on the
+        list and logged. Their ids are recorded with the import (undone if it dies)."""
         s = self.staged
-        where = [s.c.action == ADD, s.c.email_key > after,
-                 ~sa.exists().where(subscribers.c.email_key == s.c.email_key)]
+        where = [s.c.action == ADD, s.c.subscriber_id.is_(None), s.c.email_key > after]
         if last is not None:
             where.append(s.c.email_key <= last)
-        return list(conn.execute(
-            subscribers.insert().from_select(
-                ["email", "email_key", "name", "attributes", "token_id"],
-                sa.select(s.c.email, s.c.email_key, s.c.name, s.c.attributes, s.c.token_id)
-                .where(*where).order_by(s.c.email_key),
-            ).returning(subscribers.c.id)
-        ).scalars().all())
+        changed = self._drifted_new(conn, where)
+        if changed:
+            self._replan(conn, changed)
+        # Ids given here, in key order (base + row number), so the memberships and consent-log
+        # entries need no look-up of what was created: the same numbering, three statements.
+        base = self._id_base(conn)
+        number = base + sa.func.row_number().over(order_by=s.c.email_key)
+        conn.execute(subscribers.insert().from_select(
+            ["id", "email", "email_key", "name", "attributes", "token_id"],
+            sa.select(number, s.c.email, s.c.email_key, s.c.name, s.c.attributes, s.c.token_id)
+            .where(*where)))
+        # (not `rowcount`: psycopg does not report it for INSERT … SELECT)
+        created = (conn.execute(sa.select(sa.func.max(subscribers.c.id))).scalar() or 0) - base
+        if created <= 0:
+            return
+        if conn.dialect.name == "postgresql":  # the sequence goes past the ids given here
+            conn.execute(sa.text("SELECT setval(pg_get_serial_sequence('subscribers', 'id'), :last)"),
+                         {"last": base + created})
+        if self.import_id is not None:
+            conn.execute(import_subscribers.insert().values(
+                import_id=self.import_id, first_id=base + 1, last_id=base + created))
+        conn.execute(memberships.insert().from_select(
+            ["subscriber_id", "list_id", "status"],
+            sa.select(number, sa.literal(self.list_id), s.c.target).where(*where)))
+        conn.execute(consent_log.insert().from_select(
+            ["subscriber_id", "list_id", "action", "source", "detail"],
+            sa.select(number, sa.literal(self.list_id), s.c.target, sa.literal("import"),
+                      self._detail(s.c.line, s.c.target)).where(*where)))
 
-    def _resolve(self, conn: Connection, after: str, last: str | None) -> None:
-        """Note the subscriber ids of the staged new rows with keys in (after, last] ("" and
-        None: all). The publish checks that each is the one this import created — the staged
-        `token_id` — and plans again a row whose address someone else created, or erased, in
-        the meantime (`_drifted`)."""
+    def _id_base(self, conn: Connection) -> int:
+        """The id after which this write transaction may number new subscribers: the largest
+        in use (what SQLite gives next anyway); on PostgreSQL also past the sequence (the table
+        is locked: nobody else takes a number meanwhile)."""
+        largest = conn.execute(sa.select(sa.func.max(subscribers.c.id))).scalar() or 0
+        if conn.dialect.name == "postgresql":
+            sequence = conn.execute(sa.text("SELECT pg_sequence_last_value("
+                                            "pg_get_serial_sequence('subscribers', 'id')::regclass)")
+                                    ).scalar() or 0
+            largest = max(largest, sequence)
+        return int(largest)
+
+    def _detail(self, line: sa.ColumnElement[int], target: sa.ColumnElement[str]) -> sa.ColumnElement[str]:
+        """The consent-log detail of an imported row: `<file> line N; why`."""
+        consent = ("editor confirmed prior consent" if self.confirmed
+                   else "not confirmed: double opt-in pending")
+        why = sa.case((target.in_(sorted(OPTED_OUT)),
+                       "status " + target + " carried over from the file"), else_=consent)
+        return sa.literal(self.file_name) + " line " + sa.cast(line, sa.String) + "; " + why
+
+    def _drifted_new(self, conn: Connection, where: list[sa.ColumnElement[bool]]) -> set[int]:
+        """Lines of new subscribers about to be created whose address someone created or
+        suppressed since the import planned them."""
         s = self.staged
-        where = [s.c.action == ADD]
-        if after:
-            where.append(s.c.email_key > after)
-        if last is not None:
-            where.append(s.c.email_key <= last)
-        conn.execute(s.update().where(*where).values(subscriber_id=(
-            sa.select(subscribers.c.id).where(subscribers.c.email_key == s.c.email_key)
-            .scalar_subquery())))
+        lines = set(conn.execute(sa.select(s.c.line).select_from(
+            s.join(subscribers, subscribers.c.email_key == s.c.email_key)).where(*where)).scalars())
+        new_hashes = self._new_suppressions(conn)
+        if new_hashes:
+            lines.update(line for line, key in conn.execute(
+                sa.select(s.c.line, s.c.email_key).where(*where)) if key_hash(key) in new_hashes)
+        return lines
+
+    def _new_suppressions(self, conn: Connection) -> set[str]:
+        return set(conn.execute(sa.select(suppressions.c.email_hash).where(
+            suppressions.c.at >= self.started - SUPPRESSION_SLACK)).scalars())
 
     def _publish(self, after: str) -> None:
-        """The one transaction that changes the list: the last new subscribers, the plan
-        re-checked, then memberships, consent log and details, set-based."""
+        """The final transaction: the last new subscribers; every other planned row re-checked,
+        then memberships, status changes, consent log and details, set-based; the import's
+        record deleted. The batches before it published only new subscribers (undone by the
+        watchdog or the next import if this one dies): everything that changes people who were
+        there before goes in here, at once or not at all."""
         s = self.staged
         if self.conn.dialect.name == "sqlite":  # the publish waits for the disk, as every write
             self.conn.connection.driver_connection.execute("PRAGMA synchronous = FULL")
         with self.transaction(write=True) as conn:
-            if conn.dialect.name == "postgresql":  # what BEGIN IMMEDIATE is on SQLite, for the re-check
-                conn.execute(sa.text("LOCK TABLE subscribers, memberships IN SHARE ROW EXCLUSIVE MODE"))
-            self._create_subscribers(conn, after, None)
-            self._resolve(conn, after, None)
+            _lock(conn)
             changed = self._drifted(conn)
             if changed:
                 self._replan(conn, changed)
-                # A subscriber this import created whose row no longer adds them (the address was
-                # suppressed meanwhile) goes again, unless someone has put them on a list since.
-                ours = subscribers.alias("ours")
-                conn.execute(subscribers.delete().where(
-                    subscribers.c.id.in_(
-                        sa.select(s.c.subscriber_id)
-                        .join(ours, sa.and_(ours.c.id == s.c.subscriber_id,
-                                            ours.c.token_id == s.c.token_id))
-                        .where(s.c.action != ADD)),
-                    bare(subscribers.c.id)))
+            self._publish_new(conn, after, None)
             self.report.updated = self._fill_in(conn)
+            # Existing subscribers joining, and new ones `_replan` created in here.
+            earlier = sa.or_(s.c.action.in_((JOIN, CHANGE)),
+                             sa.and_(s.c.action == ADD, s.c.subscriber_id.is_not(None)))
             conn.execute(memberships.insert().from_select(
                 ["subscriber_id", "list_id", "status"],
                 sa.select(s.c.subscriber_id, sa.literal(self.list_id), s.c.target)
-                .where(s.c.action.in_((ADD, JOIN))).order_by(s.c.subscriber_id)))
+                .where(s.c.action.in_((ADD, JOIN)), s.c.subscriber_id.is_not(None))
+                .order_by(s.c.subscriber_id)))
             targets = conn.execute(sa.select(s.c.target).where(s.c.action == CHANGE).distinct()).scalars()
             for target in list(targets):
                 conn.execute(memberships.update().where(
@@ -250,16 +297,11 @@ class _Import(Staging):
                     memberships.c.subscriber_id.in_(
                         sa.select(s.c.subscriber_id).where(s.c.action == CHANGE, s.c.target == target)),
                 ).values(status=target, updated_at=NOW, requested_name=None))
-            consent = ("editor confirmed prior consent" if self.confirmed
-                       else "not confirmed: double opt-in pending")
-            why = sa.case((s.c.target.in_(sorted(OPTED_OUT)),
-                           "status " + s.c.target + " carried over from the file"), else_=consent)
-            detail = sa.literal(self.file_name) + " line " + sa.cast(s.c.line, sa.String) + "; " + why
             conn.execute(consent_log.insert().from_select(
                 ["subscriber_id", "list_id", "action", "source", "detail"],
                 sa.select(s.c.subscriber_id, sa.literal(self.list_id), s.c.target,
-                          sa.literal("import"), detail)
-                .where(s.c.action.in_(WRITES)).order_by(s.c.subscriber_id)))
+                          sa.literal("import"), self._detail(s.c.line, s.c.target))
+                .where(earlier).order_by(s.c.subscriber_id)))
             if self.import_id is not None:
                 conn.execute(import_subscribers.delete().where(
                     import_subscribers.c.import_id == self.import_id))
@@ -269,30 +311,26 @@ class _Import(Staging):
         self.import_id = None
 
     def _drifted(self, conn: Connection) -> set[int]:
-        """Lines whose plan no longer fits the database: the membership's status is not the one
-        planned on, the subscriber is gone or someone else created it, or the address was
+        """Lines of people who were there before (not new: `_publish_new` checks those) whose
+        plan no longer fits the database: the membership's status is not the one planned on,
+        the subscriber is gone or the id was given to someone else, or the address was
         suppressed since the import started."""
         s, m = self.staged, memberships
+        existing = s.c.action.in_(EXISTING)
         query = (
             sa.select(s.c.line)
             .select_from(s.outerjoin(subscribers, subscribers.c.id == s.c.subscriber_id)
                          .outerjoin(m, sa.and_(m.c.subscriber_id == s.c.subscriber_id,
                                                m.c.list_id == self.list_id)))
-            .where(s.c.action != SUPPRESSED, sa.or_(
-                subscribers.c.id.is_(None),  # erased (or never created)
+            .where(existing, sa.or_(
+                subscribers.c.id.is_(None),  # erased
                 subscribers.c.email_key != s.c.email_key,  # … and the id given to someone else
-                sa.and_(s.c.action == ADD, subscribers.c.token_id != s.c.token_id),  # not ours
                 m.c.status.is_distinct_from(s.c.seen_status))))
         lines = set(conn.execute(query).scalars())
-        new_hashes = set(conn.execute(sa.select(suppressions.c.email_hash).where(
-            suppressions.c.at >= self.started - SUPPRESSION_SLACK)).scalars())
+        new_hashes = self._new_suppressions(conn)
         if new_hashes:
-            after = 0
-            while page := conn.execute(
-                sa.select(s.c.line, s.c.email_key).where(s.c.line > after, s.c.action != SUPPRESSED)
-                .order_by(s.c.line).limit(self.batch)).all():
-                lines.update(line for line, key in page if key_hash(key) in new_hashes)
-                after = page[-1].line
+            lines.update(line for line, key in conn.execute(
+                sa.select(s.c.line, s.c.email_key).where(existing)) if key_hash(key) in new_hashes)
         return lines
 
     def _replan(self, conn: Connection, lines: set[int]) -> None:
@@ -394,12 +432,13 @@ class _Import(Staging):
         with self.transaction() as conn:
             dead = [row.id for row in conn.execute(sa.select(imports)) if is_dead(row, now)]
         for import_id in dead:
-            delete_created(self, import_id)
+            delete_created(self.store, import_id)
 
     def _forget_created(self) -> None:
         """After a failure: delete the subscribers this import created (best effort; what is
         left is deleted by the next import)."""
-        if self.import_id is None or self.conn.in_transaction():
+        if self.import_id is None:
             return
-        with contextlib.suppress(Exception):  # the original error matters; the next import cleans up
-            delete_created(self, self.import_id)
+        with contextlib.suppress(Exception):  # the original error matters; the watchdog or the
+            delete_created(self.store, self.import_id)  # next import cleans up
+            self.import_id = None

@@ -33,6 +33,7 @@ from newsletter.audience.addresses import (
     normalize_email,
     suppression_hash,
 )
+from newsletter.audience.leaving import Leave, leave_many, token_condition
 from newsletter.audience.names import InvalidName, clean_name, name_or_none
 from newsletter.audience.records import (
     ConsentEntry,
@@ -201,7 +202,7 @@ class Store:
         (tokens then named the id): it counts only while that very row exists — a subscriber
         created later, even one that got the id of an erased person, is never found by it.
         """
-        condition = _token_condition(token_id)
+        condition = token_condition(token_id)
         if condition is None:
             return None
         with self.read() as conn:
@@ -211,7 +212,7 @@ class Store:
     def membership_by_token_id(self, token_id: str | int, list_id: int) -> tuple[int, str] | None:
         """(subscriber id, membership status) for a link's token_id on a list, in one query (the
         unsubscribe hot path); None if no such subscriber or membership. Ints: as above."""
-        condition = _token_condition(token_id)
+        condition = token_condition(token_id)
         if condition is None:
             return None
         query = (sa.select(subscribers.c.id, memberships.c.status)
@@ -224,17 +225,11 @@ class Store:
     def leave(self, token_id: str | int, list_id: int, *, source: str,
               ip: str | None = None) -> tuple[int, str] | None:
         """An unsubscribe link was used: (subscriber id, status before), None if the link names
-        no membership. Idempotent; only LEAVABLE statuses change (logged with `source`).
-
-        The read is the hot path's one query; the write checks LEAVABLE again on the locked row,
-        so a bounce recorded in between is not overwritten."""
-        found = self.membership_by_token_id(token_id, list_id)
-        if found is not None and found[1] in LEAVABLE:
-            check_source(source)
-            with self._change() as conn:
-                writes.set_status(conn, found[0], list_id, "unsubscribed", source, ip=ip,
-                                  only_from=LEAVABLE)
-        return found
+        no membership. Idempotent; only LEAVABLE statuses change (logged with `source`): the
+        rule of `audience.leaving`, which serve's writer applies to many links at once."""
+        check_source(source)
+        with self._change() as conn:
+            return leave_many(conn, [Leave(token_id, list_id, source, ip)])[0]
 
     def find_subscriber(self, email: str) -> Subscriber | None:
         """The subscriber with this address (any case of the address), or None."""
@@ -440,21 +435,11 @@ class Store:
         found = self.find_subscriber(email)
         if found is None:
             raise StoreError(f"no subscriber with the address {email.strip()}")
-        changed: list[str] = []
         with self._change() as conn:
-            writes.lock_subscriber(conn, found.id)  # none: erased meanwhile, no rows below
-            query = (sa.select(memberships.c.list_id, lists.c.name)
-                     .join(lists, lists.c.id == memberships.c.list_id)
-                     .where(memberships.c.subscriber_id == found.id))
-            if list_id is not None:
-                query = query.where(memberships.c.list_id == list_id)
-            rows = conn.execute(query).all()
-            if list_id is not None and not rows:
-                raise StoreError(f"{found.email} is not on that list")
-            for row in rows:
-                if writes.set_status(conn, found.id, row.list_id, "unsubscribed", source,
-                                     detail=detail, only_from=LEAVABLE):
-                    changed.append(row.name)
+            changed = writes.set_status_on_lists(conn, found.id, "unsubscribed", source, list_id=list_id,
+                                                 detail=detail, only_from=LEAVABLE)
+        if changed is None:
+            raise StoreError(f"{found.email} is not on that list")
         return changed
 
     def forget(self, email: str, *, reason: str = "erased on request (GDPR Art. 17)") -> bool:
@@ -504,19 +489,6 @@ class Store:
 def _subscriber(row: Any) -> Subscriber:
     return Subscriber(row.id, row.email, row.name, dict(row.attributes or {}), row.created_at,
                       row.token_id, bool(row.legacy_tokens))
-
-
-def _token_condition(token_id: object) -> sa.ColumnElement[bool] | None:
-    """The WHERE clause finding the subscriber a link names; None for a malformed reference.
-
-    A str is a `token_id`; an int is a subscriber id from a link mailed before migration 4,
-    valid only for rows that existed then (`legacy_tokens`).
-    """
-    if isinstance(token_id, bool) or not isinstance(token_id, (str, int)) or token_id == "":
-        return None
-    if isinstance(token_id, str):
-        return subscribers.c.token_id == token_id
-    return sa.and_(subscribers.c.id == token_id, subscribers.c.legacy_tokens == sa.true())
 
 
 def open_store(project: Project) -> Store:

@@ -109,11 +109,13 @@ suppressions = sa.Table(
 
 # --- CSV import (`audience/importer.py`, docs/data-model.md "CSV import") ---------------------
 
-# A running import that has created subscriber rows not yet on any list (they become members
-# only with the import's last transaction). Live while its process runs: renewed with every
-# batch; a row whose process is gone (same host, pid not running) or that has not been renewed
-# for `importer.IMPORT_LEASE` belongs to an interrupted import, and the next import deletes the
-# subscribers it created that are still on no list and have no consent-log entry.
+# A running import and the id ranges of the batches of new subscribers it has published so far
+# (each batch: subscribers, memberships, consent-log entries in one transaction; the changes to
+# people who were there before come in its last transaction). Live while its process runs:
+# renewed with every batch; a row whose process is gone (same host, pid not running) or that has
+# not been renewed for `importer.IMPORT_LEASE` belongs to an interrupted import: its watchdog
+# process, or else the next import, deletes the subscribers it published that still carry
+# nothing but this import's publication (`import_stage.only_this_import`).
 imports = sa.Table(
     "imports", metadata,
     sa.Column("id", sa.Integer, primary_key=True),

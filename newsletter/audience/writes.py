@@ -19,7 +19,14 @@ from sqlalchemy.engine import Connection
 
 from newsletter.audience.addresses import key_hash
 from newsletter.audience.records import StoreError
-from newsletter.audience.tables import consent_log, memberships, new_token_id, subscribers, suppressions
+from newsletter.audience.tables import (
+    consent_log,
+    lists,
+    memberships,
+    new_token_id,
+    subscribers,
+    suppressions,
+)
 from newsletter.db.schema import utcnow
 
 # The advisory-lock class of addresses (pg_advisory_xact_lock(class, key)); the two-key form
@@ -131,6 +138,25 @@ def set_status(conn: Connection, subscriber_id: int, list_id: int, status: str, 
         update_membership(conn, subscriber_id, list_id, status, now)
     log(conn, subscriber_id, list_id, status, source, at=now, ip=ip, detail=detail)
     return True
+
+
+def set_status_on_lists(conn: Connection, subscriber_id: int, status: str, source: str, *,
+                        list_id: int | None = None, detail: str | None = None,
+                        only_from: frozenset[str] | None = None) -> list[str] | None:
+    """`set_status` on every list of the subscriber (or on `list_id` only); the names of the
+    lists changed, in list order; None when `list_id` is given and they are not on it."""
+    lock_subscriber(conn, subscriber_id)  # none: erased meanwhile, no rows below
+    query = (sa.select(memberships.c.list_id, lists.c.name)
+             .join(lists, lists.c.id == memberships.c.list_id)
+             .where(memberships.c.subscriber_id == subscriber_id)
+             .order_by(memberships.c.list_id))
+    if list_id is not None:
+        query = query.where(memberships.c.list_id == list_id)
+    rows = conn.execute(query).all()
+    if list_id is not None and not rows:
+        return None
+    return [row.name for row in rows if set_status(conn, subscriber_id, row.list_id, status, source,
+                                                   detail=detail, only_from=only_from)]
 
 
 def log(conn: Connection, subscriber_id: int, list_id: int | None, action: str, source: str, *,

@@ -29,6 +29,7 @@ from newsletter.audience.tables import (
 from newsletter.db.engine import DatabaseError
 from newsletter.db.schema import UtcDateTime, chunked, metadata, utcnow
 from newsletter.delivery.tables import journal_tables
+from newsletter.feedback.tables import feedback_events
 
 schema_version = sa.Table(
     "schema_version", metadata,
@@ -144,6 +145,15 @@ def _v8_rate_limits(conn: Connection) -> None:
     table.create(conn)
 
 
+def _v9_feedback(conn: Connection) -> None:
+    # Bounces and complaints reported after the send (docs/feedback.md): the ledger of events
+    # taken in, and the latest report on each delivery's journal row.
+    md = sa.MetaData(naming_convention=metadata.naming_convention)
+    feedback_events.to_metadata(md).create(conn)
+    _add_column(conn, "deliveries", sa.Column("feedback", sa.String(16), nullable=True))
+    _add_column(conn, "deliveries", sa.Column("feedback_at", UtcDateTime, nullable=True))
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "subscribers, lists, memberships, consent log, suppressions", _v1_core),
     (2, "send journal: sends, deliveries", _v2_send_journal),
@@ -153,6 +163,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (6, "send_workers (a send's lease: host, pid, heartbeat), deliveries.worker_id", _v6_send_workers),
     (7, "imports, import_subscribers (a running CSV import and what it created)", _v7_imports),
     (8, "rate_limits (serve's rate-limit counters, shared by its workers)", _v8_rate_limits),
+    (9, "feedback_events (bounces and complaints taken in), deliveries.feedback/feedback_at", _v9_feedback),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -17,10 +17,11 @@ DELIVERY_STATUSES = ("pending", "sending", "sent", "failed_temporary", "failed_p
 
 
 def journal_tables(md: sa.MetaData, version: int) -> tuple[sa.Table, sa.Table]:
-    """`sends` and `deliveries` as of schema `version`: 2 as first created, 3 and 6 with the
-    columns migrations 3 and 6 added (at the end, where ALTER TABLE puts them)."""
+    """`sends` and `deliveries` as of schema `version`: 2 as first created, 3, 6 and 9 with the
+    columns migrations 3, 6 and 9 added (at the end, where ALTER TABLE puts them)."""
     v3 = version >= 3
     v6 = version >= 6
+    v9 = version >= 9
     send_table = sa.Table(
         "sends", md,
         sa.Column("id", sa.Integer, primary_key=True),
@@ -60,6 +61,10 @@ def journal_tables(md: sa.MetaData, version: int) -> tuple[sa.Table, sa.Table]:
         # left `sending` by a worker whose lease expired are handed on; a live one's never. No
         # foreign key: a tag (worker rows are deleted only with their send).
         *([sa.Column("worker_id", sa.String(32), nullable=True)] if v6 else []),
+        # What was reported about the message after it was accepted (a bounce mail, a provider
+        # event: `feedback` package): hard | soft | complaint, the latest one; and when.
+        *([sa.Column("feedback", sa.String(16), nullable=True),
+           sa.Column("feedback_at", UtcDateTime, nullable=True)] if v9 else []),
         sa.CheckConstraint(one_of("status", DELIVERY_STATUSES), name="status"),
         sa.Index("ix_deliveries_send_status", "send_id", "status"),
     )
@@ -86,7 +91,7 @@ def send_workers_table(md: sa.MetaData) -> sa.Table:
     )
 
 
-sends, deliveries = journal_tables(metadata, 6)
+sends, deliveries = journal_tables(metadata, 9)
 send_workers = send_workers_table(metadata)
 
 

@@ -49,13 +49,12 @@ from newsletter.audience.addresses import (
     normalize_email,
     suppression_hash,
 )
+from newsletter.audience.leaving import Leave, leave_many
 from newsletter.audience.records import MailingList
-from newsletter.audience.statuses import LEAVABLE
-from newsletter.audience.store import _token_condition, open_store
-from newsletter.audience.tables import consent_log, lists, memberships, subscribers
+from newsletter.audience.store import open_store
+from newsletter.audience.tables import lists
 from newsletter.db.engine import DatabaseError
 from newsletter.db.health import probe
-from newsletter.db.schema import utcnow
 from newsletter.project import Project
 from newsletter.tokens import TokenExpired, TokenInvalid, Tokens, signing_keys
 from newsletter.web.confirmation import send_confirmation
@@ -158,7 +157,7 @@ class Site:
         return (*found, info) if found and info else None
 
     def leave(self, conn: Connection, items: list[Leave]) -> list[tuple[ListInfo, str] | None]:
-        """A bulk writer job: `leave_all` and the lists' titles; per item (list, status before)
+        """A bulk writer job: `leave_many` and the lists' titles; per item (list, status before)
         or None when the link names no membership."""
         titles: dict[int, ListInfo | None] = {}
         for list_id in {item.list_id for item in items}:
@@ -166,7 +165,7 @@ class Site:
             titles[list_id] = self._info(MailingList(row.id, row.name, row.title, row.created_at)) \
                 if row else None
         results: list[tuple[ListInfo, str] | None] = []
-        for item, found in zip(items, leave_all(conn, items), strict=True):
+        for item, found in zip(items, leave_many(conn, items), strict=True):
             info = titles[item.list_id]
             results.append((info, found[1]) if found and info else None)
         return results
@@ -383,82 +382,6 @@ class Site:
         status = await self.db(self.store.membership_status, subscriber_id, list_id)
         return self.pages.page("confirmed.html", list_title=info.title, status=status,
                                archive_url="/archive/", subscribe_url=subscribe_url)
-
-
-@dataclass(frozen=True)
-class Leave:
-    """An unsubscribe link used: the token's reference, its list, who, from where."""
-
-    token_id: str | int
-    list_id: int
-    source: str
-    ip: str | None
-
-
-def leave_all(conn: Connection, items: list[Leave]) -> list[tuple[int, str] | None]:
-    """`Store.leave` for many links inside the caller's write transaction, in order: per item
-    (subscriber id, status before) or None if the link names no membership. The same rule
-    (idempotent: a link used twice changes once; only LEAVABLE statuses change, logged with the
-    source) with the statements of `writes.update_membership` and `writes.log`, each run once
-    for all items. Statuses are read inside the write — rows locked in a fixed order on
-    PostgreSQL, so two workers' batches cannot deadlock — and a bounce recorded just before
-    stays a bounce."""
-    found: dict[tuple[str | int, int], tuple[int, str]] = {}
-    names = sorted({i.token_id for i in items if isinstance(i.token_id, str) and i.token_id})
-    if names:
-        found = {(r.token_id, r.list_id): (r.id, r.status) for r in conn.execute(_FIND, {"names": names})}
-    for item in items:  # links mailed before migration 4 name the subscriber id: rare, one by one
-        condition = None if isinstance(item.token_id, str) else _token_condition(item.token_id)
-        if condition is not None:
-            row = conn.execute(
-                sa.select(subscribers.c.id, memberships.c.status)
-                .join(memberships, memberships.c.subscriber_id == subscribers.c.id)
-                .where(memberships.c.list_id == item.list_id, condition)
-                .with_for_update(of=memberships)).first()
-            if row:
-                found[(item.token_id, item.list_id)] = (row.id, row.status)
-    now = utcnow()
-    changes: dict[int, set[int]] = {}  # list id → subscriber ids
-    entries, results = [], []
-    for item in items:
-        hit = found.get((item.token_id, item.list_id))
-        if hit is None:
-            results.append(None)
-            continue
-        subscriber_id, status = hit
-        results.append(hit)
-        if status in LEAVABLE:
-            found[(item.token_id, item.list_id)] = (subscriber_id, "unsubscribed")  # a repeat: no-op
-            changes.setdefault(item.list_id, set()).add(subscriber_id)
-            entries.append({"subscriber_id": subscriber_id, "list_id": item.list_id, "at": now,
-                            "action": "unsubscribed", "source": item.source, "ip": item.ip,
-                            "consent_version": None, "detail": None})
-    # One statement each, not one per row: in the server, every statement gives up the GIL
-    # and waits to get it back from the event loop.
-    for list_id, ids in changes.items():
-        conn.execute(_UNSUBSCRIBE.values(updated_at=now), {"list": list_id, "ids": sorted(ids)})
-    if entries:
-        conn.execute(consent_log.insert().values(entries))
-    return results
-
-
-# Built once: the hot path should not pay for building statements.
-_FIND = (
-    sa.select(subscribers.c.id, subscribers.c.token_id, memberships.c.list_id, memberships.c.status)
-    .join(memberships, memberships.c.subscriber_id == subscribers.c.id)
-    # Not narrowed by list in SQL: with `list_id = ?` SQLite walked the list's index (every
-    # member, 9 ms for 20,000) instead of the token_id index; the rows are filtered here.
-    .where(subscribers.c.token_id.in_(sa.bindparam("names", expanding=True)))
-    .order_by(memberships.c.subscriber_id, memberships.c.list_id)
-    .with_for_update(of=memberships)
-)
-# writes.update_membership's statement: the status, its time, the sign-up's name cleared.
-_UNSUBSCRIBE = (
-    memberships.update()
-    .where(memberships.c.list_id == sa.bindparam("list"),
-           memberships.c.subscriber_id.in_(sa.bindparam("ids", expanding=True)))
-    .values(status="unsubscribed", requested_name=None)
-)
 
 
 def _probe(conn: Connection) -> None:
