@@ -33,6 +33,7 @@ import hmac
 import json
 import os
 import secrets
+from datetime import datetime
 from pathlib import Path
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
@@ -146,13 +147,19 @@ class Tokens:
 
     def read_confirm(self, token: str, max_age_seconds: int) -> tuple[str | int, int]:
         """(token_id, list_id) of a valid, unexpired confirmation token (int: see above)."""
+        ref, list_id, _issued = self.read_confirm_issued(token, max_age_seconds)
+        return ref, list_id
+
+    def read_confirm_issued(self, token: str, max_age_seconds: int) -> tuple[str | int, int, datetime]:
+        """`read_confirm` and when the token was made (whole seconds, UTC): a confirmation brings
+        back somebody who had left only with a link asked for after they left."""
         try:
-            value = self._confirm.loads(token, max_age=max_age_seconds)
+            value, issued = self._confirm.loads(token, max_age=max_age_seconds, return_timestamp=True)
         except SignatureExpired:
             raise TokenExpired("the confirmation link has expired") from None
         except BadSignature:
             raise TokenInvalid("invalid confirmation link") from None
-        return _pair(value)
+        return (*_pair(value), issued)
 
 
 # itsdangerous' compact JSON (`_CompactJSON.dumps`), the encoder made once.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import email.header
 import email.utils
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -185,7 +185,7 @@ def test_sign_up_after_unsubscribing_renames_only_on_confirmation(store: Store) 
     store.unsubscribe("back@example.org", news.id)
     assert store.request_subscription("back@example.org", news.id, name="Berta B.").send_confirmation
     assert store.subscriber(sid).name == "Berta"  # type: ignore[union-attr]
-    assert store.confirm(sid, news.id)
+    assert store.confirm(sid, news.id, requested_at=datetime.now(UTC) + timedelta(seconds=1))
     assert store.subscriber(sid).name == "Berta B."  # type: ignore[union-attr]
 
 

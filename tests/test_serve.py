@@ -367,6 +367,27 @@ def test_double_opt_in_round_trip_through_real_smtp(serve: ServeFactory, smtp_se
     assert log[0].ip == "127.0.0.1" and log[0].consent_version == "1"
 
 
+@pytest.mark.parametrize("left_as", ["unsubscribed", "bounced"])
+def test_who_left_comes_back_by_signing_up_and_confirming(serve: ServeFactory, smtp_server: Any,
+                                                         left_as: str) -> None:
+    served = serve(smtp__host=smtp_server.host, smtp__port=str(smtp_server.port), smtp__security="none")
+    sid = served.add("back@example.org", confirmed=True)
+    source = "one_click" if left_as == "unsubscribed" else "bounce"
+    served.store.set_status(sid, served.list_id, left_as, source)
+    # Confirmation tokens carry whole seconds: the new link is asked for in a later second.
+    time.sleep(1.05 - time.time() % 1)
+    with served.client() as client:
+        assert sign_up(client, "back@example.org").status_code == 200
+        wait_for(lambda: len(smtp_server.messages) == 1)
+        assert served.status(sid) == left_as  # the sign-up alone changes nothing
+        link = _confirmation_link(smtp_server.messages[0].data, served.url).removeprefix(served.url)
+        page = client.get(link)
+        confirmed = client.post(link, data={"csrf": csrf_of(page)})
+        assert confirmed.status_code == 200 and "Anmeldung bestätigt" in confirmed.text
+    assert served.status(sid) == "subscribed"
+    assert [e.action for e in served.store.history(sid)][-2:] == [left_as, "subscribed"]
+
+
 def test_confirming_twice_and_after_unsubscribing(served: Served) -> None:
     sid = served.add("kai@example.org", confirmed=False)
     token = served.tokens.mint_confirm(served.token_id(sid), served.list_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import sqlalchemy as sa
 from email_validator import EmailNotValidError, validate_email
 
 from newsletter.audience.addresses import InvalidEmail, normalize_email, suppression_hash
+from newsletter.audience.importer import import_csv
 from newsletter.audience.records import StoreError
 from newsletter.audience.store import Store, open_store
 from newsletter.audience.tables import memberships, subscribers
@@ -172,7 +174,7 @@ def test_set_status_is_idempotent_and_logs_only_changes(store: Store) -> None:
         store.set_status(sid, news.id, "gone", "cli")
 
 
-def test_unsubscribed_can_sign_up_again_but_bounced_and_complained_cannot(store: Store) -> None:
+def test_who_left_comes_back_only_by_confirming_a_link_asked_for_after_leaving(store: Store) -> None:
     news = store.create_list("news")
     ids = {}
     for address, status in [("u@example.org", "unsubscribed"), ("b@example.org", "bounced"),
@@ -180,15 +182,37 @@ def test_unsubscribed_can_sign_up_again_but_bounced_and_complained_cannot(store:
         sid, _ = store.add_subscriber(address, news.id, confirmed=True)
         store.set_status(sid, news.id, status, "bounce" if status == "bounced" else "complaint")
         ids[status] = sid
-    assert store.request_subscription("u@example.org", news.id).send_confirmation
-    assert store.membership_status(ids["unsubscribed"], news.id) == "pending"
-    for status in ("bounced", "complained"):
-        email = f"{status[0]}@example.org"
-        before = len(store.history(ids[status]))
-        result = store.request_subscription(email, news.id)
-        assert not result.send_confirmation
+    left_at = max(m.updated_at for sid in ids.values() for m in store.memberships(sid))
+    for status in ("unsubscribed", "bounced"):
+        assert store.request_subscription(f"{status[0]}@example.org", news.id).send_confirmation
+        # Anybody can type anybody's address: the sign-up alone changes no status …
         assert store.membership_status(ids[status], news.id) == status
-        assert len(store.history(ids[status])) == before
+        logged = store.history(ids[status])[-1]
+        assert logged.detail == f"sign-up; confirmation sent, {status} until confirmed"
+        # … a link from before they left brings nobody back; one asked for afterwards does.
+        assert not store.confirm(ids[status], news.id, requested_at=left_at - timedelta(seconds=5))
+        assert not store.confirm(ids[status], news.id)
+        assert store.membership_status(ids[status], news.id) == status
+        assert store.confirm(ids[status], news.id, requested_at=left_at + timedelta(seconds=1))
+        assert store.membership_status(ids[status], news.id) == "subscribed"
+    before = len(store.history(ids["complained"]))
+    assert not store.request_subscription("c@example.org", news.id).send_confirmation
+    assert store.membership_status(ids["complained"], news.id) == "complained"
+    assert len(store.history(ids["complained"])) == before
+
+
+def test_a_strangers_sign_up_gives_an_editors_import_nothing_to_re_subscribe(store: Store,
+                                                                               tmp_path: Path) -> None:
+    news = store.create_list("news")
+    sid, _ = store.add_subscriber("left@example.org", news.id, confirmed=True)
+    store.unsubscribe("left@example.org", news.id)
+    assert store.request_subscription("left@example.org", news.id).send_confirmation  # a stranger
+    path = tmp_path / "in.csv"
+    path.write_text("email\nleft@example.org\n", encoding="utf-8")
+    import_csv(store, path, news, confirmed=True)
+    with pytest.raises(StoreError, match="unsubscribed on this list"):
+        store.add_subscriber("left@example.org", news.id, confirmed=True)
+    assert store.membership_status(sid, news.id) == "unsubscribed"
 
 
 def test_editor_cannot_re_add_someone_who_unsubscribed(store: Store) -> None:

@@ -4,14 +4,20 @@ place, for the store (`add`, sign-up, confirm, unsubscribe) and the CSV import a
     (none) ──sign-up / add / import──▶ pending ──confirm──▶ subscribed
     pending, subscribed ──unsubscribe──▶ unsubscribed
     any ──bounce / complaint / import of an opt-out──▶ bounced | complained | unsubscribed
+    unsubscribed, bounced ──sign-up, then confirm──▶ subscribed
 
 Nobody who left is re-activated by an editor (`add`, import). Only the person may come back
-from "unsubscribed", by signing up again (double opt-in). Bounced and complained are final.
+from "unsubscribed" or "bounced" (a new address behind an old mailbox, a mailbox repaired), by
+signing up again AND confirming: the sign-up alone changes no status (anybody can type anybody's
+address; a stranger's sign-up must leave nothing an editor's import could turn into a
+subscription), and the confirmation link must have been asked for after they left. Complained
+is final (the address is suppressed).
 See docs/data-model.md.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 Status = Literal["pending", "subscribed", "unsubscribed", "bounced", "complained"]
@@ -21,7 +27,9 @@ OPTED_OUT: frozenset[str] = frozenset({"unsubscribed", "bounced", "complained"})
 # The statuses an unsubscribe changes (to "unsubscribed"); bounced and complained stay as they are.
 LEAVABLE: frozenset[str] = frozenset({"pending", "subscribed"})
 # What a sign-up through the web form leaves alone (no confirmation mail either).
-SIGNUP_IGNORED: frozenset[str] = frozenset({"subscribed", "bounced", "complained"})
+SIGNUP_IGNORED: frozenset[str] = frozenset({"subscribed", "complained"})
+# Who may come back through sign-up + confirmation (their status stays until they confirm).
+RETURNABLE: frozenset[str] = frozenset({"unsubscribed", "bounced"})
 # Who caused a consent-log entry.
 SOURCES: frozenset[str] = frozenset(
     {"import", "web", "cli", "unsubscribe_page", "one_click", "bounce", "complaint", "confirm"}
@@ -32,7 +40,8 @@ SOURCES: frozenset[str] = frozenset(
 #   change    — set the existing membership to the target status
 #   unchanged — nothing to write
 #   refused   — the person opted out; an editor cannot re-activate them
-Change = Literal["join", "change", "unchanged", "refused"]
+#   request   — (sign-up) a confirmation mail goes out, the status stays until it is confirmed
+Change = Literal["join", "change", "unchanged", "refused", "request"]
 
 
 def check_status(status: str) -> None:
@@ -72,12 +81,25 @@ def editor_change(current: str | None, target: str) -> Change:
 
 
 def signup_change(current: str | None) -> Change:
-    """What a sign-up through the web form does (the target is always "pending", and a
-    confirmation mail goes out unless "refused"): none → join; unsubscribed → change (people
-    may come back themselves); pending → unchanged (the mail goes out again); subscribed,
-    bounced, complained → refused, silently."""
+    """What a sign-up through the web form does (a confirmation mail goes out unless
+    "refused"): none → join as pending; pending → unchanged (the mail goes out again);
+    unsubscribed, bounced → request (the status stays; `confirm_allowed` decides later);
+    subscribed, complained → refused, silently."""
     if current is None:
         return "join"
     if current in SIGNUP_IGNORED:
         return "refused"
-    return "unchanged" if current == "pending" else "change"
+    return "unchanged" if current == "pending" else "request"
+
+
+def confirm_allowed(current: str | None, left_at: datetime | None, requested_at: datetime | None) -> bool:
+    """Whether a confirmation makes the membership `subscribed`: a pending one always; one that
+    left (RETURNABLE, at `left_at`) only with a link asked for after that (`requested_at`, the
+    confirmation token's time) — an old link from before the unsubscribe brings nobody back."""
+    if current == "pending":
+        return True
+    if current in RETURNABLE and requested_at is not None and left_at is not None:
+        # Token times are whole seconds (rounded down): a link asked for within the second of
+        # leaving is refused rather than an older one accepted; asking again helps.
+        return requested_at >= left_at
+    return False

@@ -1,18 +1,10 @@
 """The subscriber store: lists, subscribers, memberships, consent log, suppressions.
 
 SQLAlchemy Core, synchronous, over the audience tables (`audience/tables.py`); the database
-layer (engine, transactions, migrations) is `newsletter/db`. Every write runs in one
-`Store.write()` transaction (`BEGIN IMMEDIATE` on SQLite, see `db/engine.py`); on PostgreSQL
-it locks what it reads before changing it (`audience/writes.py`), so no update is lost there
-either.
-
-Which status change an operation makes is decided in `audience/statuses.py`: nobody who
-unsubscribed, bounced or complained is re-activated by an editor (`add_subscriber`, the CSV
-import); only the person may come back from "unsubscribed" by signing up again
-(`request_subscription`); suppressed addresses are refused everywhere.
-
-Two ways out of a list: `unsubscribe` (by address: the CLI) and `leave` (by a link's token_id:
-the web). Both change only LEAVABLE statuses. See docs/data-model.md.
+layer is `newsletter/db`. Every write runs in one `Store.write()` transaction (`BEGIN IMMEDIATE`
+on SQLite); on PostgreSQL it locks what it reads first (`audience/writes.py`). Which status
+change an operation makes is decided in `audience/statuses.py`; the way out by a link is
+`audience/leaving.py`. See docs/data-model.md.
 """
 
 from __future__ import annotations
@@ -20,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -50,6 +43,7 @@ from newsletter.audience.statuses import (
     STATUSES,
     check_source,
     check_status,
+    confirm_allowed,
     editor_change,
     editor_target,
     signup_change,
@@ -334,8 +328,9 @@ class Store:
                              consent_version: str | None = None) -> SignupResult:
         """Someone asks to join a list (double opt-in). Says whether to send a confirmation mail.
 
-        new / unsubscribed → pending, confirm; pending → pending, confirm again;
-        subscribed → nothing; bounced / complained / suppressed → nothing changes, no mail.
+        new → pending, confirm; pending → pending, confirm again; unsubscribed / bounced →
+        the status stays, confirm (`confirm` brings them back); subscribed / complained /
+        suppressed → nothing changes, no mail.
 
         Anyone can type anyone's address, so nothing of the subscriber is changed here: `name`
         waits with the pending membership (`requested_name`; a repeated sign-up's name replaces
@@ -352,33 +347,38 @@ class Store:
                 return SignupResult(None, False)
             now = utcnow()
             subscriber_id, token_id = writes.find_or_create_subscriber(conn, normalized, key, None, now)
-            change = signup_change(writes.status_for_update(conn, subscriber_id, list_id))
+            current = writes.status_for_update(conn, subscriber_id, list_id)
+            change = signup_change(current)
             if change == "refused":
                 return SignupResult(subscriber_id, False, token_id)
             if change == "join":
                 writes.insert_membership(conn, subscriber_id, list_id, "pending", now,
                                          requested_name=requested)
-            elif change == "change":
-                writes.update_membership(conn, subscriber_id, list_id, "pending", now,
-                                         requested_name=requested)
             elif requested is not None:
                 writes.request_name(conn, subscriber_id, list_id, requested)
-            detail = "sign-up repeated, confirmation sent again" if change == "unchanged" else "sign-up"
-            writes.log(conn, subscriber_id, list_id, "pending", source, at=now, ip=ip,
+            if change == "request":  # they left: the status stays until they confirm
+                action, detail = str(current), f"sign-up; confirmation sent, {current} until confirmed"
+            elif change == "unchanged":
+                action, detail = "pending", "sign-up repeated, confirmation sent again"
+            else:
+                action, detail = "pending", "sign-up"
+            writes.log(conn, subscriber_id, list_id, action, source, at=now, ip=ip,
                        consent_version=consent_version, detail=detail)
             return SignupResult(subscriber_id, True, token_id)
 
     def confirm(self, subscriber_id: int, list_id: int, *, source: str = "confirm",
-                ip: str | None = None) -> bool:
-        """Double opt-in confirmed: pending → subscribed, and the name given with the sign-up
-        (if any) becomes the subscriber's name; both logged in one entry. Anything else stays as
-        it is."""
+                ip: str | None = None, requested_at: datetime | None = None) -> bool:
+        """Double opt-in confirmed: pending → subscribed — or unsubscribed / bounced →
+        subscribed when the link was asked for (`requested_at`, the token's time) after they
+        left (`statuses.confirm_allowed`) — and the name given with the sign-up (if any) becomes
+        the subscriber's name; both logged in one entry. Anything else stays as it is."""
         check_source(source)
         with self._change() as conn:
             if not writes.lock_subscriber(conn, subscriber_id):
                 return False
             membership = writes.membership_for_update(conn, subscriber_id, list_id)
-            if membership is None or membership.status != "pending":
+            if membership is None or not confirm_allowed(membership.status, membership.updated_at,
+                                                         requested_at):
                 return False
             now = utcnow()
             writes.update_membership(conn, subscriber_id, list_id, "subscribed", now)

@@ -63,10 +63,10 @@ def lock_subscriber(conn: Connection, subscriber_id: int) -> bool:
 
 
 def membership_for_update(conn: Connection, subscriber_id: int, list_id: int) -> sa.Row[Any] | None:
-    """(status, requested_name) of the membership (None: not on the list), row locked for the
-    rest of the write."""
+    """(status, requested_name, updated_at) of the membership (None: not on the list), row
+    locked for the rest of the write."""
     return conn.execute(
-        sa.select(memberships.c.status, memberships.c.requested_name)
+        sa.select(memberships.c.status, memberships.c.requested_name, memberships.c.updated_at)
         .where(memberships.c.subscriber_id == subscriber_id, memberships.c.list_id == list_id)
         .with_for_update()
     ).first()

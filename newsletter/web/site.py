@@ -351,8 +351,8 @@ class Site:
     async def confirm_page(self, request: Request) -> Response:
         """`/confirm/{token}`: GET shows the button (or "confirmed"); the POST confirms."""
         try:
-            ref, list_id = self.tokens.read_confirm(request.path_params["token"],
-                                                    self.confirm_max_age)
+            ref, list_id, requested_at = self.tokens.read_confirm_issued(
+                request.path_params["token"], self.confirm_max_age)
         except TokenExpired:
             await drain(request)
             return self.pages.error(410, link=LINK_SUBSCRIBE, link_url="/subscribe")
@@ -378,7 +378,8 @@ class Site:
         if not self.csrf.valid(request, form):
             return self.pages.error(403, link=LINK_CONFIRM_FORM, link_url=request.url.path)
         ip = client_ip(request.scope, self.trusted)
-        await self.writer.alone(self.store.confirm, subscriber_id, list_id, source=SOURCE_CONFIRM, ip=ip)
+        await self.writer.alone(self.store.confirm, subscriber_id, list_id, source=SOURCE_CONFIRM, ip=ip,
+                                requested_at=requested_at)
         status = await self.db(self.store.membership_status, subscriber_id, list_id)
         return self.pages.page("confirmed.html", list_title=info.title, status=status,
                                archive_url="/archive/", subscribe_url=subscribe_url)
