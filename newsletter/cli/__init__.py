@@ -9,6 +9,7 @@ from newsletter.cli.common import app, main
 
 # Importing the command modules registers their commands on `app`.
 from newsletter.cli import (  # noqa: F401  isort: skip
+    bounces_cmds,
     build_cmds,
     db_cmds,
     issue_cmds,

@@ -151,6 +151,41 @@ class Ledger:
         return int(count) >= self.soft.limit and int(distinct_sends) >= self.soft.sends
 
 
+@dataclass(frozen=True)
+class EventRow:
+    """One event as `newsletter bounces ls` shows it."""
+
+    id: int
+    received_at: datetime
+    reported_at: datetime | None
+    source: str
+    kind: str
+    outcome: str
+    send_id: int | None
+    recipient: str | None
+    status: str | None
+    diagnostic: str | None
+
+    def as_dict(self) -> dict[str, object]:
+        return {**self.__dict__, "received_at": self.received_at.isoformat(),
+                "reported_at": self.reported_at.isoformat() if self.reported_at else None}
+
+
+def recent_events(store: Store, *, send_id: int | None = None, kind: str | None = None,
+                  limit: int = 200) -> list[EventRow]:
+    """The events taken in, newest first."""
+    events = feedback_events.c
+    query = sa.select(events.id, events.received_at, events.reported_at, events.source, events.kind,
+                      events.outcome, events.send_id, events.recipient, events.status,
+                      events.diagnostic).order_by(events.id.desc()).limit(limit)
+    if send_id is not None:
+        query = query.where(events.send_id == send_id)
+    if kind is not None:
+        query = query.where(events.kind == kind)
+    with store.read() as conn:
+        return [EventRow(*row) for row in conn.execute(query)]
+
+
 def _match(conn: Connection, event: Event, keys: list[str]) -> tuple[int | None, int | None]:
     if event.tag:
         pair = read_tag(keys, event.tag)

@@ -33,6 +33,7 @@ from starlette.routing import Route
 from newsletter.db.engine import DatabaseError
 from newsletter.project import Project
 from newsletter.web.archive import Archive
+from newsletter.web.hooks import HOOKS_MAX_BODY, HOOKS_PREFIX, Hooks
 from newsletter.web.pages import ERROR_PAGES
 from newsletter.web.security import Guard, log_path
 from newsletter.web.site import Site
@@ -77,11 +78,13 @@ def create_app(project: Project, *, proxy_headers: bool = True) -> Starlette:
         Route("/confirm/{token}", site.confirm_page, methods=["GET", "POST"]),
         Route("/archive", archive.index_redirect, methods=["GET"]),
         Route("/archive/{path:path}", archive.serve_file, methods=["GET"]),
+        Route("/hooks/{provider}", Hooks(site).hook, methods=["POST"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={404: not_found, 405: not_found, 400: not_found,
                                         DatabaseError: database_failed})
     app.add_middleware(Guard, max_body=project.settings.serve.max_body_bytes,
+                       larger_bodies={HOOKS_PREFIX: HOOKS_MAX_BODY},
                        hsts=site.base_url.startswith("https://"), error_page=site.pages.error_html)
     app.state.site = site
     return app

@@ -64,8 +64,10 @@ class Guard:
     error pages for anything that escapes, and token-free access logs."""
 
     def __init__(self, app: ASGIApp, *, max_body: int, hsts: bool,
-                 error_page: Callable[[int], bytes]) -> None:
+                 error_page: Callable[[int], bytes], larger_bodies: dict[str, int] | None = None) -> None:
         self.app, self.max_body, self.hsts, self.error_page = app, max_body, hsts, error_page
+        # Path prefixes with their own limit (provider webhooks carry whole bounce reports).
+        self.larger_bodies = larger_bodies or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -92,8 +94,10 @@ class Guard:
             await send(message)
 
         length = next((v for k, v in scope.get("headers", []) if k == b"content-length"), None)
+        max_body = next((limit for prefix, limit in self.larger_bodies.items() if path.startswith(prefix)),
+                        self.max_body)
         try:
-            if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            if length is not None and (not length.isdigit() or int(length) > max_body):
                 raise BodyTooLarge
             received = 0
 
@@ -101,7 +105,7 @@ class Guard:
                 nonlocal received
                 message = await receive()
                 received += len(message.get("body", b""))
-                if received > self.max_body:
+                if received > max_body:
                     raise BodyTooLarge
                 return message
 
