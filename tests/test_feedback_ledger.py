@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import mailbox
+import ssl
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from imap_tools import MailBox
+from imapserver import ImapServerUnavailable, start_server
 
 from newsletter.delivery.tables import deliveries
 from newsletter.feedback.intake import ledger_for
@@ -227,3 +230,38 @@ def test_bounces_fetch_without_a_mailbox_says_what_to_set(project_dir: Path) -> 
                            str(project_dir)], capture_output=True, text=True, check=False, timeout=60)
     assert done.returncode == 1
     assert "[bounces] mailbox" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_bounces_fetch_over_imaps_with_the_configured_mailbox(sent: Project,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The configured mailbox on a real IMAPS server (Dovecot, self-signed certificate trusted
+    through [bounces] ca_file, password from the environment)."""
+    try:
+        server = start_server()
+    except ImapServerUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        context = ssl.create_default_context(cafile=str(server.ca_file))
+        with MailBox("127.0.0.1", server.imaps_port, ssl_context=context).login(
+                server.user, server.password) as box:
+            row = _delivery(sent, "leser2@example.org")
+            box.append(_dsn("leser2@example.org", row.message_id, "5.1.1", datetime.now(UTC)), "INBOX")
+        monkeypatch.setenv("NEWSLETTER_BOUNCES__MAILBOX", server.imaps_url())
+        monkeypatch.setenv("NEWSLETTER_BOUNCES__CA_FILE", str(server.ca_file))
+        monkeypatch.setenv("NEWSLETTER_BOUNCES__PASSWORD", "not-the-Passw0rd")
+        refused = _newsletter(sent, "bounces", "fetch")
+        assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
+        assert "not-the-Passw0rd" not in refused.stderr and "Traceback" not in refused.stderr
+        assert "wrong user name or password" in refused.stderr
+        monkeypatch.setenv("NEWSLETTER_BOUNCES__PASSWORD", server.password)
+        done = _newsletter(sent, "bounces", "fetch")
+        assert done.returncode == 0, done.stderr
+        assert "1 bounced" in done.stdout.splitlines()[-1]
+        assert _status(sent, "leser2@example.org") == "bounced"
+        with MailBox("127.0.0.1", server.imaps_port, ssl_context=context).login(
+                server.user, server.password) as box:
+            assert box.folder.status("INBOX")["MESSAGES"] == 0
+            box.folder.set("Processed")
+            assert len(box.uids("ALL")) == 1
+    finally:
+        server.stop()
