@@ -191,6 +191,27 @@ class BouncesSettings(Section):
     hooks: HooksSettings = HooksSettings()
 
 
+_KEY = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}\Z")
+
+
+def _topics(value: dict[str, str]) -> dict[str, str]:
+    for key, label in value.items():
+        if not _KEY.match(key):
+            raise ValueError(f"topic `{key}`: a short key of lower-case letters, digits, `-`, `_` "
+                             "(e.g. verkehr), with its label as the value")
+        if not label.strip() or first_unsafe(label) is not None:
+            raise ValueError(f"topic `{key}`: the label must be one line of text")
+    return value
+
+
+class SegmentSettings(Section):
+    """A named part of a list's members (docs/segments.md): `newsletter send --segment NAME`."""
+
+    where: str = Field(description='the condition, e.g. Kommune = "Jena" and Rolle in ["Verwaltung"]')
+    list: str | None = Field(None, description="the list it belongs to (default: any list)")
+    title: str | None = None
+
+
 class SecretSettings(Section):
     token: SecretStr | None = Field(None, description="HMAC key for unsubscribe/confirm tokens")
     old_tokens: list[SecretStr] = Field(default_factory=list, description="previous keys, still accepted")
@@ -209,6 +230,10 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     serve: ServeSettings = ServeSettings()
     bounces: BouncesSettings = BouncesSettings()
+    # [topics.<list>] key = "German label": what members of that list may choose (docs/topics.md)
+    topics: dict[str, Annotated[dict[str, str], AfterValidator(_topics)]] = Field(default_factory=dict)
+    # [segments.<name>] where = "…": named conditions on members (docs/segments.md)
+    segments: dict[str, SegmentSettings] = Field(default_factory=dict)
     secret: SecretSettings = SecretSettings()
 
     model_config = SettingsConfigDict(
@@ -280,6 +305,10 @@ def _config_problems(exc: ValidationError, text: str, file: str, data: dict[str,
         # The environment wins over the file, so a bad value set there is named first.
         if env_name.lower() in {k.lower() for k in os.environ}:
             problems.append(Problem(f"environment {env_name}", None, None, ".".join(loc), message))
+        elif err["type"] == "missing" and len(loc) > 1 and _get_path(data, loc[:-1]) is not _MISSING:
+            # A required key left out of a table the file has: point at the table.
+            line, col = _toml_position(text, loc[:-1])
+            problems.append(Problem(file, line, col, ".".join(loc), f"`{loc[-1]}` is missing"))
         elif in_file or err["type"] == "extra_forbidden":
             line, col = _toml_position(text, loc, at_key=err["type"] == "extra_forbidden")
             problems.append(Problem(file, line, col, ".".join(loc), message))
@@ -309,30 +338,35 @@ def _known_keys(loc: tuple[str, ...]) -> list[str]:
     return [f.alias or name for name, f in model.model_fields.items()]
 
 
-# Tables inside tables, written `[bounces.hooks]` in the file.
-NESTED_SECTIONS = {("bounces", "hooks")}
-
 
 def _toml_position(
     text: str, loc: tuple[str, ...], *, at_key: bool = False
 ) -> tuple[int | None, int | None]:
-    """Line and column of the value (or with `at_key`, the key) of `section.key` in TOML
-    text (tomllib keeps no positions)."""
-    lines = text.splitlines()
-    if len(loc) >= 3 and loc[:2] in NESTED_SECTIONS:
-        loc = (".".join(loc[:2]), *loc[2:])
-    section, key = (loc[0], loc[1]) if len(loc) >= 2 else ("", loc[0] if loc else "")
+    """Line and column of the value (or with `at_key`, the key) of `loc` in TOML text (tomllib
+    keeps no positions). `loc` may name a nested table: ("segments", "jena", "where") is the key
+    `where` under `[segments.jena]`; ("topics", "news") the header `[topics.news]` itself."""
+    headers = {}  # table name → line number of its header
+    for number, line in enumerate(text.splitlines(), start=1):
+        if m := re.match(r"^\s*\[\s*([^\]]+?)\s*\]", line):
+            headers.setdefault(re.sub(r"\s*\.\s*", ".", m.group(1)), number)
+    for split in range(len(loc), 0, -1):  # the longest table name the file has
+        section = ".".join(loc[:split])
+        if section in headers:
+            rest = loc[split:]
+            if rest and (found := _key_position(text, section, rest[0], at_key)):
+                return found
+            return headers[section], 1
+    if len(loc) >= 1:  # a key of the top level
+        return _key_position(text, "", loc[0], at_key) or (None, None)
+    return None, None
+
+
+def _key_position(text: str, section: str, key: str, at_key: bool) -> tuple[int, int] | None:
     current = ""
-    for number, line in enumerate(lines, start=1):
-        stripped = line.strip()
-        if m := re.match(r"^\[\s*([^\]]+?)\s*\]", stripped):
-            current = m.group(1)
-            if current == section and not key:
-                return number, 1
+    for number, line in enumerate(text.splitlines(), start=1):
+        if m := re.match(r"^\s*\[\s*([^\]]+?)\s*\]", line):
+            current = re.sub(r"\s*\.\s*", ".", m.group(1))
             continue
         if current == section and (m := re.match(rf"^(\s*){re.escape(key)}\s*=\s*", line)):
             return number, (m.end(1) if at_key else m.end()) + 1
-    for number, line in enumerate(lines, start=1):
-        if re.match(rf"^\s*\[\s*{re.escape(section)}\s*\]", line):
-            return number, 1
-    return None, None
+    return None

@@ -539,7 +539,7 @@ def test_fresh_and_upgraded_databases_have_the_same_memberships_table(tmp_path: 
     fresh = _membership_columns(f"sqlite:///{tmp_path / 'new.db'}")
     assert upgraded == fresh
     assert [c[0] for c in fresh] == list(memberships.c.keys())
-    assert fresh[-1] == ("requested_name", True)
+    assert fresh[-3:] == [("requested_name", True), ("topics", True), ("paused_until", True)]
 
 
 def test_migration_5_keeps_pending_sign_ups_confirmable(db_url: str) -> None:

@@ -59,7 +59,8 @@ lists = sa.Table(
 
 
 def memberships_table(md: sa.MetaData, version: int) -> sa.Table:
-    """`memberships` as of schema `version`: 1 as first created, 5 with `requested_name`."""
+    """`memberships` as of schema `version`: 1 as first created, 5 with `requested_name`, 10 with
+    `topics` and `paused_until`."""
     return sa.Table(
         "memberships", md,
         sa.Column("subscriber_id", sa.Integer, sa.ForeignKey("subscribers.id", ondelete="CASCADE"),
@@ -77,10 +78,17 @@ def memberships_table(md: sa.MetaData, version: int) -> sa.Table:
             # change, so an unconfirmed request never changes what is stored or sent.
             sa.Column("requested_name", sa.String(300), nullable=True),
         ] if version >= 5 else []),
+        *([
+            # The topics the member chose (a JSON list of the list's topic keys, `[topics.<list>]`
+            # in newsletter.toml); NULL: no choice made, every section (docs/topics.md).
+            sa.Column("topics", sa.JSON, nullable=True),
+            # Paused on the preference page: not mailed before this time, still subscribed.
+            sa.Column("paused_until", UtcDateTime, nullable=True),
+        ] if version >= 10 else []),
     )
 
 
-memberships = memberships_table(metadata, 5)
+memberships = memberships_table(metadata, 10)
 
 consent_log = sa.Table(
     "consent_log", metadata,

@@ -154,6 +154,13 @@ def _v9_feedback(conn: Connection) -> None:
     _add_column(conn, "deliveries", sa.Column("feedback_at", UtcDateTime, nullable=True))
 
 
+def _v10_member_choices(conn: Connection) -> None:
+    # What members choose on the preference page (docs/topics.md): topics, a pause. NULL on
+    # existing rows: no choice made (every section), not paused.
+    _add_column(conn, "memberships", sa.Column("topics", sa.JSON, nullable=True))
+    _add_column(conn, "memberships", sa.Column("paused_until", UtcDateTime, nullable=True))
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "subscribers, lists, memberships, consent log, suppressions", _v1_core),
     (2, "send journal: sends, deliveries", _v2_send_journal),
@@ -164,6 +171,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (7, "imports, import_subscribers (a running CSV import and what it created)", _v7_imports),
     (8, "rate_limits (serve's rate-limit counters, shared by its workers)", _v8_rate_limits),
     (9, "feedback_events (bounces and complaints taken in), deliveries.feedback/feedback_at", _v9_feedback),
+    (10, "memberships.topics, memberships.paused_until (the member's choices)", _v10_member_choices),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
