@@ -93,7 +93,9 @@ def located_markdown_problems(text: str) -> list[tuple[int, str]]:
                 report(child.type, line)
             elif child.type == "link_open":
                 href = str(child.attrs.get("href", ""))
-                if not is_absolute_link(href):
+                if "%7B%7B" in href.upper():  # markdown-it percent-encodes the braces
+                    problems.append((line, "personal fields ({{…}}) cannot be used in link targets"))
+                elif not is_absolute_link(href):
                     problems.append(
                         (line, f"link target `{href}` must be an absolute http(s) URL "
                          "(https://…) or a mailto: address")

@@ -27,6 +27,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from newsletter.content.fields import DEFAULT_GREETING_FALLBACK, field_problems, has_field
 from newsletter.content.markdown import is_absolute_link, located_markdown_problems, summarize
 from newsletter.headers import describe, first_unsafe
 
@@ -34,6 +35,16 @@ from newsletter.headers import describe, first_unsafe
 
 
 def _text(value: str) -> str:
+    value = value.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    if has_field(value):
+        raise ValueError("personal fields ({{…}}) can be used in texts (intro, outro, bodies) and "
+                         "the greeting, not here")
+    return value
+
+
+def _plain(value: str) -> str:
     value = value.strip()
     if not value:
         raise ValueError("must not be empty")
@@ -58,8 +69,8 @@ def _field_error(field: str, message: str) -> PydanticCustomError:
 def _markdown(value: str) -> str:
     # Lines stripped off the front, so a problem's line counts from the raw value.
     skipped = value[: len(value) - len(value.lstrip())].count("\n")
-    value = _text(value)
-    problems = located_markdown_problems(value)
+    value = _plain(value)
+    problems = sorted(located_markdown_problems(value) + field_problems(value))
     if problems:
         raise PydanticCustomError(
             "markdown", "{message}", {"message": summarize(problems), "line": skipped + problems[0][0]}
@@ -385,6 +396,28 @@ Section = Annotated[
 SECTION_KINDS = ("digest", "events", "links", "news", "article", "text")
 
 
+def _greeting_text(value: str) -> str:
+    value = _plain(value)
+    bad = first_unsafe(value)
+    if bad is not None:
+        raise ValueError(f"contains {describe(bad)}; the greeting is one line")
+    problems = field_problems(value, greeting=True)
+    if problems:
+        raise ValueError(problems[0][1])
+    return value
+
+
+GreetingText = Annotated[str, AfterValidator(_greeting_text)]
+
+
+class GreetingSpec(Model):
+    """`greeting:` with its own line for readers without a name (or another field's value)."""
+
+    text: GreetingText = Field(description="e.g. Guten Tag {{name}},")
+    fallback: Text = Field(DEFAULT_GREETING_FALLBACK,
+                           description="the line for readers without a value (Liebe Leserinnen und Leser,)")
+
+
 class Issue(Model):
     """One newsletter issue."""
 
@@ -395,6 +428,9 @@ class Issue(Model):
     slug: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]*$")] | None = Field(
         None, description="URL name of the issue; default: the file name without .yaml"
     )
+    greeting: GreetingText | GreetingSpec | None = Field(
+        None, description="personal first line, e.g. `Guten Tag {{name}},` (readers without a name: "
+                          f"`{DEFAULT_GREETING_FALLBACK}`, or set `fallback:`)")
     intro: Markdown | None = Field(None, description="editorial text before the first section")
     outro: Markdown | None = Field(None, description="editorial text after the last section")
     sections: list[Section] = Field(min_length=1)

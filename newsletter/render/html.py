@@ -26,12 +26,14 @@ from lxml import etree
 from mjml import mjml2html
 from premailer import Premailer
 
+from newsletter.content.fields import GREETING_PLACEHOLDER, FieldRef, Greeting
 from newsletter.content.model import Event
 from newsletter.content.validate import LoadedIssue
 from newsletter.project import Project
 from newsletter.render import text as plaintext
 from newsletter.render.ics import event_calendars
 from newsletter.render.memo import shared_work
+from newsletter.render.personal import personal
 from newsletter.render.templates import (
     EMAIL_WIDTH,
     GUTTER,
@@ -76,6 +78,10 @@ class RenderedIssue:
     ics: dict[str, str] = field(default_factory=dict)
     web_url: str = ""
     archive_url: str = ""
+    # Personal fields: the holes `%%F<n>%%` in `html`/`text` (index = position here) and the
+    # greeting (`GREETING_PLACEHOLDER`); filled per reader by `render.personal.values_for`.
+    fields: tuple[FieldRef, ...] = ()
+    greeting: Greeting | None = None
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -179,7 +185,9 @@ def _render_issue(loaded: LoadedIssue, project: Project) -> RenderedIssue:
     slug = issue.slug or loaded.path.stem
     base = base_context(project)
     web_url = f"{base['archive_url']}{slug}/"
-    calendars = event_calendars(issue, slug, settings.newsletter.timezone, base["base_url"])
+    with personal("fallback"):  # the .ics files are public: nobody's data in them
+        calendars = event_calendars(issue, slug, settings.newsletter.timezone, base["base_url"])
+    greeting = _greeting(issue.greeting)
     ics_names = {id(event): name for name, (event, _) in calendars.items()}
     env = environment(project)
 
@@ -199,16 +207,30 @@ def _render_issue(loaded: LoadedIssue, project: Project) -> RenderedIssue:
             "web_url": web_url,
             "unsubscribe_url": None if web else UNSUBSCRIBE_PLACEHOLDER,
             "ics_url": ics_url,
+            # The web version is public: the greeting's line for readers without a name.
+            "greeting": (greeting.fallback if web else GREETING_PLACEHOLDER) if greeting else None,
         }
 
     email, web = context(web=False), context(web=True)
     css = render(env, "inline.css.j2", email)
-    html = mjml_to_html(render(env, "base.mjml.j2", email), css)
-    web_html = mjml_to_html(render(env, "base.mjml.j2", web), css)
-    text = plaintext.normalise(render(env, "email.txt.j2", email))
+    with personal("holes") as holes:  # one table for the HTML and the text part
+        html = mjml_to_html(render(env, "base.mjml.j2", email), css)
+        text = plaintext.normalise(render(env, "email.txt.j2", email))
+    with personal("fallback"):
+        web_html = mjml_to_html(render(env, "base.mjml.j2", web), css)
     return RenderedIssue(
         slug=slug, subject=issue.subject, preheader=issue.preheader, date=issue.date,
         html=html, text=text, web_html=web_html,
         ics={name: body for name, (_, body) in calendars.items()},
         web_url=web_url, archive_url=base["archive_url"],
+        fields=tuple(holes.fields), greeting=greeting,
     )
+
+
+def _greeting(spec: object) -> Greeting | None:
+    """The issue's `greeting:` (a line, or text + fallback) as one type."""
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        return Greeting(spec)
+    return Greeting(spec.text, spec.fallback)  # type: ignore[attr-defined]

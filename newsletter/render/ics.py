@@ -19,6 +19,7 @@ from icalendar import Calendar
 from icalendar import Event as VEvent
 
 from newsletter.content.model import Event, EventsSection, Issue
+from newsletter.render.personal import fill
 from newsletter.render.text import markdown_to_text
 
 PRODID = "-//newsletter//Newsletter//DE"
@@ -65,7 +66,7 @@ def event_calendar(event: Event, *, uid: str, stamp: datetime, tz: str) -> str:
         vevent.add("location", location)
     description = [part for part in (
         event.motto,
-        markdown_to_text(event.body, width=10_000) if event.body else None,
+        markdown_to_text(fill(event.body), width=10_000) if event.body else None,
         event.note,
         f"{event.registration.label} {event.registration.url}" if event.registration else None,
         f"{event.link.label} {event.link.url}" if event.link else None,

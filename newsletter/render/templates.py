@@ -31,6 +31,7 @@ from markupsafe import Markup
 
 from newsletter.errors import NewsletterError
 from newsletter.render.memo import once
+from newsletter.render.personal import fill
 
 if TYPE_CHECKING:
     from newsletter.content.model import Entry, Image
@@ -116,7 +117,7 @@ def _build(directory: Path | None, locale: str) -> Environment:
     )
     env.filters.update(
         md=markdown_html,
-        md_text=plaintext.markdown_to_text,
+        md_text=lambda source, *args, **kwargs: plaintext.markdown_to_text(fill(source), *args, **kwargs),
         wrap=plaintext.wrap,
         underline=plaintext.underline,
         link_text=plaintext.link_text,
@@ -175,8 +176,9 @@ def render_template(project: Project, name: str, context: dict[str, Any]) -> str
 
 
 def markdown_html(source: str | None) -> Markup:
-    """Markdown to HTML (markdown-it escapes everything; raw HTML is off)."""
-    return Markup(once(_markdown_html, source or ""))
+    """Markdown to HTML (markdown-it escapes everything; raw HTML is off). Personal fields
+    become holes or fallbacks first (`render.personal.fill`)."""
+    return Markup(once(_markdown_html, fill(source or "")))
 
 
 def _markdown_html(source: str) -> str:
