@@ -248,8 +248,11 @@ def check(root: Path, env_url: str | None, token_ids: list[str], list_id: int, s
         os.environ.pop("NEWSLETTER_DATABASE__URL", None)
     missing = len(requested - left)
     unanswered = len(requested_idx) - answered_ok  # requests wrk sent without a 200 back
+    # With more requests than members, tokens come round again (a repeat answers 200, changes
+    # nothing): at most the answers to distinct tokens can be changes.
+    repeats = len(requested_idx) - len(requested)
     good = not (left - requested) and missing <= unanswered and logged == len(left) \
-        and answered_ok <= len(left)
+        and answered_ok - repeats <= len(left)
     text = (f"{len(requested):,} tokens requested, {answered_ok:,} answered 200, {len(left):,} "
             f"unsubscribed in the database ({logged:,} consent-log entries), {missing} requested "
             f"but not recorded (allowed: the {unanswered} not answered 200)")

@@ -7,12 +7,16 @@ The design (docs/tokens.md):
   id, which SQLite hands out again after an erasure and which would tell how many people
   subscribed. Unsubscribe tokens never expire (a link in a mail from 2026 must still work).
 * Confirmation tokens (double opt-in) carry a timestamp and expire.
+* Preference-centre tokens (`/p/<token>`) name the subscriber only (no list: the page shows
+  all of their lists) and never expire, like unsubscribe tokens.
 * Each purpose has its own salt, so one kind can never be used as the other.
 * The format is itsdangerous' (`URLSafeSerializer` / `URLSafeTimedSerializer`: base64 JSON
   payload, HMAC-SHA1 signature with a per-salt derived key). A send mints one unsubscribe token
   per recipient, so `mint_unsubscribe` builds it itself, with the keyed HMAC made once and
   without itsdangerous' zlib attempt (~50 µs a call; it never shortens a random token_id):
-  the same string as `URLSafeSerializer.dumps`, read by it like any other.
+  the same string as `URLSafeSerializer.dumps`, read by it like any other. Every one-click
+  reads one, so `read_unsubscribe` likewise checks it with keyed HMACs made once (one per
+  accepted key): what `URLSafeSerializer.loads` accepts, nothing else.
 * Key rotation: tokens are signed with the current key; tokens signed with any key
   listed in `secret.old_tokens` are still accepted.
 * Tokens made before schema migration 4 named the subscriber id: `read_*` still returns
@@ -24,7 +28,8 @@ key is created once in the git-ignored file `.newsletter-secret` of the project,
 so the embedded default works on a fresh machine and links stay valid.
 
 The URL shapes live here too: `unsubscribe_url` (`{base_url}/u/{token}`, also the
-`List-Unsubscribe` header) and `confirm_url` (`{base_url}/confirm/{token}`).
+`List-Unsubscribe` header), `confirm_url` (`{base_url}/confirm/{token}`) and
+`preferences_url` (`{base_url}/p/{token}`).
 """
 
 from __future__ import annotations
@@ -36,8 +41,8 @@ import secrets
 from datetime import datetime
 from pathlib import Path
 
-from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
-from itsdangerous.encoding import base64_encode
+from itsdangerous import BadData, BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
+from itsdangerous.encoding import base64_decode, base64_encode
 
 from newsletter.errors import NewsletterError
 from newsletter.project import Project
@@ -45,9 +50,11 @@ from newsletter.project import Project
 SECRET_FILE = ".newsletter-secret"
 UNSUBSCRIBE_SALT = "newsletter.unsubscribe.v1"
 CONFIRM_SALT = "newsletter.confirm.v1"
+PREFERENCES_SALT = "newsletter.preferences.v1"
 
 UNSUBSCRIBE_PATH = "/u/"
 CONFIRM_PATH = "/confirm/"
+PREFERENCES_PATH = "/p/"
 # The unsubscribe "token" of a [TEST] mail: `{base_url}/u/test` is a page of `newsletter serve`
 # explaining that this was a test send (no subscriber, nothing to unsubscribe).
 TEST_UNSUBSCRIBE_TOKEN = "test"
@@ -61,6 +68,11 @@ def unsubscribe_url(base_url: str, token: str) -> str:
 def confirm_url(base_url: str, token: str) -> str:
     """The double opt-in confirmation link for `token`."""
     return base_url.rstrip("/") + CONFIRM_PATH + token
+
+
+def preferences_url(base_url: str, token: str) -> str:
+    """The preference-centre link (`/p/{token}`) for `token` (`Tokens.mint_preferences`)."""
+    return base_url.rstrip("/") + PREFERENCES_PATH + token
 
 
 class TokenInvalid(NewsletterError):
@@ -117,6 +129,13 @@ class Tokens:
         signer = self._unsubscribe.make_signer()
         self._unsubscribe_mac = hmac.new(signer.derive_key(), digestmod=signer.digest_method)
         self._sep = signer.sep
+        self._preferences = URLSafeSerializer(ordered, salt=PREFERENCES_SALT)
+        preferences = self._preferences.make_signer()
+        self._preferences_mac = hmac.new(preferences.derive_key(), digestmod=preferences.digest_method)
+        # The same for reading (every one-click checks one): a keyed HMAC per accepted key,
+        # current first, as `Signer.verify_signature` tries them.
+        self._unsubscribe_macs = [hmac.new(signer.derive_key(key), digestmod=signer.digest_method)
+                                  for key in reversed(signer.secret_keys)]
 
     @classmethod
     def for_project(cls, project: Project) -> Tokens:
@@ -130,16 +149,55 @@ class Tokens:
         mac.update(payload)
         return (payload + self._sep + base64_encode(mac.digest())).decode("ascii")
 
+    def _sign(self, keyed: hmac.HMAC, value: object) -> str:
+        """`URLSafeSerializer.dumps(value)` of the serializer `keyed` belongs to, without the key
+        derivation and the zlib attempt per call (what `mint_unsubscribe` does inline)."""
+        payload = base64_encode(_JSON(value).encode("utf-8"))  # uncompressed: valid either way
+        mac = keyed.copy()
+        mac.update(payload)
+        return (payload + self._sep + base64_encode(mac.digest())).decode("ascii")
+
+    def mint_preferences(self, token_id: str) -> str:
+        """The never-expiring preference-centre token of a subscriber (`token_id`): their page
+        for every list they are on. Made per recipient by a send, so as fast as `mint_unsubscribe`."""
+        return self._sign(self._preferences_mac, _check_token_id(token_id))
+
+    def read_preferences(self, token: str) -> str:
+        """The token_id of a valid preference-centre token, else `TokenInvalid` (a token of another
+        purpose, a tampered one, or one signed with a key no longer listed)."""
+        try:
+            value = self._preferences.loads(token)
+        except BadSignature:
+            raise TokenInvalid("invalid preferences link") from None
+        if not isinstance(value, str) or not value:
+            raise TokenInvalid("invalid preferences link")
+        return value
+
     def read_unsubscribe(self, token: str) -> tuple[str | int, int]:
         """(token_id, list_id) of a valid unsubscribe token, else `TokenInvalid`.
 
         An int instead of a token_id comes from a link made before migration 4 (a subscriber id);
         resolve either with `Store.subscriber_by_token_id`."""
+        # `URLSafeSerializer.loads` (unsign, then load the payload) with the keyed HMACs made once.
         try:
-            value = self._unsubscribe.loads(token)
-        except BadSignature:
+            payload, sep, sig = token.encode("utf-8").rpartition(self._sep)
+            if not sep or not self._signed(payload, base64_decode(sig)):
+                raise BadSignature("signature does not match")
+            if payload.startswith(b"."):  # compressed (itsdangerous' dumps of a long token_id)
+                value = self._unsubscribe.load_payload(payload)
+            else:  # `load_payload` without its checks and dispatch: base64, UTF-8, JSON
+                value = json.loads(base64_decode(payload).decode("utf-8"))
+        except (BadData, ValueError):  # a bad signature, base64, UTF-8 or JSON
             raise TokenInvalid("invalid unsubscribe link") from None
         return _pair(value)
+
+    def _signed(self, payload: bytes, sig: bytes) -> bool:
+        for keyed in self._unsubscribe_macs:
+            mac = keyed.copy()
+            mac.update(payload)
+            if hmac.compare_digest(mac.digest(), sig):
+                return True
+        return False
 
     def mint_confirm(self, token_id: str, list_id: int) -> str:
         """A confirmation token (timestamped: `read_confirm` refuses it after `max_age_seconds`)."""

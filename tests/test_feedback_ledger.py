@@ -20,9 +20,9 @@ from imap_tools import MailBox
 from imapserver import ImapServerUnavailable, start_server
 
 from newsletter.delivery.tables import deliveries
+from newsletter.delivery.verp import mint_tag
 from newsletter.feedback.intake import ledger_for
 from newsletter.feedback.ledger import Event
-from newsletter.feedback.verp import mint_tag
 from newsletter.project import Project, open_project
 from newsletter.tokens import signing_keys
 

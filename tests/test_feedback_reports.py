@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from newsletter.delivery.verp import read_tag
 from newsletter.feedback import reports
 from newsletter.feedback.reports import classify, read_report
-from newsletter.feedback.verp import read_tag
 
 CORPUS = Path(__file__).parent / "feedback_corpus"
 KEYS = ["feedback-test-key"]  # the key the corpus tags were minted with

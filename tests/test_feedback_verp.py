@@ -8,7 +8,7 @@ import hmac
 
 import pytest
 
-from newsletter.feedback.verp import bounce_address, mint_tag, read_tag, tag_in_local, tag_of
+from newsletter.delivery.verp import bounce_address, mint_tag, read_tag, tag_in_local, tag_of
 
 KEYS = ["current-project-key"]
 

@@ -24,9 +24,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
+from newsletter.delivery.verp import mint_tag
 from newsletter.feedback import webhooks
 from newsletter.feedback.providers import sns
-from newsletter.feedback.verp import mint_tag
 from newsletter.feedback.webhooks import (
     HookSettings,
     ProviderEvent,

@@ -12,7 +12,7 @@ from test_send_support import header_line, issue_path, make_list, parse
 
 from newsletter.audience.tables import memberships, new_token_id, subscribers
 from newsletter.db.schema import utcnow
-from newsletter.delivery import sender as send_module
+from newsletter.delivery import send_loop as send_module
 from newsletter.delivery.dryrun import dry_run
 from newsletter.delivery.journal import Journal
 from newsletter.delivery.plan import plan_send

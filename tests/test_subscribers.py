@@ -358,6 +358,31 @@ def test_batches_and_dry_runs_do_not_change_the_result(tmp_path: Path,
     assert dry[1:] == before[1:] != whole[1:]
 
 
+def test_a_large_file_read_by_a_helper_process_gives_the_same_result(
+        tmp_path: Path, new_database: Callable[[str], str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above PARALLEL_LINES a helper process parses and checks the rows while the import stages
+    them: the same report (problems with their lines too), list and consent log as in-process;
+    an error in the file's syntax is the same error."""
+    from newsletter.audience import import_stage
+
+    whole = _messy_import(tmp_path, new_database("whole.db"), 5000)
+    monkeypatch.setattr(import_stage, "PARALLEL_LINES", 0)
+    assert _messy_import(tmp_path, new_database("helper.db"), 2) == whole
+
+    broken = write(tmp_path, "email,name\na@example.org,A\nb@example.org,\"" + "x" * 200_000 + "\"\n",
+                   name="broken.csv")
+    store = Store.open(new_database("broken.db"))
+    news = store.create_list("news")
+    messages = []
+    for lines in (0, 10**9):
+        monkeypatch.setattr(import_stage, "PARALLEL_LINES", lines)
+        with pytest.raises(NewsletterError) as caught:
+            import_csv(store, broken, news)
+        messages.append(str(caught.value))
+    store.close()
+    assert messages[0] == messages[1] and "broken.csv:3: CSV syntax error" in messages[0]
+
+
 def test_import_memory_stays_flat(tmp_path: Path, store: Store, news: MailingList) -> None:
     """The file is streamed and staged in the database: eight times the rows, not eight times
     the memory (Python's allocations, traced; a fixed overhead of caches and compiled

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import os
+import pickle
 import secrets
 import socket
 import subprocess
@@ -26,8 +26,10 @@ from newsletter.audience.csvfile import (
     CsvRow,
     Duplicate,
     ProgressCallback,
+    StagedRow,
     merge_duplicate,
 )
+from newsletter.audience.csvfile import attributes_json as _json  # noqa: F401  (tests use the name)
 from newsletter.audience.import_report import (
     FILLABLE,
     SUPPRESSED,
@@ -47,6 +49,7 @@ from newsletter.audience.tables import (
     suppressions,
 )
 from newsletter.db.schema import chunked, utcnow
+from newsletter.errors import NewsletterError
 
 WRITE_BATCH = 5000
 # At most this many transactions create the new subscribers of one import (`_write`).
@@ -61,6 +64,9 @@ IMPORT_LEASE = timedelta(minutes=15)
 SUPPRESSION_SLACK = timedelta(minutes=5)
 # Up to this many suppressions are held in memory (a set of hashes) while reading.
 _SUPPRESSIONS_IN_MEMORY = 100_000
+# A file of more lines is parsed and checked by a helper process while this one stages the rows
+# (`read_in_helper`): two cores at work; for fewer the helper's start costs more than it saves.
+PARALLEL_LINES = 50_000
 # SQLite page cache of the import's connection (KiB): the indexes of a million subscribers.
 CACHE_KIB = 64 * 1024
 # … and of its staging table: a batch of staged rows, read three times by its transaction.
@@ -75,23 +81,49 @@ _STAGED_COLUMNS = ("line", "email", "email_key", "name", "attributes", "file_sta
                    "target")
 
 
-def _json(attributes: dict[str, str]) -> str:
-    """`json.dumps(attributes)` (what SQLAlchemy's JSON type writes) for the str → str dicts of
-    a CSV row, at half the cost: the import writes a million of them."""
-    if not attributes:
-        return "{}"
-    return "{" + ", ".join(f"{_quote(k)}: {_quote(v)}" for k, v in attributes.items()) + "}"
-
-
-_quote = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
-
-
 def _token_ids(count: int) -> list[str]:
     """`count` times `tables.new_token_id()` (`secrets.token_urlsafe(12)`: 12 random bytes as
     16 URL-safe characters) from one read of the system's randomness: 12 bytes are exactly 16
     base64 characters, so each token is its own slice."""
     text = base64.urlsafe_b64encode(secrets.token_bytes(12 * count)).decode("ascii")
     return [text[i:i + 16] for i in range(0, 16 * count, 16)]
+
+
+def read_in_helper(csv_file: CsvFile, size: int,
+                   on_progress: ProgressCallback | None) -> Iterator[list[StagedRow]]:
+    """`csv_file.staged_chunks`, parsed and checked by a helper process (`csvfile.read_helper`)
+    while the caller stages the chunks before. They come through a pipe, which holds a few at
+    most (the helper waits when it is full: memory stays flat). A helper whose reader is gone
+    (this process killed) fails on its next write and ends."""
+    helper = subprocess.Popen(
+        [sys.executable, "-c", "from newsletter.audience.csvfile import read_helper; read_helper()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert helper.stdin is not None and helper.stdout is not None
+    try:
+        pickle.dump((str(csv_file.path), csv_file.found, size), helper.stdin)
+        helper.stdin.close()
+        while True:
+            try:
+                kind, rows, problems, records, end = pickle.load(helper.stdout)
+            except EOFError:
+                raise NewsletterError(f"{csv_file.file}: the process reading the file ended "
+                                      f"unexpectedly (exit status {helper.wait()})") from None
+            if kind == "error":
+                raise NewsletterError(problems=problems)
+            csv_file.problems.extend(problems)
+            csv_file.records = records
+            if kind == "end":
+                break
+            if on_progress:
+                on_progress("read", end, csv_file.total_lines)
+            yield rows
+    finally:
+        if helper.poll() is None:
+            helper.kill()
+        helper.wait()
+        helper.stdout.close()
+    if on_progress:
+        on_progress("read", csv_file.total_lines, csv_file.total_lines)
 
 
 class Staging:
@@ -115,6 +147,7 @@ class Staging:
         self.suppression_hashes: set[str] | None = None
         self.create_batch = batch
         self.to_write = 0
+        self.tally: dict[str, int] | None = None  # `_write`'s count of the plan, while it stands
         self.conn: Connection
 
 
@@ -161,7 +194,11 @@ class Staging:
     def _read(self) -> None:
         """Stage every valid row (appended: cheap whatever the order of the file), then index
         the staging table by address (one sorted build), merge duplicates and plan."""
-        for chunk in self.csv_file.chunks(self.batch, self.on_progress):
+        csv_file = self.csv_file
+        chunks = (read_in_helper(csv_file, self.batch, self.on_progress)
+                  if csv_file.total_lines > PARALLEL_LINES
+                  else csv_file.staged_chunks(self.batch, self.on_progress))
+        for chunk in chunks:
             if chunk:
                 self._stage(chunk)
         self.report.records = self.csv_file.records
@@ -173,12 +210,11 @@ class Staging:
         if self.check_suppressions:
             self._plan_suppressed()
 
-    def _stage(self, chunk: list[CsvRow]) -> None:
+    def _stage(self, chunk: list[StagedRow]) -> None:
         """Append a chunk's rows, each planned as a new subscriber to add (`_plan_existing` and
         `_plan_suppressed` plan the others)."""
         targets = self.targets
-        staged = [(row.line, row.email, row.key, row.name, _json(row.attributes), row.status,
-                   token_id, targets[row.status])
+        staged = [(*row, token_id, targets[row[5]])
                   for row, token_id in zip(chunk, _token_ids(len(chunk)), strict=True)]
         with self.transaction() as conn:
             if conn.dialect.name == "postgresql":  # COPY: the server's bulk path

@@ -137,7 +137,7 @@ class _Import(Staging):
 
     def _write(self) -> None:
         with self.transaction() as conn:
-            tally = self._tally(conn)
+            tally = self.tally = self._tally(conn)
         new = tally[ADD]
         self.to_write = new + tally[JOIN] + tally["opted_out"] + tally["confirmed_pending"] \
             + tally["fill"]
@@ -336,6 +336,7 @@ class _Import(Staging):
     def _replan(self, conn: Connection, lines: set[int]) -> None:
         """Plan these rows again on what the database holds now (inside the publish)."""
         s = self.staged
+        self.tally = None  # the plan changed: `_count` counts again
         for part in chunked(sorted(lines)):
             rows = conn.execute(sa.select(s).where(s.c.line.in_(part))).all()
             found, statuses, suppressed = self._look_up(conn, [r.email_key for r in rows])
@@ -409,7 +410,8 @@ class _Import(Staging):
     def _count(self) -> None:
         s, report = self.staged, self.report
         with self.transaction() as conn:
-            tally = self._tally(conn)
+            # A full pass over the staging table: not again if the plan `_write` counted stands.
+            tally = self.tally if self.tally is not None else self._tally(conn)
             report.added, report.joined = tally[ADD], tally[JOIN]
             report.opted_out, report.confirmed_pending = tally["opted_out"], tally["confirmed_pending"]
             report.unchanged = tally[UNCHANGED]

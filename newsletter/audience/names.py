@@ -36,6 +36,10 @@ def clean_name(raw: str | None) -> str | None:
     """`raw` as it is stored and sent (None: no name), or InvalidName saying why not."""
     if raw is None:
         return None
+    if raw.isprintable():  # the usual name: no control, separator but space, surrogate (what
+        text = " ".join(raw.split())  # `first_unsafe` looks for), so only the spaces to tidy
+        if len(text) <= MAX_NAME:
+            return text or None
     text = raw.strip()
     if first_unsafe(text) is not None:
         text = text.translate(_AS_SPACE)

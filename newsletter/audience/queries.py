@@ -8,24 +8,32 @@ joining the tables directly.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
 from newsletter.audience.tables import lists, memberships, subscribers
 
+if TYPE_CHECKING:
+    from newsletter.audience.segments import Segment
 
-def subscribed_members(list_id: int) -> sa.Subquery:
-    """(subscriber_id, email) of the members of a list whose status is "subscribed"."""
-    return (sa.select(subscribers.c.id.label("subscriber_id"), subscribers.c.email)
-            .join(memberships, memberships.c.subscriber_id == subscribers.c.id)
-            .where(memberships.c.list_id == list_id, memberships.c.status == "subscribed")
-            .subquery("subscribed_members"))
+
+def subscribed_members(list_id: int, segment: Segment | None = None) -> sa.Subquery:
+    """(subscriber_id, email) of the members of a list whose status is "subscribed"; with a
+    `segment` (`segments.load_segment`), only those in it. The segment's `list` is not checked
+    here: the caller has done `segment.check_list(list_name)`."""
+    query = (sa.select(subscribers.c.id.label("subscriber_id"), subscribers.c.email)
+             .join(memberships, memberships.c.subscriber_id == subscribers.c.id)
+             .where(memberships.c.list_id == list_id, memberships.c.status == "subscribed"))
+    if segment is not None:
+        query = query.where(segment.condition.clause)
+    return query.subquery("subscribed_members")
 
 
 def subscriber_names() -> sa.Subquery:
-    """(subscriber_id, name) of every subscriber."""
-    return sa.select(subscribers.c.id.label("subscriber_id"), subscribers.c.name).subquery(
-        "subscriber_names")
+    """(subscriber_id, name, attributes) of every subscriber."""
+    return sa.select(subscribers.c.id.label("subscriber_id"), subscribers.c.name,
+                     subscribers.c.attributes).subquery("subscriber_names")
 
 
 def list_names() -> sa.Subquery:
@@ -44,3 +52,19 @@ def membership_statuses(conn: sa.Connection, list_id: int,
     """subscriber id → membership status on the list, for those of `subscriber_ids` that have a
     membership; one query, inside the caller's transaction (the send checks, then claims)."""
     return dict(conn.execute(_STATUSES, {"list": list_id, "ids": list(subscriber_ids)}).all())
+
+
+def attribute_names(conn: sa.Connection, list_id: int) -> set[str]:
+    """The attribute names (CSV columns) that the list's subscribed members have: what personal
+    fields in an issue may name (checked before a send)."""
+    if conn.dialect.name == "postgresql":
+        query = sa.text(
+            "SELECT DISTINCT k FROM subscribers s JOIN memberships m ON m.subscriber_id = s.id, "
+            "jsonb_object_keys(CASE WHEN json_typeof(s.attributes) = 'object' THEN s.attributes::jsonb "
+            "ELSE '{}'::jsonb END) AS k WHERE m.list_id = :list AND m.status = 'subscribed'")
+    else:
+        query = sa.text(
+            "SELECT DISTINCT j.key FROM subscribers s JOIN memberships m ON m.subscriber_id = s.id, "
+            "json_each(CASE WHEN json_type(s.attributes) = 'object' THEN s.attributes ELSE '{}' END) AS j "
+            "WHERE m.list_id = :list AND m.status = 'subscribed'")
+    return {str(row[0]) for row in conn.execute(query, {"list": list_id})}

@@ -32,7 +32,8 @@ SIGNUP_IGNORED: frozenset[str] = frozenset({"subscribed", "complained"})
 RETURNABLE: frozenset[str] = frozenset({"unsubscribed", "bounced"})
 # Who caused a consent-log entry.
 SOURCES: frozenset[str] = frozenset(
-    {"import", "web", "cli", "unsubscribe_page", "one_click", "bounce", "complaint", "confirm"}
+    {"import", "web", "cli", "unsubscribe_page", "one_click", "bounce", "complaint", "confirm",
+     "preferences"}  # preferences: the member on their preference page (`audience/preferences.py`)
 )
 
 # What an operation does to one membership:

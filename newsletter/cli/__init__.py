@@ -14,6 +14,7 @@ from newsletter.cli import (  # noqa: F401  isort: skip
     db_cmds,
     issue_cmds,
     preview_cmds,
+    segment_cmds,
     send_cmds,
     serve_cmds,
     store_cmds,

@@ -30,10 +30,10 @@ def escape(text: str) -> str:
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from newsletter.delivery.journal import SendInfo
     from newsletter.delivery.lease import WorkerInfo
     from newsletter.delivery.plan import SendPlan
-    from newsletter.delivery.sender import SendReport
+    from newsletter.delivery.records import SendInfo
+    from newsletter.delivery.report import SendReport
 
 sends_app = typer.Typer(help="History of sends: per recipient status and SMTP replies.",
                         no_args_is_help=True, rich_markup_mode="rich")
@@ -97,6 +97,9 @@ def send(
                     "sent) and nobody has joined the list since: nothing to send.")
                 return
             _summary(plan)
+            caution = plan.reputation_warning  # also with --yes: it is about the sender's standing
+            if caution:
+                say(f"[yellow]{escape(caution)}[/yellow]", err=True)
             if not yes and not typer.confirm("Send now?", default=False):
                 console.print("Nothing sent.")
                 raise typer.Exit(1)
@@ -182,7 +185,8 @@ def _send_with_progress(plan: "SendPlan", force: bool) -> "SendReport":
     )
     from rich.text import Text
 
-    from newsletter.delivery.sender import SendProgress, run_send
+    from newsletter.delivery.report import SendProgress
+    from newsletter.delivery.sender import run_send
 
     class RateColumn(ProgressColumn):
         def render(self, task: Task) -> Text:
@@ -200,6 +204,7 @@ def _send_with_progress(plan: "SendPlan", force: bool) -> "SendReport":
                 p.failed or p.skipped or p.retrying) else ""
             bar.update(task, total=p.total, completed=p.done, description="Sending" + extra)
 
+        # The VERP tag's format lives in the feedback package, above delivery: handed in here.
         return run_send(plan, force=force, progress=update)
 
 
@@ -244,10 +249,10 @@ def sends_ls(json: JsonOption = False, project: ProjectOption = None) -> None:
 
     Example: [bold]newsletter sends ls[/bold]
     """
-    from newsletter.delivery.journal import Journal
+    from newsletter.delivery.records import JournalReader
 
     with user_errors(), get_project(project) as proj:
-        infos = Journal(proj.store).all()
+        infos = JournalReader(proj.store).all()
     if json:
         print_json([i.as_dict() for i in infos])
         return
@@ -256,14 +261,16 @@ def sends_ls(json: JsonOption = False, project: ProjectOption = None) -> None:
         return
     from rich.table import Table
 
+    # Hard / Soft / Compl.: bounces and complaints reported after the send (the feedback ledger).
     table = Table("ID", "Issue", "List", "Status", "Sent", "Failed", "Skipped", "Open", "Dup.",
-                  "Started (UTC)")
+                  "Hard", "Soft", "Compl.", "Started (UTC)")
     for i in infos:
-        c = i.counts
+        c, f = i.counts, i.feedback
         table.add_row(str(i.id), escape(i.issue_slug), escape(i.list_name), i.status,
                       f"{c['sent']}/{c['total']}", str(c["failed_permanent"] + c["failed_temporary"]),
                       str(c["skipped"]), str(c["pending"] + c["sending"]),
-                      str(len(i.possibly_duplicated)), f"{i.created_at:%Y-%m-%d %H:%M}")
+                      str(len(i.possibly_duplicated)), str(f["hard"]), str(f["soft"]),
+                      str(f["complaint"]), f"{i.created_at:%Y-%m-%d %H:%M}")
     console.print(table)
     # Reasons and addresses are too long for the table: one whole line each below it.
     for i in infos:
@@ -286,10 +293,10 @@ def sends_show(
 
     Example: [bold]newsletter sends show 1 --json[/bold]
     """
-    from newsletter.delivery.journal import Journal
+    from newsletter.delivery.records import JournalReader
 
     with user_errors(), get_project(project) as proj:
-        journal = Journal(proj.store)
+        journal = JournalReader(proj.store)
         info = journal.get(send_id)
         if info is None:
             raise NewsletterError(f"no send with ID {send_id}; see `newsletter sends ls`")
@@ -306,6 +313,9 @@ def sends_show(
     say(f"{c['total']} recipients: {c['sent']} sent, {c['failed_permanent']} failed "
          f"permanently, {c['failed_temporary']} failed temporarily, {c['skipped']} skipped, "
          f"{c['pending']} pending, {c['sending']} in flight")
+    f = info.feedback
+    say(f"Reported since: {f['hard']} hard bounce(s), {f['soft']} soft bounce(s), "
+        f"{f['complaint']} complaint(s)" + _rates(info))
     if info.possibly_duplicated:
         say("[yellow]Possibly duplicated[/yellow] (in flight at an interruption): "
              + escape(", ".join(info.possibly_duplicated)))
@@ -327,9 +337,25 @@ def sends_show(
     table.add_column("SMTP reply", overflow="fold")
     table.add_column("Time (UTC)")
     for r in rows:
-        table.add_row(escape(r.email), r.status + (" *" if r.possibly_duplicated else ""),
+        table.add_row(escape(r.email), r.status + (" *" if r.possibly_duplicated else "")
+                      + (f", {_FEEDBACK[r.feedback]}" if r.feedback in _FEEDBACK else ""),
                       str(r.attempts), escape(r.smtp_reply or ""), f"{r.updated_at:%Y-%m-%d %H:%M:%S}")
     console.print(table)
+
+
+_FEEDBACK = {"hard": "hard bounce", "soft": "soft bounce", "complaint": "complaint"}
+
+
+def _rates(info: "SendInfo") -> str:
+    """` (complaint rate 0.2 %, hard-bounce rate 1 % of 1000 sent)`, or nothing before a send."""
+    from newsletter.delivery.reputation import percent, rates
+
+    sent = info.counts["sent"]
+    if not sent:
+        return ""
+    complaint_rate, hard_rate = rates(info)
+    return (f" (complaint rate {percent(complaint_rate)}, hard-bounce rate {percent(hard_rate)} "
+            f"of {sent} sent)")
 
 
 def _at(moment: "datetime") -> str:

@@ -22,6 +22,7 @@ from newsletter.cli.common import (
 )
 
 if TYPE_CHECKING:
+    from newsletter.audience.segments import Segment
     from newsletter.audience.store import Store
     from newsletter.project import Project
 
@@ -253,18 +254,30 @@ def subscribers_remove(
 def subscribers_ls(
     list_name: Annotated[str | None, typer.Option("--list", "-l", help="Only this list.")] = None,
     status: Annotated[StatusChoice | None, typer.Option("--status", help="Only this status.")] = None,
+    segment: Annotated[str | None, typer.Option(
+        "--segment", help="Only members in this segment ([segments.NAME] in newsletter.toml); "
+        "needs --list unless the segment names its list.", show_default=False)] = None,
     json: JsonOption = False,
     project: ProjectOption = None,
 ) -> None:
     """List subscribers with their list memberships.
 
     Example: [bold]newsletter subscribers ls --list news --status pending[/bold]
+    (or [bold]newsletter subscribers ls --list news --segment jena[/bold])
     """
     from rich.table import Column, Table
 
-    with opened(project) as store:
+    with opened_project(project) as proj:
+        store = proj.store
+        chosen = _segment(proj, segment, list_name) if segment else None
+        list_name = list_name or (chosen.list_name if chosen else None)
         list_id = store.get_list(list_name).id if list_name else None
         rows = store.member_rows(list_id, status.value if status else None)
+        if chosen is not None and list_id is not None:
+            from newsletter.audience.segments import segment_member_ids
+
+            inside = segment_member_ids(store, list_id, chosen)
+            rows = [r for r in rows if r["id"] in inside]
     if json:
         print_json([{"id": r["id"], "email": r["email"], "name": r["name"], "list": r["list"],
                      "status": r["status"], "created_at": r["created_at"],
@@ -277,6 +290,18 @@ def subscribers_ls(
                       f"{r['updated_at']:%Y-%m-%d %H:%M}")
     console.print(table)
     console.print(f"{len(rows)} memberships", markup=False)
+
+
+def _segment(proj: "Project", name: str, list_name: str | None) -> "Segment":
+    """The segment for `subscribers ls --segment`, checked against the list given."""
+    from newsletter.audience.segments import SegmentError, load_segment
+
+    chosen = load_segment(proj, name)
+    if list_name is not None:
+        chosen.check_list(list_name)
+    elif chosen.list_name is None:
+        raise SegmentError(f"--segment {name} needs --list: the segment is not tied to one list")
+    return chosen
 
 
 @subscribers_app.command("show")

@@ -31,44 +31,41 @@ the claiming worker's lease is live; results are recorded only onto rows the wor
 `sending`. So even a bug elsewhere, or a worker that was suspended past its lease and taken
 over, cannot send a row twice except the rows flagged possibly duplicated.
 
-The audience tables (subscribers, memberships, lists) are not touched here: the journal joins
+The reads (`sends ls`, `sends show`, the plan) and the records are `records.py`'s. The
+audience tables (subscribers, memberships, lists) are not touched here: the journal joins
 the query pieces of `audience/queries.py`. See docs/data-model.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 
-from newsletter.audience.queries import (
-    list_names,
-    membership_statuses,
-    subscribed_members,
-    subscriber_names,
-)
-from newsletter.db.schema import UtcDateTime, chunked, utcnow
+from newsletter.audience.queries import list_names, membership_statuses
+from newsletter.db.schema import UtcDateTime, utcnow
 from newsletter.delivery.lease import (
     LEASE_ROW,
     RENEW,
-    SendBusy,
     Worker,
     WorkerInfo,
     busy_error,
     hand_on,
-    live_worker,
     live_workers,
-    with_counts,
-    workers_of,
 )
-from newsletter.delivery.tables import DELIVERY_STATUSES, deliveries, send_workers, sends
+from newsletter.delivery.records import (
+    Claimed,
+    Job,
+    JournalReader,
+    Outcome,
+    Resume,
+    jobs_in,
+    without_row,
+)
+from newsletter.delivery.tables import deliveries, send_workers, sends
 from newsletter.errors import NewsletterError
-
-if TYPE_CHECKING:  # only for annotations: delivery builds on audience, not the reverse
-    from newsletter.audience.store import Store
 
 OPEN = ("pending", "failed_temporary")  # the statuses a claim takes a row from
 STOPPED = ("paused", "interrupted")
@@ -116,195 +113,10 @@ class ClaimConflict(RuntimeError):
     editor's doing. Raised inside the group commit, so nothing of that commit is kept."""
 
 
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    """What one group commit claimed."""
-
-    go: list[Job] = field(default_factory=list)  # now `sending`: hand them to SMTP
-    skipped: list[Job] = field(default_factory=list)  # no longer subscribed: `skipped`
-    taken: list[Job] = field(default_factory=list)  # no longer open (not claimed, not touched)
-    lease_lost: bool = False  # this worker's lease is gone: nothing was claimed; stop
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    """One recipient handed to a sending worker."""
-
-    subscriber_id: int
-    email: str
-    name: str | None
-    attempts: int = 0  # attempts in this run
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What happened to a job: written to its row by the next `Journal.commit`."""
-
-    job: Job
-    status: str  # sent | failed_temporary | failed_permanent | pending (retry later / released)
-    code: int | None = None
-    reply: str | None = None
-    counted: bool = True  # False: released unsent (connection failure), no attempt used
-    uncertain: bool = False  # the server may have accepted it: flag the row possibly duplicated
-
-
-@dataclass
-class SendInfo:
-    id: int
-    issue_slug: str
-    list_id: int
-    list_name: str
-    subject: str
-    status: str
-    transport: str
-    content_hash: str
-    created_at: datetime
-    updated_at: datetime
-    finished_at: datetime | None
-    reason: str | None = None  # why it is paused / interrupted
-    counts: dict[str, int] = field(default_factory=dict)
-    # In flight at an interruption (flagged), or still `sending` (the next resume sends them again).
-    possibly_duplicated: list[str] = field(default_factory=list)
-    workers: list[WorkerInfo] = field(default_factory=list)  # its runs, oldest first
-
-    @property
-    def open_rows(self) -> int:
-        """Rows still to (re)try, in flight ones included."""
-        return self.counts["pending"] + self.counts["failed_temporary"] + self.counts["sending"]
-
-    def live_worker(self, now: datetime | None = None) -> WorkerInfo | None:
-        """The oldest worker holding a live lease (as of when this was read), if any."""
-        return next(iter(self.live_workers(now)), None)
-
-    def live_workers(self, now: datetime | None = None) -> list[WorkerInfo]:
-        """The workers holding a live lease (as of when this was read), oldest first."""
-        now = now or utcnow()
-        return [w for w in self.workers if w.state(now) == "live"]
-
-    def as_dict(self) -> dict[str, Any]:
-        now = utcnow()
-        return {
-            "id": self.id, "issue": self.issue_slug, "list": self.list_name, "subject": self.subject,
-            "status": self.status, "reason": self.reason, "transport": self.transport,
-            "created_at": self.created_at, "updated_at": self.updated_at,
-            "finished_at": self.finished_at, "counts": self.counts,
-            "possibly_duplicated": self.possibly_duplicated,
-            "workers": [w.as_dict(now) for w in self.workers],
-        }
-
-
-@dataclass
-class DeliveryRow:
-    subscriber_id: int
-    email: str
-    status: str
-    attempts: int
-    smtp_code: int | None
-    smtp_reply: str | None
-    message_id: str | None
-    updated_at: datetime
-    possibly_duplicated: bool
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "subscriber_id": self.subscriber_id, "email": self.email, "status": self.status,
-            "attempts": self.attempts, "smtp_code": self.smtp_code, "smtp_reply": self.smtp_reply,
-            "possibly_duplicated": self.possibly_duplicated, "updated_at": self.updated_at,
-        }
-
-
-@dataclass
-class Resume:
-    """The state a (new or resumed) send starts from."""
-
-    send: SendInfo
-    resumed: bool
-    jobs: list[Job]  # rows still to send, in order
-    # PostgreSQL: the live workers this run joined (they share the rows out with it).
-    joined: list[WorkerInfo] = field(default_factory=list)
-
-
-class Journal:
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    @property
-    def joinable(self) -> bool:
-        """Several runs may send one send at once: PostgreSQL, whose row locks let claims skip
-        each other's rows. SQLite locks the whole file per write: one run at a time."""
-        return self.store.engine.dialect.name == "postgresql"
-
-    # --- reading ----------------------------------------------------------------------------
-
-    def find(self, issue_slug: str, list_id: int) -> SendInfo | None:
-        with self.store.read() as conn:
-            row = conn.execute(sa.select(sends.c.id).where(
-                sends.c.issue_slug == issue_slug, sends.c.list_id == list_id)).first()
-        return self.get(row.id) if row else None
-
-    def get(self, send_id: int) -> SendInfo | None:
-        names = list_names()
-        with self.store.read() as conn:
-            row = conn.execute(
-                sa.select(sends, names.c.name.label("list_name"))
-                .join(names, names.c.list_id == sends.c.list_id).where(sends.c.id == send_id)).first()
-            if row is None:
-                return None
-            counts = _counts(conn, [send_id]).get(send_id, {})
-            duplicated = _duplicated(conn, [send_id]).get(send_id, [])
-            workers = with_counts(conn, send_id, workers_of(conn, [send_id]).get(send_id, []))
-        return _info(row, counts, duplicated, workers)
-
-    def all(self) -> list[SendInfo]:
-        names = list_names()
-        with self.store.read() as conn:
-            rows = conn.execute(
-                sa.select(sends, names.c.name.label("list_name"))
-                .join(names, names.c.list_id == sends.c.list_id).order_by(sends.c.id)).all()
-            counts = _counts(conn, [r.id for r in rows])
-            duplicated = _duplicated(conn, [r.id for r in rows])
-            workers = workers_of(conn, [r.id for r in rows])
-        return [_info(r, counts.get(r.id, {}), duplicated.get(r.id, []), workers.get(r.id, []))
-                for r in rows]
-
-    def live_worker(self, send_id: int) -> WorkerInfo | None:
-        """The worker holding the send's lease now, if any."""
-        with self.store.read() as conn:
-            return live_worker(conn, send_id, utcnow())
-
-    def busy_error(self, send_id: int) -> SendBusy | None:
-        """The refusal `start` would give now because another worker holds the lease, or None
-        (always None on PostgreSQL, where the run would join)."""
-        if self.joinable:
-            return None
-        now = utcnow()
-        with self.store.read() as conn:
-            holder = live_worker(conn, send_id, now)
-            return None if holder is None else busy_error(conn, send_id, holder, now)
-
-    def deliveries(self, send_id: int) -> list[DeliveryRow]:
-        with self.store.read() as conn:
-            rows = conn.execute(sa.select(deliveries).where(deliveries.c.send_id == send_id)
-                                .order_by(deliveries.c.subscriber_id)).all()
-        return [DeliveryRow(r.subscriber_id, r.email, r.status, r.attempts, r.smtp_code,
-                            r.smtp_reply, r.message_id, r.updated_at, r.possibly_duplicated)
-                for r in rows]
-
-    def possibly_duplicated(self, send_id: int) -> list[str]:
-        """Addresses whose message may have gone out twice: in flight at an interruption (already
-        sent again by a resume), or still `sending` (the next resume sends them again)."""
-        with self.store.read() as conn:
-            return _duplicated(conn, [send_id]).get(send_id, [])
+class Journal(JournalReader):
+    """The journal's write transactions; the reads are `JournalReader`'s."""
 
     # --- starting and resuming --------------------------------------------------------------
-
-    def joined_since(self, send_id: int, list_id: int) -> int:
-        """Subscribed members without a row in the send: those who joined after it started
-        (a resume sends to them too)."""
-        members, done = _without_row(send_id, list_id)
-        with self.store.read() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(members)
-                                    .where(~sa.exists(done))).scalar_one())
 
     def start(self, *, issue_slug: str, list_id: int, subject: str, content: str, transport: str,
               worker: Worker, force: bool = False) -> Resume:
@@ -343,7 +155,7 @@ class Journal:
                 started_at=now, heartbeat_at=now, lease_expires_at=worker.expires(now)))
             # Every subscribed member without a row (all of them on a new send; people who joined
             # since, on a resume) gets one — in SQL, so 100,000 members cost no Python memory.
-            members, done = _without_row(send_id, list_id)
+            members, done = without_row(send_id, list_id)
             conn.execute(deliveries.insert().from_select(
                 ["send_id", "subscriber_id", "email", "status", "attempts", "updated_at"],
                 sa.select(sa.literal(send_id), members.c.subscriber_id, members.c.email,
@@ -351,7 +163,7 @@ class Journal:
                 .where(~sa.exists(done))
                 .order_by(members.c.subscriber_id)))
             order = deliveries.c.subscriber_id.desc() if joined else deliveries.c.subscriber_id
-            jobs = _jobs(conn, send_id, OPEN, order)
+            jobs = jobs_in(conn, send_id, OPEN, order, attributes=self.attributes)
         info = self.get(send_id)
         assert info is not None
         return Resume(info, resumed, jobs, joined)
@@ -409,7 +221,8 @@ class Journal:
             if lease is None or lease.released_at is not None or lease.lease_expires_at <= now:
                 return []
             hand_on(conn, send_id, now)
-            return _jobs(conn, send_id, ("pending",), deliveries.c.subscriber_id)
+            return jobs_in(conn, send_id, ("pending",), deliveries.c.subscriber_id,
+                           attributes=self.attributes)
 
     # --- the group commit -------------------------------------------------------------------
 
@@ -512,58 +325,3 @@ class Journal:
                 return
             reason = CONTENT_CHANGED_NOTE + (f"; it had stopped: {row.reason}" if row.reason else "")
             conn.execute(sends.update().where(sends.c.id == send_id).values(reason=reason))
-
-
-def _jobs(conn: sa.Connection, send_id: int, statuses: Sequence[str],
-          order: sa.ColumnElement[Any]) -> list[Job]:
-    """The send's rows in `statuses` as jobs, with the subscriber's name."""
-    names = subscriber_names()
-    rows = conn.execute(
-        sa.select(deliveries.c.subscriber_id, deliveries.c.email, names.c.name)
-        .outerjoin(names, names.c.subscriber_id == deliveries.c.subscriber_id)
-        .where(deliveries.c.send_id == send_id, deliveries.c.status.in_(statuses))
-        .order_by(order))
-    return [Job(r.subscriber_id, r.email, r.name) for r in rows]
-
-
-def _without_row(send_id: int, list_id: int) -> tuple[sa.Subquery, sa.Select[Any]]:
-    """The list's subscribed members, and the condition "has a row in this send" (negate it)."""
-    members = subscribed_members(list_id)
-    done = sa.select(deliveries.c.subscriber_id).where(
-        deliveries.c.send_id == send_id, deliveries.c.subscriber_id == members.c.subscriber_id)
-    return members, done
-
-
-def _duplicated(conn: sa.Connection, send_ids: list[int]) -> dict[int, list[str]]:
-    """Per send, the addresses flagged possibly duplicated or still `sending`."""
-    result: dict[int, list[str]] = {}
-    for chunk in chunked(send_ids):
-        rows = conn.execute(
-            sa.select(deliveries.c.send_id, deliveries.c.email)
-            .where(deliveries.c.send_id.in_(chunk),
-                   deliveries.c.possibly_duplicated | (deliveries.c.status == "sending"))
-            .order_by(deliveries.c.send_id, deliveries.c.subscriber_id)).all()
-        for send_id, email in rows:
-            result.setdefault(send_id, []).append(email)
-    return result
-
-
-def _counts(conn: sa.Connection, send_ids: list[int]) -> dict[int, dict[str, int]]:
-    result: dict[int, dict[str, int]] = {}
-    for chunk in chunked(send_ids):
-        rows = conn.execute(
-            sa.select(deliveries.c.send_id, deliveries.c.status, sa.func.count())
-            .where(deliveries.c.send_id.in_(chunk))
-            .group_by(deliveries.c.send_id, deliveries.c.status)).all()
-        for send_id, status, count in rows:
-            result.setdefault(send_id, {})[status] = count
-    return result
-
-
-def _info(row: Any, counts: dict[str, int], duplicated: list[str],
-          workers: list[WorkerInfo]) -> SendInfo:
-    full = {s: counts.get(s, 0) for s in DELIVERY_STATUSES}
-    full["total"] = sum(counts.values())
-    return SendInfo(row.id, row.issue_slug, row.list_id, row.list_name, row.subject, row.status,
-                    row.transport, row.content_hash, row.created_at, row.updated_at, row.finished_at,
-                    row.reason, full, duplicated, workers)

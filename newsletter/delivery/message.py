@@ -19,6 +19,7 @@ import html
 import re
 import secrets
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from email.message import EmailMessage
@@ -30,9 +31,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from newsletter.audience.addresses import ascii_email
 from newsletter.audience.names import name_or_none
+from newsletter.content.fields import GREETING_PLACEHOLDER, NAME_FIELD, FieldRef, Greeting
 from newsletter.errors import HeaderInjection, NewsletterError, Problem
 from newsletter.headers import first_unsafe
 from newsletter.project import Project
+from newsletter.render.personal import values_for
 from newsletter.render.templates import UNSUBSCRIBE_PLACEHOLDER
 from newsletter.tokens import signing_keys, unsubscribe_url
 
@@ -60,6 +63,7 @@ class Recipient:
     name: str | None = None
     subscriber_id: int = 0
     list_id: int = 0
+    attributes: Mapping[str, object] | None = None  # for personal fields (`{{Kommune|…}}`)
 
 
 def content_hash(subject: str, html: str, text: str) -> str:
@@ -156,14 +160,21 @@ def _crlf(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n")
 
 
-def _encode_body(text: str) -> list[bytes]:
-    """QP-encode `text` around placeholders: [piece, piece, …], a placeholder between each two.
+# Every per-recipient value in a body: the unsubscribe URL, a personal field, the greeting.
+_HOLE = re.compile(re.escape(UNSUBSCRIBE_PLACEHOLDER) + r"|%%F\d+%%|" + re.escape(GREETING_PLACEHOLDER))
+
+
+def _encode_body(text: str) -> tuple[list[bytes], list[str]]:
+    """QP-encode `text` around its holes: ([piece, piece, …], [hole, …]), a hole between each two
+    pieces (the placeholder's text).
 
     Each piece ends in a line break (hard, or a soft one added here) and the following piece starts
-    on a new line, so the per-recipient URL (also QP-encoded, then ended by a soft break) sits on
+    on a new line, so each per-recipient value (also QP-encoded, then ended by a soft break) sits on
     encoded lines of its own.
     """
-    pieces = _crlf(text).split(UNSUBSCRIBE_PLACEHOLDER)
+    text = _crlf(text)
+    holes = [m.group(0) for m in _HOLE.finditer(text)]
+    pieces = _HOLE.split(text)
     encoded = []
     for i, piece in enumerate(pieces):
         chunk = _qp(piece.encode("utf-8"))
@@ -171,11 +182,27 @@ def _encode_body(text: str) -> list[bytes]:
         if chunk and not chunk.endswith(b"\r\n"):
             chunk += b"\r\n" if last else b"=\r\n"
         encoded.append(chunk)
-    return encoded
+    return encoded, holes
 
 
-# Slots of the prepared byte template.
-TO, MESSAGE_ID, HEADER_URL, TEXT_URL, HTML_URL = range(5)
+# Slots of the prepared byte template; personal field n has FIELDS + 2n (text) and + 2n + 1 (HTML).
+TO, MESSAGE_ID, HEADER_URL, TEXT_URL, HTML_URL, GREETING_TEXT, GREETING_HTML = range(7)
+FIELDS = 7
+
+
+def _slot(hole: str, in_html: bool) -> int:
+    if hole == UNSUBSCRIBE_PLACEHOLDER:
+        return HTML_URL if in_html else TEXT_URL
+    if hole == GREETING_PLACEHOLDER:
+        return GREETING_HTML if in_html else GREETING_TEXT
+    return FIELDS + 2 * int(hole[3:-2]) + in_html  # %%F<n>%%
+
+
+def _body_value(text: str, in_html: bool) -> bytes:
+    """A reader's value for a body hole: escaped for HTML there, QP-encoded, ended by a soft
+    line break (so the next piece goes on as if the value had always been there)."""
+    raw = html.escape(text, quote=True) if in_html else text
+    return _qp(raw.encode("utf-8")) + b"=\r\n"
 
 
 @dataclass(frozen=True)
@@ -188,11 +215,25 @@ class PreparedMessage:
     base_url: str  # `newsletter.base_url`: the unsubscribe links are `unsubscribe_url(base_url, …)`
     message_id_key: bytes
     dkim: DkimSigner | None = None
+    fields: tuple[FieldRef, ...] = ()  # the personal fields behind the slots FIELDS + 2n (+1)
+    greeting: Greeting | None = None
+
+    @property
+    def needs_attributes(self) -> bool:
+        """Whether a personal field reads a subscriber attribute (not only the name)."""
+        refs = [*self.fields, *(self.greeting.fields() if self.greeting else [])]
+        return any(ref.name != NAME_FIELD for ref in refs)
 
     def personalise(self, recipient: Recipient, token: str, message_id: str | None = None) -> bytes:
         """The complete message for one recipient, ready for `SMTP.sendmail` or a Maildir."""
         url = unsubscribe_url(self.base_url, token)
-        values: list[bytes] = [b""] * 5
+        values: list[bytes] = [b""] * (FIELDS + 2 * len(self.fields))
+        if self.fields or self.greeting is not None:
+            texts, line = values_for(self.fields, self.greeting, recipient.name, recipient.attributes or {})
+            values[GREETING_TEXT], values[GREETING_HTML] = _body_value(line, False), _body_value(line, True)
+            for n, text in enumerate(texts):
+                values[FIELDS + 2 * n] = _body_value(text, False)
+                values[FIELDS + 2 * n + 1] = _body_value(text, True)
         values[TO] = format_address(recipient.email, recipient.name)
         values[MESSAGE_ID] = (message_id or self.message_id(recipient)).encode("ascii")
         values[HEADER_URL] = url.encode("ascii")
@@ -305,11 +346,11 @@ def prepare(
                                 b"\r\n--" + boundary + b"\r\n"
                                 b'Content-Type: text/plain; charset="utf-8"\r\n'
                                 b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"]
-    _append_pieces(parts, text_pieces, TEXT_URL)
+    _append_pieces(parts, text_pieces, in_html=False)
     parts.append(b"\r\n--" + boundary + b"\r\n"
                  b'Content-Type: text/html; charset="utf-8"\r\n'
                  b"Content-Transfer-Encoding: quoted-printable\r\n\r\n")
-    _append_pieces(parts, html_pieces, HTML_URL)
+    _append_pieces(parts, html_pieces, in_html=True)
     parts.append(b"\r\n--" + boundary + b"--\r\n")
     merged = _merge(parts)
     for part in merged:
@@ -323,6 +364,7 @@ def prepare(
     return PreparedMessage(
         parts=tuple(merged), sender=sender, domain=domain, base_url=base,
         message_id_key=key, dkim=dkim_signer(project, domain) if sign else None,
+        fields=tuple(getattr(rendered, "fields", ())), greeting=getattr(rendered, "greeting", None),
     )
 
 
@@ -397,10 +439,12 @@ def _split_headers(block: bytes) -> tuple[bytes, bytes]:
     return b"".join(x + b"\r\n" for x in out_from), b"".join(x + b"\r\n" for x in out_rest)
 
 
-def _append_pieces(parts: list[bytes | int], pieces: list[bytes], slot: int) -> None:
+def _append_pieces(parts: list[bytes | int], encoded: tuple[list[bytes], list[str]], *,
+                   in_html: bool) -> None:
+    pieces, holes = encoded
     for i, piece in enumerate(pieces):
         if i:
-            parts.append(slot)
+            parts.append(_slot(holes[i - 1], in_html))
         parts.append(piece)
     if parts and isinstance(parts[-1], bytes) and parts[-1].endswith(b"\r\n"):
         parts[-1] = parts[-1][:-2]  # the boundary delimiter brings its own CRLF

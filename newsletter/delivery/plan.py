@@ -11,13 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from newsletter.audience.queries import attribute_names
 from newsletter.audience.records import MailingList
 from newsletter.audience.store import Store, open_store
+from newsletter.content.fields import FIELD, NAME_FIELD
 from newsletter.content.validate import LoadedIssue, load_issue
-from newsletter.delivery.journal import Journal, SendInfo
 from newsletter.delivery.message import PreparedMessage, content_hash, prepare
+from newsletter.delivery.records import JournalReader, SendInfo
+from newsletter.delivery.reputation import warning
 from newsletter.delivery.transport import Transport, transport_for
-from newsletter.errors import NewsletterError
+from newsletter.errors import IssueInvalid, NewsletterError, Problem
 from newsletter.project import Project
 from newsletter.render.html import RenderedIssue, render_issue
 
@@ -76,6 +79,8 @@ class SendPlan:
     counts: dict[str, int]  # the list's members per status now
     concurrency: int
     rate: float
+    # The project's most recently finished send (any list): its complaints and bounces.
+    last_finished: SendInfo | None = None
 
     @property
     def recipients(self) -> int:
@@ -94,12 +99,46 @@ class SendPlan:
         runs) if another process holds this send's lease now. Asked before the summary and the
         confirmation; `Journal.start` decides again, atomically, when the run begins."""
         if self.existing is not None:
-            busy = Journal(self.store).busy_error(self.existing.id)
+            busy = JournalReader(self.store).busy_error(self.existing.id)
             if busy is not None:
                 raise busy
 
+    @property
+    def reputation_warning(self) -> str | None:
+        """One line if the project's last finished send had too many complaints or hard bounces
+        (`reputation.py`), to be shown before the editor confirms."""
+        return warning(self.last_finished)
 
 
+def _refuse_unknown_fields(store: Store, issue: PreparedIssue, mailing_list: MailingList) -> None:
+    """A personal field must name `name` or an attribute the list's members have: a typo of a CSV
+    column would otherwise send every reader the fallback. One problem per field, FILE:LINE:COL
+    of its first use in the issue file."""
+    prepared = issue.prepared
+    refs = [*prepared.fields, *(prepared.greeting.fields() if prepared.greeting else [])]
+    wanted = {ref.name for ref in refs if ref.name != NAME_FIELD}
+    if not wanted:
+        return
+    with store.read() as conn:
+        known = attribute_names(conn, mailing_list.id)
+    unknown = sorted(wanted - known)
+    if not unknown:
+        return
+    path = issue.loaded.path
+    source = path.read_text(encoding="utf-8")
+    known_text = ", ".join(f"`{k}`" for k in sorted(known)) or "none (the list's CSV had no extra columns)"
+    problems = []
+    for name in unknown:
+        line = column = None
+        for m in FIELD.finditer(source):
+            if m.group(1).partition("|")[0].strip() == name:
+                line = source.count("\n", 0, m.start()) + 1
+                column = m.start() - (source.rfind("\n", 0, m.start()) + 1) + 1
+                break
+        problems.append(Problem(str(path), line, column, f"{{{{{name}}}}}",
+                                f"no member of the list `{mailing_list.name}` has the attribute `{name}`; "
+                                f"known: {known_text} (or `name`)"))
+    raise IssueInvalid(problems=problems)
 
 
 def plan_send(project: Project, issue_path: Path, list_name: str, *, concurrency: int | None = None,
@@ -110,11 +149,13 @@ def plan_send(project: Project, issue_path: Path, list_name: str, *, concurrency
     try:
         mailing_list = store.get_list(list_name)
         issue = prepare_issue(project, loaded, mailing_list.name, list_title=mailing_list.title)
+        _refuse_unknown_fields(store, issue, mailing_list)
         counts = next((lc.counts for lc in store.list_counts() if lc.list.id == mailing_list.id), {})
         recipients = counts.get("subscribed", 0)
-        journal = Journal(store)
+        journal = JournalReader(store)
         existing = journal.find(issue.slug, mailing_list.id)
         joined_since = journal.joined_since(existing.id, mailing_list.id) if existing else recipients
+        last_finished = journal.last_finished()
         if existing is None and recipients == 0:
             waiting = f" ({counts['pending']} pending: they have not confirmed yet)" if counts.get(
                 "pending") else ""
@@ -129,5 +170,5 @@ def plan_send(project: Project, issue_path: Path, list_name: str, *, concurrency
         transport=transport_for(project), existing=existing,
         joined_since=joined_since, counts=counts,
         concurrency=concurrency or delivery.concurrency,
-        rate=delivery.rate if rate is None else rate,
+        rate=delivery.rate if rate is None else rate, last_finished=last_finished,
     )

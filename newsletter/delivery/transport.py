@@ -2,7 +2,8 @@
 
 * `Transport` / `Connection`: what the send loop talks to; one connection per sending worker.
 * `SmtpTransport` (`newsletter.delivery.smtp`): persistent, pipelined SMTP sessions, TLS rules.
-* `MaildirTransport`: with no `smtp.host`, messages land in `outbox/` (`mailbox.Maildir`).
+* `MaildirTransport`: with no `smtp.host`, messages land in `outbox/` (`mailbox.Maildir`); with
+  a bounce address, each one starts with the `Return-Path:` line of its envelope sender.
 * `RateLimit`: one limit (messages per second) shared by all connections.
 * `send_message_now`: one message (the double opt-in mail) outside a send.
 """
@@ -21,6 +22,7 @@ from email.utils import getaddresses
 from pathlib import Path
 from typing import Protocol
 
+from newsletter.delivery.envelope import plain_sender, return_path
 from newsletter.errors import NewsletterError
 from newsletter.project import Project
 
@@ -114,10 +116,15 @@ def open_maildir(directory: Path) -> mailbox.Maildir:
 
 
 class MaildirTransport:
-    """The embedded default: every message becomes a file in the project's `outbox/` Maildir."""
+    """The embedded default: every message becomes a file in the project's `outbox/` Maildir.
 
-    def __init__(self, directory: Path) -> None:
+    `return_path`: write the envelope sender as a first `Return-Path:` line, as a local delivery
+    agent does (set with `[bounces] address`, so the outbox shows where bounces would go; without
+    it the files stay exactly the prepared bytes)."""
+
+    def __init__(self, directory: Path, return_path: bool = False) -> None:
         self.directory = directory
+        self.return_path = return_path
         self.description = f"Maildir {directory} (no SMTP host configured)"
         self._box: mailbox.Maildir | None = None
 
@@ -144,6 +151,8 @@ class MaildirConnection:
                    ready: Awaitable[bool] | None = None, *, dot_safe: bool = False) -> Reply | None:
         if ready is not None and not await ready:
             return None
+        if self.transport.return_path:
+            raw = return_path(sender) + raw
         try:
             key = self.transport.box().add(raw)
         except OSError as exc:
@@ -161,7 +170,7 @@ def transport_for(project: Project) -> Transport:
         from newsletter.delivery.smtp import SmtpTransport
 
         return SmtpTransport(project.settings.smtp)
-    return MaildirTransport(project.outbox_dir)
+    return MaildirTransport(project.outbox_dir, return_path=project.settings.bounces.address is not None)
 
 
 # --- single messages --------------------------------------------------------------------------
@@ -178,13 +187,14 @@ def send_message_now(project: Project, message: EmailMessage) -> None:
     if "Bcc" in message:
         del message["Bcc"]
         raw = message.as_bytes(policy=SMTP_POLICY)
+    sender = plain_sender(project, senders[0][1])  # no delivery row: the plain bounce address
 
     async def deliver() -> None:
         transport = transport_for(project)
         connection = transport.connection()
         try:
             for recipient in recipients:
-                reply = await connection.send(senders[0][1], recipient, raw)
+                reply = await connection.send(sender, recipient, raw)
                 if reply is None or not reply.ok:
                     raise DeliveryError(f"the SMTP server refused the message to {recipient}: {reply}")
         finally:

@@ -36,8 +36,8 @@ from newsletter.audience.store import Store
 from newsletter.audience.tables import lists, subscribers
 from newsletter.db.schema import utcnow
 from newsletter.delivery.tables import deliveries, sends
+from newsletter.delivery.verp import read_tag
 from newsletter.feedback.tables import feedback_events
-from newsletter.feedback.verp import read_tag
 
 COUNTED_KINDS = frozenset({"hard", "soft", "complaint"})
 

@@ -40,7 +40,7 @@ from typing import Literal
 
 import flufl.bounce
 
-from newsletter.feedback.verp import tag_in_local
+from newsletter.delivery.verp import tag_in_local
 
 Kind = Literal["hard", "soft", "complaint"]
 Verdict = Literal["bounce", "complaint", "auto_reply", "delayed", "unrecognised"]

@@ -66,9 +66,9 @@ EMAIL_CSP = {"Content-Security-Policy": "default-src 'none'; img-src * data:; st
              "font-src * data:", **NO_STORE}
 
 
-def create_preview_app(project: Project, issue_path: Path) -> Starlette:
+def create_preview_app(project: Project, issue_path: Path, sample: str | None = None) -> Starlette:
     """The preview web app for one issue of one project (serve it on 127.0.0.1 only)."""
-    live = LiveIssue(project, Path(issue_path))
+    live = LiveIssue(project, Path(issue_path), sample)
     env = environment(project)  # the one Jinja environment; the preview's pages are templates/preview/*
 
     def page(name: str, **values: Any) -> Response:
@@ -191,7 +191,7 @@ def url_of(sock: socket.socket) -> str:
 
 
 def run_preview(project: Project, issue_path: Path, *, port: int = DEFAULT_PORT, open_browser: bool = True,
-                announce: Callable[[str], None] | None = None) -> None:
+                announce: Callable[[str], None] | None = None, sample: str | None = None) -> None:
     """Serve the preview until interrupted (Ctrl-C); open the browser once it answers."""
     issue_path = Path(issue_path)
     if not issue_path.is_file():
@@ -200,7 +200,7 @@ def run_preview(project: Project, issue_path: Path, *, port: int = DEFAULT_PORT,
     url = url_of(sock)
     if announce is not None:
         announce(url)
-    server = _Server(create_preview_app(project, issue_path))
+    server = _Server(create_preview_app(project, issue_path, sample))
     if open_browser:
         threading.Thread(target=_open_when_started, args=(server, url), daemon=True).start()
     try:

@@ -29,9 +29,10 @@ KEEPALIVE_SECONDS = 15.0
 class LiveIssue:
     """The current snapshot, re-rendered on change and broadcast to open pages."""
 
-    def __init__(self, project: Project, issue_path: Path) -> None:
+    def __init__(self, project: Project, issue_path: Path, sample: str | None = None) -> None:
         self.root = project.root
         self.issue_path = issue_path
+        self.sample = sample  # whose copy: an address on the lists, or the made-up reader
         self.outbox_dir = project.outbox_dir
         self.issue_file = issue_path.resolve()
         self.templates_dir = project.templates_dir
@@ -53,7 +54,8 @@ class LiveIssue:
             self._render_lock = asyncio.Lock()
         async with self._render_lock:
             version = self.snapshot.version + 1
-            snapshot = await anyio.to_thread.run_sync(build_snapshot, self.root, self.issue_path, version)
+            snapshot = await anyio.to_thread.run_sync(build_snapshot, self.root, self.issue_path, version,
+                                                      self.sample)
             async with self.changed:
                 self.snapshot = snapshot
                 self.changed.notify_all()

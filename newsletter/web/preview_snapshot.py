@@ -16,14 +16,17 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from html import escape as html_escape
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
+from newsletter.content.fields import GREETING_PLACEHOLDER, placeholder
 from newsletter.delivery import message
 from newsletter.errors import NewsletterError, Problem
 from newsletter.project import IssuePipeline, Project, open_project
+from newsletter.render.personal import values_for
 from newsletter.render.templates import UNSUBSCRIBE_PLACEHOLDER
 from newsletter.tokens import Tokens, unsubscribe_url
 
@@ -60,12 +63,32 @@ class Snapshot:
         return data
 
 
-def build_snapshot(root: Path, issue_path: Path, version: int = 0) -> Snapshot:
-    """Load settings and issue afresh, render, check; never raises for user mistakes."""
+def _sample_reader(project: Project, sample: str | None) -> message.Recipient:
+    """The made-up reader, or the subscriber `sample` names (an error if there is none)."""
+    if sample is None:
+        return SAMPLE_RECIPIENT
+    found = project.store.find_subscriber(sample)
+    if found is None:
+        raise NewsletterError(f"--as {sample}: no subscriber with this address")
+    return message.Recipient(found.email, found.name, found.id, 1, found.attributes)
+
+
+def _fill(part: str, values: list[str], greeting: str, *, escape: bool) -> str:
+    """A rendered part with the sample reader's values in its holes (as the send does in bytes)."""
+    quote = (lambda v: html_escape(v, quote=True)) if escape else (lambda v: v)
+    part = part.replace(GREETING_PLACEHOLDER, quote(greeting))
+    for index in sorted(range(len(values)), reverse=True):  # %%F10%% before %%F1%%
+        part = part.replace(placeholder(index), quote(values[index]))
+    return part
+
+
+def build_snapshot(root: Path, issue_path: Path, version: int = 0, sample: str | None = None) -> Snapshot:
+    """Load settings and issue afresh, render, check; never raises for user mistakes.
+    `sample`: the address of the subscriber whose copy to show (personal fields, greeting)."""
     started = time.perf_counter()
     stamp = datetime.now().strftime("%H:%M:%S")
     try:
-        snapshot = run_pipeline(root, issue_path)
+        snapshot = run_pipeline(root, issue_path, sample)
     except NewsletterError as error:
         return _failed(version, error.lines(), started, stamp)
     except OSError as error:
@@ -78,20 +101,23 @@ def build_snapshot(root: Path, issue_path: Path, version: int = 0) -> Snapshot:
                                render_ms=round((time.perf_counter() - started) * 1000, 1))
 
 
-def run_pipeline(root: Path, issue_path: Path) -> Snapshot:
+def run_pipeline(root: Path, issue_path: Path, sample: str | None = None) -> Snapshot:
     """The issue from its files to a subscriber's copy, as `send` would build it: load the
-    project and the issue, render, put in a sample unsubscribe link, prepare the message
-    (headers by the sending code itself, so the preview cannot drift from what `send` writes),
-    and run `newsletter check`. Raises for user mistakes."""
+    project and the issue, render, put in a sample unsubscribe link and the sample reader's
+    personal fields (a made-up reader, or the subscriber with the address `sample`), prepare the
+    message (headers by the sending code itself, so the preview cannot drift from what `send`
+    writes), and run `newsletter check`. Raises for user mistakes."""
     project = open_project(root, exact=True)
     issue = project.issue(issue_path)
     rendered = issue.rendered
     token = _sample_token(project)
     sample_url = unsubscribe_url(project.settings.newsletter.base_url, token)
-    html = rendered.html.replace(UNSUBSCRIBE_PLACEHOLDER, sample_url)
-    text = rendered.text.replace(UNSUBSCRIBE_PLACEHOLDER, sample_url)
+    reader = _sample_reader(project, sample)
+    values, greeting = values_for(rendered.fields, rendered.greeting, reader.name, reader.attributes or {})
+    html = _fill(rendered.html.replace(UNSUBSCRIBE_PLACEHOLDER, sample_url), values, greeting, escape=True)
+    text = _fill(rendered.text.replace(UNSUBSCRIBE_PLACEHOLDER, sample_url), values, greeting, escape=False)
     prepared = issue.prepared(list_name=SAMPLE_LIST_NAME, sign=False).prepared
-    headers, header_block = _headers(prepared.personalise(SAMPLE_RECIPIENT, token))
+    headers, header_block = _headers(prepared.personalise(reader, token))
     checks = _checks(issue)
     return Snapshot(version=0, ok=True, checks=checks, subject=rendered.subject,
                     preheader=rendered.preheader or "", html=html, text=text, headers=headers,

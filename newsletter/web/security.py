@@ -47,7 +47,7 @@ CSRF_SALT = "newsletter.csrf.v1"
 CSRF_COOKIE = "nl_csrf"
 CSRF_MAX_AGE = 24 * 3600
 
-_TOKEN_PATH = re.compile(r"^/(u|confirm)/[^/]+")
+_TOKEN_PATH = re.compile(r"^/(u|confirm|p)/[^/]+")  # unsubscribe, confirm, preferences
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -184,7 +184,7 @@ def client_ip(scope: Scope, trusted: list[Network]) -> str:
     """
     client = scope.get("client")
     peer = client[0] if client else ""
-    if not _in(peer, trusted):
+    if not trusted or not _in(peer, trusted):
         return peer
     hops: list[str] = []
     for name, value in scope.get("headers", []):

@@ -49,10 +49,9 @@ from newsletter.audience.addresses import (
     normalize_email,
     suppression_hash,
 )
-from newsletter.audience.leaving import Leave, leave_many
+from newsletter.audience.leaving import Leave, leave_batch
 from newsletter.audience.records import MailingList
 from newsletter.audience.store import open_store
-from newsletter.audience.tables import lists
 from newsletter.db.engine import DatabaseError
 from newsletter.db.health import probe
 from newsletter.project import Project
@@ -157,17 +156,19 @@ class Site:
         return (*found, info) if found and info else None
 
     def leave(self, conn: Connection, items: list[Leave]) -> list[tuple[ListInfo, str] | None]:
-        """A bulk writer job: `leave_many` and the lists' titles; per item (list, status before)
-        or None when the link names no membership."""
-        titles: dict[int, ListInfo | None] = {}
-        for list_id in {item.list_id for item in items}:
-            row = conn.execute(sa.select(lists).where(lists.c.id == list_id)).first()
-            titles[list_id] = self._info(MailingList(row.id, row.name, row.title, row.created_at)) \
-                if row else None
+        """A bulk writer job: `leave_batch` (which reads the lists' titles with the memberships);
+        per item (list, status before) or None when the link names no membership."""
         results: list[tuple[ListInfo, str] | None] = []
-        for item, found in zip(items, leave_many(conn, items), strict=True):
-            info = titles[item.list_id]
-            results.append((info, found[1]) if found and info else None)
+        infos: dict[tuple[int, str, str | None], ListInfo] = {}
+        for item, left in zip(items, leave_batch(conn, items), strict=True):
+            if left is None:
+                results.append(None)
+                continue
+            key = (item.list_id, left.list_name, left.list_title)
+            info = infos.get(key)
+            if info is None:
+                info = infos[key] = self._info(MailingList(item.list_id, left.list_name, left.list_title))
+            results.append((info, left.status))
         return results
 
     def count_hit(self, conn: Connection, limit: Limit, key: str) -> bool:

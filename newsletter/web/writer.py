@@ -109,8 +109,9 @@ class Writer:
     async def _wait(self, job: _Job) -> Any:
         job.waiter = asyncio.get_running_loop().create_future()
         self._submit(job)
-        # Shielded: a caller that goes away does not take the job out of a batch mid-way.
-        return await asyncio.shield(job.waiter)
+        # A caller that goes away (cancelled) cancels its waiter only: the job stays in its batch,
+        # and `_wake` skips the answer. (No `asyncio.shield`: an extra future per request.)
+        return await job.waiter
 
     def _block(self, job: _Job) -> Any:
         job.future = Future()

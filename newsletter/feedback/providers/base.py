@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from newsletter.delivery.verp import tag_of
 from newsletter.feedback.reports import classify, effective_status
-from newsletter.feedback.verp import tag_of
 
 TOLERANCE = 300  # seconds of clock difference accepted for Mailgun and generic timestamps
 # Hosts SNS signs from and sends SubscribeURLs for: sns.<region>.amazonaws.com(.cn).

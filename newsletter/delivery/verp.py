@@ -31,6 +31,8 @@ import hashlib
 import hmac
 from email.utils import parseaddr
 
+# The purpose string stays as first released (the module lived in feedback/ then): changing it
+# would invalidate every tag in mails already sent.
 PURPOSE = b"newsletter.feedback.verp.v1\x00"
 ID_BYTES = 6
 MAC_BYTES = 8
