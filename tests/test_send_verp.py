@@ -15,7 +15,6 @@ from newsletter.delivery.message import confirmation_message
 from newsletter.delivery.plan import plan_send
 from newsletter.delivery.sender import run_send
 from newsletter.delivery.transport import send_message_now
-from newsletter.errors import NewsletterError
 from newsletter.project import open_project
 from newsletter.tokens import signing_keys
 
@@ -107,13 +106,12 @@ def test_without_a_bounce_address_mail_from_is_the_from_address(smtp_project, sm
     assert run_send(plan_send(smtp_project, issue_path(smtp_project), "news")).status == "finished"
 
 
-def test_a_list_send_without_the_verp_scheme_is_refused(smtp_project, smtp_server, monkeypatch):
-    """With a bounce address a caller that forgets `verp=` gets an error, not untagged mail."""
+def test_the_library_send_tags_too(smtp_project, smtp_server, monkeypatch):
+    """`Project.send` (the Python API) goes out from the VERP addresses as the command does."""
     project = with_bounces(smtp_project, monkeypatch)
-    store, _, _ = make_list(project, 2)
-    with pytest.raises(NewsletterError, match=r"verp=newsletter\.feedback\.verp"):
-        run_send(plan_send(project, issue_path(project), "news"))
-    assert smtp_server.messages == [] and Journal(store).all() == []
+    make_list(project, 2)
+    assert project.send(issue_path(project), "news").sent == 2
+    assert all(verp.tag_of(m.mail_from, BOUNCES) for m in smtp_server.messages)
 
 
 def test_test_sends_and_the_confirmation_mail_use_the_plain_bounce_address(smtp_project, smtp_server,
