@@ -23,7 +23,14 @@ the same loop without it) and sets it against the send time per message of the s
 sent from a fresh project in the same run; prints the ratio with / without (target >= 0.9) and
 the per-message cost of filling the holes (personalise with and without the fields).
 
+`--topics K` does the same for topic variants (issue 14): the issue's sections after the first
+get K topics (round robin), the members every combination of them (2^K, none = no choice: the
+full issue), sent from a fresh project in the same run; prints the ratio with / without (the
+send renders one variant per distinct selection of sections: 2^K - 2 for K <= 4 here, all the
+rest get the full issue) and what rendering those variants took.
+
     .venv/bin/python bench/send.py [--n 20000] [--concurrency 4] [--runs 1] [--bounces] [--greeting]
+                                   [--topics 3]
 """
 
 from __future__ import annotations
@@ -57,6 +64,47 @@ def add_greeting(root: Path) -> None:
                                    "  Neues aus {{Kommune|Ihrer Kommune}}.\n\n", 1), encoding="utf-8")
 
 
+def topic_keys(k: int) -> list[str]:
+    return [f"thema{i + 1}" for i in range(k)]
+
+
+def add_topics(root: Path, k: int) -> None:
+    """The example issue's sections after the first tagged with one of k topics each (round
+    robin), and the topics declared for the list `bench`."""
+    keys = topic_keys(k)
+    path = root / ISSUE
+    lines, tagged = [], -1
+    for line in path.read_text(encoding="utf-8").splitlines():
+        lines.append(line)
+        if line.startswith("  - kind:"):
+            tagged += 1
+            if tagged:
+                lines.append(f"    topics: [{keys[(tagged - 1) % k]}]")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = root / "newsletter.toml"
+    config.write_text(config.read_text(encoding="utf-8") + "\n[topics.bench]\n"
+                      + "".join(f'{key} = "Thema {key[-1]}"\n' for key in keys), encoding="utf-8")
+
+
+VARIANT_RENDERS: list[float] = []  # seconds of each topic variant rendered since last cleared
+
+
+def time_variant_renders() -> None:
+    """Record how long each variant render of a send takes (the full issue's is the plan's)."""
+    import newsletter.delivery.variants as variants
+
+    real = variants.render_issue
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return real(*args, **kwargs)
+        finally:
+            VARIANT_RENDERS.append(time.perf_counter() - start)
+
+    variants.render_issue = timed
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -80,8 +128,9 @@ def start_sink(port: int) -> subprocess.Popen[bytes]:
     raise SystemExit(f"smtp-sink did not start: {sink.stderr.read().decode() if sink.stderr else ''}")
 
 
-def make_recipients(project, n: int) -> None:
-    """A list `bench` with n subscribed members (bulk insert: this is set-up, not measured)."""
+def make_recipients(project, n: int, topics: int = 0) -> None:
+    """A list `bench` with n subscribed members (bulk insert: this is set-up, not measured);
+    with `topics`, member i chose the combination i mod 2^topics of them (0: no choice)."""
     from newsletter.audience.store import open_store
     from newsletter.audience.tables import memberships, subscribers
     from newsletter.db.schema import utcnow
@@ -98,8 +147,14 @@ def make_recipients(project, n: int) -> None:
                  "created_at": now} for i in rows])
             conn.execute(memberships.insert(), [
                 {"subscriber_id": i + 1, "list_id": mailing_list.id, "status": "subscribed",
-                 "created_at": now, "updated_at": now} for i in rows])
+                 "created_at": now, "updated_at": now, "topics": choice(i, topics)} for i in rows])
     store.close()
+
+
+def choice(i: int, topics: int) -> list[str] | None:
+    """Member i's topics: the bits of i mod 2^topics; none chosen: NULL (no choice)."""
+    mask = i % (1 << topics) if topics else 0
+    return [key for bit, key in enumerate(topic_keys(topics)) if mask >> bit & 1] or None
 
 
 def message_size(project) -> int:
@@ -154,10 +209,11 @@ def per_message(n: int) -> tuple[float, float]:
 
 
 def send_once(n: int, concurrency: int, port: int, bounces: str | None,
-              greeting: bool = False) -> tuple[float, int]:
+              greeting: bool = False, topics: int = 0) -> tuple[float, int]:
     """(our seconds, message size) of one send from a fresh project; `bounces`: the
     `[bounces] address` (each message then goes out from its own VERP address); `greeting`: the
-    issue with personal fields."""
+    issue with personal fields; `topics`: the issue's sections tagged with that many topics and
+    the members' choices spread over their combinations."""
     from newsletter.delivery.plan import plan_send
     from newsletter.delivery.sender import run_send
     from newsletter.project import open_project
@@ -172,10 +228,12 @@ def send_once(n: int, concurrency: int, port: int, bounces: str | None,
         os.environ.pop("NEWSLETTER_BOUNCES__ADDRESS", None)
         if bounces:
             os.environ["NEWSLETTER_BOUNCES__ADDRESS"] = bounces
+        if topics:
+            add_topics(root, topics)
         project = open_project(root)
         if greeting:
             add_greeting(root)
-        make_recipients(project, n)
+        make_recipients(project, n, topics)
         size = message_size(project)
 
         start = time.perf_counter()
@@ -192,21 +250,27 @@ def send_once(n: int, concurrency: int, port: int, bounces: str | None,
 
 
 def one_run(n: int, concurrency: int, bounces: bool = False, variant_first: bool = False,
-            greeting: bool = False) -> tuple[float, float, int, float | None, float | None]:
+            greeting: bool = False, topics: int = 0
+            ) -> tuple[float, float, int, float | None, float | None, float | None]:
     """(our seconds, smtp-source's seconds, message size, our seconds with a bounce address or
-    None, our seconds with personal fields or None) of one run, each send from a fresh project,
-    all against one sink; the variants before or after the plain send, alternating by run."""
+    None, our seconds with personal fields or None, our seconds with topic variants or None) of
+    one run, each send from a fresh project, all against one sink; the variants before or after
+    the plain send, alternating by run."""
     port = free_port()
     sink = start_sink(port)
     try:
-        with_verp = with_greeting = None
+        with_verp = with_greeting = with_topics = None
+
+        def variants() -> tuple[float | None, float | None, float | None]:
+            return (send_once(n, concurrency, port, BOUNCES)[0] if bounces else None,
+                    send_once(n, concurrency, port, None, True)[0] if greeting else None,
+                    send_once(n, concurrency, port, None, topics=topics)[0] if topics else None)
+
         if variant_first:
-            with_verp = send_once(n, concurrency, port, BOUNCES)[0] if bounces else None
-            with_greeting = send_once(n, concurrency, port, None, True)[0] if greeting else None
+            with_verp, with_greeting, with_topics = variants()
         ours, size = send_once(n, concurrency, port, None)
         if not variant_first:
-            with_verp = send_once(n, concurrency, port, BOUNCES)[0] if bounces else None
-            with_greeting = send_once(n, concurrency, port, None, True)[0] if greeting else None
+            with_verp, with_greeting, with_topics = variants()
 
         start = time.perf_counter()
         subprocess.run([SOURCE, "-s", str(concurrency), "-m", str(n), "-l", str(size),
@@ -215,7 +279,7 @@ def one_run(n: int, concurrency: int, bounces: bool = False, variant_first: bool
     finally:
         sink.kill()
         sink.wait()
-    return ours, reference, size, with_verp, with_greeting
+    return ours, reference, size, with_verp, with_greeting, with_topics
 
 
 def personalise_cost(n: int) -> tuple[float, float]:
@@ -262,16 +326,25 @@ def main() -> None:
                         help=f"also send with [bounces] address = {BOUNCES} (VERP) and compare")
     parser.add_argument("--greeting", action="store_true",
                         help="also send the issue with a greeting and a personal field and compare")
+    parser.add_argument("--topics", type=int, default=0, metavar="K",
+                        help="also send the issue with sections tagged with K topics (1-4) to members "
+                             "with every combination of them, and compare")
     args = parser.parse_args()
+    if not 0 <= args.topics <= 4:
+        parser.error("--topics: 1 to 4 (the example issue has 5 sections, the first untagged)")
+    if args.topics:
+        time_variant_renders()
     for tool in (SINK, SOURCE):
         if not Path(tool).exists():
             raise SystemExit(f"{tool} missing: apt-get install postfix (the daemon is not needed)")
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-    ratios, verp_ratios, greeting_ratios, sends = [], [], [], []
+    ratios, verp_ratios, greeting_ratios, topic_ratios, sends = [], [], [], [], []
     for run in range(1, args.runs + 1):
-        ours, reference, size, with_verp, with_greeting = one_run(
-            args.n, args.concurrency, args.bounces, variant_first=run % 2 == 0, greeting=args.greeting)
+        VARIANT_RENDERS.clear()
+        ours, reference, size, with_verp, with_greeting, with_topics = one_run(
+            args.n, args.concurrency, args.bounces, variant_first=run % 2 == 0, greeting=args.greeting,
+            topics=args.topics)
         our_rate, ref_rate = args.n / ours, args.n / reference
         ratios.append(our_rate / ref_rate)
         sends.append(ours)
@@ -294,6 +367,17 @@ def main() -> None:
             print(f"{prefix}with greeting:   {with_greeting:7.2f} s  {args.n / with_greeting:8.0f} msg/s")
             print(f"{prefix}ratio with/without personal fields: {greeting_ratios[-1]:.2f}  "
                   f"(target >= {GREETING_TARGET})")
+        if with_topics is not None:
+            topic_ratios.append(ours / with_topics)
+            rendering = sum(VARIANT_RENDERS)
+            print(f"{prefix}with {args.topics} topics:  {with_topics:7.2f} s  "
+                  f"{args.n / with_topics:8.0f} msg/s  "
+                  f"({1 << args.topics} combinations among the members; {len(VARIANT_RENDERS)} variants "
+                  f"rendered in {rendering:.2f} s)")
+            print(f"{prefix}ratio with/without topics: {topic_ratios[-1]:.2f}  (rendering the variants "
+                  f"alone allows {ours / (ours + rendering):.3f})")
+    if args.runs > 1 and topic_ratios:
+        print(f"with/without topics over {args.runs} runs: median {statistics.median(topic_ratios):.2f}")
     if args.runs > 1:
         print(f"ratio over {args.runs} runs: best {max(ratios):.2f}, "
               f"median {statistics.median(ratios):.2f}, worst {min(ratios):.2f}  (target >= {TARGET})")

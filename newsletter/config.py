@@ -152,7 +152,7 @@ def _address(value: str) -> str:
     """A bare address (`bounces@example.org`): the envelope sender's base, no display name."""
     value = _no_control_chars(value.strip())
     local, _, domain = value.rpartition("@")
-    if not local or "." not in domain or any(c in value for c in " <>,;\"+"):
+    if not local or not domain or any(c in value for c in " <>,;\"+"):
         raise ValueError(f"`{value}` is not a bare e-mail address such as bounces@example.org "
                          "(without a name, without `+`)")
     return value

@@ -103,7 +103,8 @@ class Project:
         """Load and validate an issue file (raises IssueInvalid with every problem)."""
         from newsletter.content.validate import load_issue
 
-        return IssuePipeline(self, load_issue(path, strict=strict))
+        declared = {key for keys in self.settings.topics.values() for key in keys}
+        return IssuePipeline(self, load_issue(path, strict=strict, topics=declared))
 
     # -- subscribers --------------------------------------------------------------------------
 

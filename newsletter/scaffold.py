@@ -12,14 +12,20 @@ from newsletter.project import CONFIG_NAME
 
 SKELETON = "skeleton"
 
-NEW_ISSUE = """\
-# yaml-language-server: $schema=../issue.schema.json
+MODELINE = "# yaml-language-server: $schema=../issue.schema.json\n"
+
+# The top of every new issue: the placeholders the editor replaces (subject, preheader, intro).
+NEW_ISSUE_HEAD = """\
 subject: "Newsletter {month}"
 preheader: Worum es in dieser Ausgabe geht
 date: {date}
 intro: |
   Liebe Leserinnen und Leser,
 
+"""
+
+# The example section of an issue started without feeds (and of a draft whose feeds had nothing).
+NEW_ISSUE_SECTIONS = """\
 sections:
   - kind: digest
     heading: Smart zu wissen
@@ -31,6 +37,9 @@ sections:
           - label: Alle Informationen
             url: https://example.org/
 """
+
+MONTHS = ("Januar", "Februar", "März", "April", "Mai", "Juni", "Juli", "August", "September",
+          "Oktober", "November", "Dezember")
 
 
 def init_project(directory: Path) -> list[Path]:
@@ -57,17 +66,27 @@ def init_project(directory: Path) -> list[Path]:
     return created
 
 
-def new_issue(directory: Path, when: date) -> Path:
-    """Write a skeleton issue `directory/YYYY-MM.yaml` (or -2, -3 … if taken)."""
+def issue_head(when: date, comment: str = "") -> str:
+    """The start of a new issue dated `when`: the modeline, `comment` (lines starting with `#`)
+    and the placeholders for subject, preheader, date and intro; `sections:` follows."""
+    head = NEW_ISSUE_HEAD.format(month=f"{MONTHS[when.month - 1]} {when.year}", date=when.isoformat())
+    return MODELINE + comment + head
+
+
+def new_issue(directory: Path, when: date, text: str | None = None) -> Path:
+    """Write a new issue `directory/YYYY-MM.yaml` (or -2, -3 … if taken): `text`, or by default
+    the skeleton. Never overwrites a file, not even one created meanwhile by someone else."""
     directory.mkdir(parents=True, exist_ok=True)
+    if text is None:
+        text = issue_head(when) + NEW_ISSUE_SECTIONS
     stem = f"{when:%Y-%m}"
     path = directory / f"{stem}.yaml"
     n = 2
-    while path.exists():
-        path = directory / f"{stem}-{n}.yaml"
-        n += 1
-    months = ["Januar", "Februar", "März", "April", "Mai", "Juni", "Juli", "August",
-              "September", "Oktober", "November", "Dezember"]
-    text = NEW_ISSUE.format(month=f"{months[when.month - 1]} {when.year}", date=when.isoformat())
-    path.write_text(text, encoding="utf-8")
-    return path
+    while True:
+        try:
+            with path.open("x", encoding="utf-8") as file:  # exclusive: fails if it exists
+                file.write(text)
+            return path
+        except FileExistsError:
+            path = directory / f"{stem}-{n}.yaml"
+            n += 1

@@ -19,10 +19,12 @@ import sqlalchemy as sa
 from imap_tools import MailBox
 from imapserver import ImapServerUnavailable, start_server
 
-from newsletter.delivery.tables import deliveries
-from newsletter.delivery.verp import mint_tag
-from newsletter.feedback.intake import ledger_for
+from newsletter.audience.tables import memberships, new_token_id, subscribers
+from newsletter.delivery.tables import deliveries, sends
+from newsletter.delivery.verp import mint_tag, read_tag
+from newsletter.feedback.intake import fetch_reports, ledger_for
 from newsletter.feedback.ledger import Event
+from newsletter.feedback.reports import Feedback, read_report
 from newsletter.project import Project, open_project
 from newsletter.tokens import signing_keys
 
@@ -265,3 +267,73 @@ def test_bounces_fetch_over_imaps_with_the_configured_mailbox(sent: Project,
             assert len(box.uids("ALL")) == 1
     finally:
         server.stop()
+
+
+# --- every report of the corpus, taken in: the status change and the consent-log entry ----------
+
+CORPUS = Path(__file__).parent / "feedback_corpus"
+CORPUS_KEY = "feedback-test-key"  # the key the corpus's VERP tags were minted with
+COUNTED = sorted(p.name for p in CORPUS.glob("*.eml")
+                 if read_report(p.read_bytes(), "bounces").verdict in ("bounce", "complaint")
+                 or read_report(p.read_bytes(), "root").verdict in ("bounce", "complaint"))
+
+
+def _member_for(project: Project, finding: Feedback, list_id: int, n: int) -> int:
+    """The subscriber a report's finding names: by its tag (with the send and the delivery row the
+    tag points at), else by its address."""
+    now = datetime.now(UTC)
+    pair = read_tag([CORPUS_KEY], finding.tag) if finding.tag else None
+    if pair is not None and project.store.subscriber(pair[1]) is not None:
+        return pair[1]  # one message to two recipients, one tag (we never send such): the same member
+    email = finding.recipient or f"redacted{n}@example.org"
+    with project.store.write() as conn:
+        values = {"email": email, "email_key": email.lower(), "token_id": new_token_id(), "created_at": now,
+                  "attributes": {}}
+        if pair is not None:
+            values["id"] = pair[1]
+        subscriber_id = conn.execute(subscribers.insert().values(**values)
+                                     .returning(subscribers.c.id)).scalar_one()
+        conn.execute(memberships.insert().values(subscriber_id=subscriber_id, list_id=list_id,
+                                                 status="subscribed", created_at=now, updated_at=now))
+        if pair is not None:
+            conn.execute(sends.insert().values(id=pair[0], issue_slug=f"s{pair[0]}", list_id=list_id,
+                                               content_hash="x", subject="S", status="finished",
+                                               transport="smtp"))
+            conn.execute(deliveries.insert().values(send_id=pair[0], subscriber_id=subscriber_id,
+                                                    email=email, status="sent",
+                                                    message_id=finding.message_id))
+    return int(subscriber_id)
+
+
+@pytest.mark.parametrize("name", COUNTED)
+def test_each_corpus_report_changes_the_member_and_logs_why(project_dir: Path, tmp_path: Path, name: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = (CORPUS / name).read_bytes()
+    local = "root" if name.startswith("postfix") else "bounces"  # Postfix's were sent as root+TAG
+    monkeypatch.setenv("NEWSLETTER_SECRET__TOKEN", CORPUS_KEY)
+    if local == "root":
+        monkeypatch.setenv("NEWSLETTER_BOUNCES__ADDRESS", "root@localhost")
+    project = open_project(project_dir)
+    news = project.store.create_list("news")
+    report = read_report(raw, local)
+    members = [_member_for(project, finding, news.id, n) for n, finding in enumerate(report.findings)]
+    inbox = mailbox.Maildir(tmp_path / "in", create=True)
+    inbox.add(raw)
+
+    result = fetch_reports(project, project.store, mailbox=str(tmp_path / "in"))
+    taken = result.messages[0].taken
+    seen: set[int] = set()
+    for finding, member, outcome in zip(report.findings, members, taken, strict=True):
+        status = project.store.membership_status(member, news.id)
+        history = project.store.history(member)
+        if finding.kind == "soft":
+            assert (outcome.outcome, status, history) == ("counted", "subscribed", [])
+        else:
+            expected = "complained" if finding.kind == "complaint" else "bounced"
+            assert status == expected, name
+            assert outcome.outcome == ("unchanged" if member in seen else expected), name
+            seen.add(member)
+            last = history[-1]
+            source = "bounce" if expected == "bounced" else "complaint"
+            assert (last.action, last.source) == (expected, source)
+            assert last.detail and (finding.status or "complaint") in last.detail

@@ -302,3 +302,36 @@ def test_a_dead_imports_leftovers_are_deleted_a_live_ones_kept(tmp_path: Path, d
             assert conn.execute(sa.select(imports.c.pid)).scalars().all() == [live.pid]
     finally:
         live.communicate(b"")
+
+
+def test_a_send_runs_while_a_large_import_runs(tmp_path: Path, db, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole send of another list happens in the middle of a 50,000-row import (stopped after
+    its first write batch, so the two surely overlap): no error in either, every member of the
+    other list gets the issue once, and the import then completes."""
+    from newsletter.project import open_project
+    from newsletter.scaffold import init_project
+
+    url, store, _news = db
+    other = store.create_list("other")
+    for i in range(300):
+        store.add_subscriber(f"reader{i:03d}@example.net", other.id, confirmed=True)
+    root = tmp_path / "project"
+    init_project(root)
+    monkeypatch.setenv("NEWSLETTER_DATABASE__URL", url)
+    project = open_project(root)
+
+    importer = Importer.start(tmp_path, url, write_csv(tmp_path / "big.csv", ROWS), pause="batches")
+    try:
+        assert importer.next_event()["event"] == "batch"  # one batch published, more to come
+        report = project.send(root / "issues" / "2026-02.yaml", "other")
+        assert importer.proc.poll() is None  # the import is still under way
+        while importer.events[-1]["event"] == "batch":
+            importer.go()
+            importer.next_event()
+        import_report = importer.finish()
+    finally:
+        if importer.proc.poll() is None:
+            importer.kill()
+    assert (report.sent, report.failed_permanent, report.pending) == (300, 0, 0)
+    assert import_report["added"] == ROWS
+    assert len(list(project.outbox_dir.glob("new/*"))) == 300

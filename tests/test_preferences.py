@@ -241,14 +241,21 @@ def test_tampered_and_foreign_tokens_answer_400(served: Served) -> None:
     payload, signature = token.rsplit(".", 1)
     unsubscribe = served.tokens.mint_unsubscribe(served.token_id(sid), served.list_id)
     other_key = Tokens(["another key"]).mint_preferences(served.token_id(sid))
-    bad = [f"{payload}.{signature[:-2]}xx", f"{payload}x.{signature}", unsubscribe, other_key, "test", "x.y"]
+    bad = [f"{payload}.{signature[:-2]}xx", f"{payload}x.{signature}", unsubscribe, other_key, "x.y"]
     with served.client() as client:
-        for value in bad:
-            for sub in ("", "/daten", "/export.json", "/loeschen"):
+        # `/p/test` is the link in test sends: a page saying so, nothing changes.
+        for method in ("GET", "POST"):
+            answer = client.request(method, "/p/test")
+            assert answer.status_code == 200 and "Testversand" in answer.text
+        for value in [*bad, "test"]:
+            for sub in ("/daten", "/export.json", "/loeschen"):
                 url = f"/p/{value}{sub}"
                 answer = client.get(url)
                 assert answer.status_code == 400, url
                 assert "Ungültiger Link" in answer.text
+        for value in bad:
+            answer = client.get(f"/p/{value}")
+            assert answer.status_code == 400 and "Ungültiger Link" in answer.text, value
             assert client.post(f"/p/{value}", data={"change": "name", "name": "x"}).status_code == 400
             assert client.post(f"/p/{value}/loeschen", data={}).status_code == 400
     assert served.store.subscriber(sid) is not None

@@ -100,3 +100,16 @@ def test_the_preview_shows_a_chosen_readers_copy(members: Project) -> None:
     assert not re.search(r"%%(F\d+|GREETING)%%", chosen.html + chosen.text)  # no hole left
     with pytest.raises(NewsletterError, match=re.escape("--as nobody@example.org: no subscriber")):
         run_pipeline(members.root, path, "nobody@example.org")
+
+
+def test_every_mail_links_to_the_readers_own_preference_page(members: Project) -> None:
+    from newsletter.tokens import Tokens
+
+    members.send(_issue(members), "news")
+    tokens = Tokens.for_project(members)
+    base = members.settings.newsletter.base_url
+    for address, (text, html) in _received(members).items():
+        links = re.findall(re.escape(base) + r"/p/([A-Za-z0-9_.\-]+)", text)
+        assert len(links) == 1 and f'href="{base}/p/{links[0]}"' in html
+        subscriber = members.store.find_subscriber(address)
+        assert subscriber is not None and tokens.read_preferences(links[0]) == subscriber.token_id

@@ -8,6 +8,7 @@ joining the tables directly.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
@@ -42,16 +43,25 @@ def list_names() -> sa.Subquery:
 
 
 # Built once: it runs in every group commit of a send (building it costs more than the SQL).
-_STATUSES = sa.select(memberships.c.subscriber_id, memberships.c.status).where(
+_STATES = sa.select(memberships.c.subscriber_id, memberships.c.status, memberships.c.paused_until).where(
     memberships.c.list_id == sa.bindparam("list"),
     memberships.c.subscriber_id.in_(sa.bindparam("ids", expanding=True)))
 
 
-def membership_statuses(conn: sa.Connection, list_id: int,
-                        subscriber_ids: Sequence[int]) -> dict[int, str]:
-    """subscriber id → membership status on the list, for those of `subscriber_ids` that have a
-    membership; one query, inside the caller's transaction (the send checks, then claims)."""
-    return dict(conn.execute(_STATUSES, {"list": list_id, "ids": list(subscriber_ids)}).all())
+def membership_states(conn: sa.Connection, list_id: int,
+                      subscriber_ids: Sequence[int]) -> dict[int, tuple[str, datetime | None]]:
+    """subscriber id → (membership status on the list, paused until), for those of
+    `subscriber_ids` that have a membership; one query, inside the caller's transaction (the
+    send checks, then claims)."""
+    rows = conn.execute(_STATES, {"list": list_id, "ids": list(subscriber_ids)})
+    return {row.subscriber_id: (row.status, row.paused_until) for row in rows}
+
+
+def member_topics() -> sa.Subquery:
+    """(subscriber_id, list_id, topics) of every membership: the topics the member chose on that
+    list (a JSON list of keys; NULL: no choice, every section)."""
+    return sa.select(memberships.c.subscriber_id, memberships.c.list_id,
+                     memberships.c.topics).subquery("member_topics")
 
 
 def attribute_names(conn: sa.Connection, list_id: int) -> set[str]:

@@ -27,6 +27,8 @@ class Member:
     email: str
     name: str | None
     token_id: str = ""  # for the member's unsubscribe link: `Tokens.mint_unsubscribe(token_id, list_id)`
+    topics: Any = None  # `memberships.topics` as stored: the keys chosen; None: no choice
+    paused_until: datetime | None = None  # paused on the preference page until then
 
 
 @dataclass(frozen=True)

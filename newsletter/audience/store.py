@@ -237,16 +237,17 @@ class Store:
     def members(self, list_id: int, status: str | None = "subscribed") -> list[Member]:
         """Members of a list with `status` (None: every status), in subscription order."""
         query = (
-            sa.select(subscribers.c.id, subscribers.c.email, subscribers.c.name, subscribers.c.token_id)
+            sa.select(subscribers.c.id, subscribers.c.email, subscribers.c.name, subscribers.c.token_id,
+                      memberships.c.topics, memberships.c.paused_until)
             .join(memberships, memberships.c.subscriber_id == subscribers.c.id)
-            .where(memberships.c.list_id == list_id)
-            .order_by(subscribers.c.id)
+            .where(memberships.c.list_id == list_id).order_by(subscribers.c.id)
         )
         if status is not None:
             check_status(status)
             query = query.where(memberships.c.status == status)
         with self.read() as conn:
-            return [Member(r.id, r.email, r.name, r.token_id) for r in conn.execute(query)]
+            return [Member(r.id, r.email, r.name, r.token_id, r.topics, r.paused_until)
+                    for r in conn.execute(query)]
 
     def token_ids(self, list_id: int) -> dict[int, str]:
         """subscriber id → token_id of every member of a list (any status): the links of a send."""

@@ -34,7 +34,7 @@ def validate(
     failed = False
     for file in files:
         try:
-            loaded = load_issue(file, strict=strict)
+            loaded = load_issue(file, strict=strict, topics=_declared_topics(file))
         except NewsletterError as error:
             failed = True
             for line in error.lines():
@@ -48,6 +48,18 @@ def validate(
               f"{_plural(len(issue.sections), 'section')}, {_plural(items, 'item')}")
     if failed:
         raise typer.Exit(1)
+
+
+def _declared_topics(file: Path) -> set[str] | None:
+    """Every topic key the issue's project declares (`[topics.<list>]`), to warn about others;
+    None when no project (or no readable newsletter.toml) is around the file: nothing to check."""
+    from newsletter.project import open_project
+
+    try:
+        settings = open_project(near=file).settings
+    except NewsletterError:
+        return None
+    return {key for keys in settings.topics.values() for key in keys}
 
 
 def _plural(count: int, noun: str) -> str:
@@ -109,23 +121,77 @@ def new(
         typer.Option("--dir", help="Where to put the file (default: the project's issues/).",
                      show_default=False),
     ] = None,
+    from_feed: Annotated[
+        list[str] | None,
+        typer.Option("--from-feed", metavar="URL", show_default=False,
+                     help="An RSS or Atom feed whose entries become `news` items (repeat for more)."),
+    ] = None,
+    from_ics: Annotated[
+        list[str] | None,
+        typer.Option("--from-ics", metavar="URL", show_default=False,
+                     help="An iCalendar feed whose events become an `events` section (repeatable)."),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", show_default=False,
+                     help="Only feed entries from this day on; default: the date of the latest issue."),
+    ] = None,
     project: ProjectOption = None,
 ) -> None:
-    """Start a new issue file from a skeleton, named after its date.
+    """Start a new issue file from a skeleton, named after its date; or a draft from feeds.
 
     Example: [bold]newsletter new --date 2026-03-01[/bold]
+
+    Example: [bold]newsletter new --from-feed https://www.musterstadt.de/aktuelles.rss
+    --from-ics https://www.musterstadt.de/termine.ics[/bold]
     """
+    when = _day_option("--date", on) or date.today()
+    feeds, calendars = from_feed or [], from_ics or []
+    if since is not None and not (feeds or calendars):
+        fail(NewsletterError(problems=[Problem("--since", None, None, "",
+                                               "only with --from-feed or --from-ics")]))
+    since_day = _day_option("--since", since)
+    if not (feeds or calendars):
+        if directory is None:
+            directory = get_project(project).issues_dir
+        with user_errors():
+            path = scaffold.new_issue(directory, when)
+        console.print(f"created {_relative(path)}", markup=False)
+        return
+    from newsletter.editorial import draft_from_feeds, latest_issue_date
+    from newsletter.project import Project, open_project
+
+    found: Project | None
+    if directory is None:
+        found = get_project(project)
+        directory = found.issues_dir
+    else:
+        try:
+            found = open_project(project, near=directory)
+        except NewsletterError:
+            found = None  # outside a project: the default time zone
+    if since is None:
+        since_day = latest_issue_date(directory)
+    with user_errors():
+        text, problems = draft_from_feeds(found, feeds, calendars, since_day, on=when)
+    for problem in problems:
+        plain(problem.format(), err=True)
+    if text is None:
+        plain("no feed could be read; no file written", err=True)
+        raise typer.Exit(1)
+    with user_errors():
+        path = scaffold.new_issue(directory, when, text)
+    console.print(f"created {_relative(path)}", markup=False)
+
+
+def _day_option(option: str, value: str | None) -> date | None:
+    """The date an option gives (`parse_day`), or exit 1 saying what is wrong with it."""
     from newsletter.content.model import parse_day
 
     try:
-        when = parse_day(on) if on else date.today()
+        return parse_day(value) if value else None
     except ValueError as exc:
-        fail(NewsletterError(problems=[Problem("--date", None, None, "", str(exc))]))
-    if directory is None:
-        directory = get_project(project).issues_dir
-    with user_errors():
-        path = scaffold.new_issue(directory, when)
-    console.print(f"created {_relative(path)}", markup=False)
+        fail(NewsletterError(problems=[Problem(option, None, None, "", str(exc))]))
 
 
 def _relative(path: Path) -> Path:

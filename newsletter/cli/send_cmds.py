@@ -127,7 +127,7 @@ def _dry_run(plan: "SendPlan", out: Path | None) -> None:
         say("Left out (not subscribed): " + ", ".join(f"{n} {status}" for status, n in others.items())
             + ".")
     for line in unbuildable:
-        say(f"Left out, the message cannot be built: {escape(line)}", err=True)
+        say(f"Left out: {escape(line)}", err=True)
 
 
 def _summary(plan: "SendPlan") -> None:

@@ -164,6 +164,23 @@ ClockTime = Annotated[
 ]
 Pixels = Annotated[int, Field(gt=0, le=10000)]
 
+# A topic key as `[topics.<list>]` in newsletter.toml declares it (config.py checks the same form).
+_TOPIC_KEY = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}\Z")
+
+
+def _topic_key(value: str) -> str:
+    value = value.strip()
+    if not _TOPIC_KEY.match(value):
+        hint = f" (write `{value.lower()}`)" if _TOPIC_KEY.match(value.lower()) else ""
+        raise ValueError(f"`{value}` is not a topic key{hint}: keys are short, lower-case letters, "
+                         "digits, `-` and `_`, as declared under `[topics.<list>]` in newsletter.toml")
+    return value
+
+
+TopicKey = Annotated[str, AfterValidator(_topic_key)]
+TOPICS_DESCRIPTION = ("topic keys, e.g. [verkehr, bildung]: only members who chose one of them (or no "
+                      "topic at all) get this section; without `topics` everybody does")
+
 
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -338,6 +355,7 @@ Block = Annotated[
 class SectionBase(Model):
     heading: Text = Field(description="the section's heading, e.g. `Smart zu wissen`")
     intro: Markdown | None = None
+    topics: list[TopicKey] = Field(default_factory=list, description=TOPICS_DESCRIPTION)
 
 
 class DigestSection(SectionBase):
@@ -380,6 +398,7 @@ class ArticleSection(Model):
     blocks: list[Block] = Field(default_factory=list)
     gallery: list[Image] = Field(default_factory=list)
     link: Link | None = Field(None, description="e.g. the full report on the website")
+    topics: list[TopicKey] = Field(default_factory=list, description=TOPICS_DESCRIPTION)
 
 
 class TextSection(SectionBase):

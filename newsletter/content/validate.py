@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import UnionType
@@ -23,6 +23,7 @@ from pydantic_core import PydanticCustomError
 from newsletter.content import model
 from newsletter.content.model import Image, Issue
 from newsletter.content.source import Loc, SourceMap, dotted, read_yaml
+from newsletter.content.topics import raw_warnings
 from newsletter.errors import IssueInvalid, Problem
 
 SUBJECT_MAX = 78
@@ -39,11 +40,14 @@ class LoadedIssue:
     warnings: list[Problem] = field(default_factory=list)
 
 
-def load_issue(path: str | Path, *, strict: bool = False) -> LoadedIssue:
+def load_issue(path: str | Path, *, strict: bool = False,
+               topics: Collection[str] | None = None) -> LoadedIssue:
     """Read and validate one issue file.
 
     Raises `IssueInvalid` carrying every error (and, with ``strict``, every warning
-    as an error). Returns the issue with its remaining warnings otherwise.
+    as an error). Returns the issue with its remaining warnings otherwise. `topics`: the topic
+    keys the project declares (every `[topics.<list>]`); a section's key outside them is a
+    warning (None: not checked, e.g. no project around the file).
     """
     path = Path(path)
     data, smap = read_yaml(path)
@@ -57,6 +61,8 @@ def load_issue(path: str | Path, *, strict: bool = False) -> LoadedIssue:
         data["slug"] = _slug_from_filename(path)
     # Warnings come from the raw data, so a file with errors shows its warnings too.
     warnings = list(_semantic_problems(data, smap))
+    if topics is not None:
+        warnings += raw_warnings(data, smap, topics)
     errors: list[Problem] = []
     try:
         issue = Issue.model_validate(data)

@@ -15,7 +15,7 @@ finished).
 
 Writes are batched ("group commit"): one transaction records the results of the messages that
 just finished, checks the subscription state of the next recipients (one query through
-`audience.queries.membership_statuses`) and marks them `sending`.
+`audience.queries.membership_states`: status and pause) and marks them `sending`.
 
 A run of a send holds a *lease*: a `send_workers` row (random worker id, host, pid) taken in
 `start`'s write transaction, renewed every `Worker.heartbeat` seconds (`heartbeat`, from the send
@@ -38,13 +38,13 @@ the query pieces of `audience/queries.py`. See docs/data-model.md.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
-from newsletter.audience.queries import list_names, membership_statuses
+from newsletter.audience.queries import list_names, membership_states
 from newsletter.db.schema import UtcDateTime, utcnow
 from newsletter.delivery.lease import (
     LEASE_ROW,
@@ -102,6 +102,18 @@ CLAIM = deliveries.update().where(_ROW, _IS_OPEN).values(
     worker_id=sa.bindparam("worker"))
 _SKIP = deliveries.update().where(_ROW, _IS_OPEN).values(
     status="skipped", updated_at=sa.bindparam("now"), smtp_code=None, smtp_reply=sa.bindparam("reply"))
+
+
+def _not_mailed(state: tuple[str, datetime | None] | None, now: datetime) -> str | None:
+    """Why a member is not mailed now (the journal's `smtp_reply` of the skipped row), or None:
+    no longer subscribed, or paused on the preference page (final for this send: the member
+    gets the sends after the pause)."""
+    if state is None or state[0] != "subscribed":
+        return f"not sent: membership is {state[0] if state else 'gone'}"
+    paused_until = state[1]
+    if paused_until is not None and paused_until > now:
+        return f"not sent: paused until {paused_until:%Y-%m-%d}"
+    return None
 
 
 class ContentChanged(NewsletterError):
@@ -163,7 +175,7 @@ class Journal(JournalReader):
                 .where(~sa.exists(done))
                 .order_by(members.c.subscriber_id)))
             order = deliveries.c.subscriber_id.desc() if joined else deliveries.c.subscriber_id
-            jobs = jobs_in(conn, send_id, OPEN, order, attributes=self.attributes)
+            jobs = jobs_in(conn, send_id, OPEN, order, attributes=self.attributes, topics=self.topics)
         info = self.get(send_id)
         assert info is not None
         return Resume(info, resumed, jobs, joined)
@@ -222,14 +234,17 @@ class Journal(JournalReader):
                 return []
             hand_on(conn, send_id, now)
             return jobs_in(conn, send_id, ("pending",), deliveries.c.subscriber_id,
-                           attributes=self.attributes)
+                           attributes=self.attributes, topics=self.topics)
 
     # --- the group commit -------------------------------------------------------------------
 
     def commit(self, send_id: int, list_id: int, worker: Worker, outcomes: Iterable[Outcome],
-               candidates: Sequence[Job], message_ids: dict[int, str]) -> Claimed:
+               candidates: Sequence[Job], message_ids: dict[int, str],
+               reasons: Mapping[int, str] | None = None) -> Claimed:
         """One transaction: record outcomes, then — while `worker`'s lease is live — take the
-        candidates whose rows are still open, check their subscription, mark them `sending`."""
+        candidates whose rows are still open, check their subscription and pause, mark them
+        `sending`. `reasons`: candidates the send decided not to mail (subscriber id → why, e.g.
+        no section for their topics): `skipped` with that reason, if still subscribed."""
         now = utcnow()
         # Rows are locked in subscriber order everywhere (the claim, `hand_on`): no deadlocks.
         outcomes = sorted(outcomes, key=lambda o: o.job.subscriber_id)
@@ -249,9 +264,14 @@ class Journal(JournalReader):
                 "send": send_id, "sids": [c.subscriber_id for c in candidates]}).scalars())
             mine = [c for c in candidates if c.subscriber_id in open_now]
             taken = [c for c in candidates if c.subscriber_id not in open_now]
-            status = membership_statuses(conn, list_id, [c.subscriber_id for c in mine])
-            go = [c for c in mine if status.get(c.subscriber_id) == "subscribed"]
-            skip = [c for c in mine if status.get(c.subscriber_id) != "subscribed"]
+            states = membership_states(conn, list_id, [c.subscriber_id for c in mine])
+            go, skip = [], []
+            for c in mine:
+                why = _not_mailed(states.get(c.subscriber_id), now) or (reasons or {}).get(c.subscriber_id)
+                if why is None:
+                    go.append(c)
+                else:
+                    skip.append((c, why))
             if go:
                 claimed = conn.execute(CLAIM, [
                     {"send": send_id, "sid": c.subscriber_id, "mid": message_ids.get(c.subscriber_id),
@@ -259,11 +279,9 @@ class Journal(JournalReader):
                 if conn.dialect.supports_sane_multi_rowcount and claimed != len(go):
                     raise ClaimConflict(f"claimed {claimed} of {len(go)} open rows of send #{send_id}")
             if skip:
-                conn.execute(_SKIP, [
-                    {"send": send_id, "sid": c.subscriber_id, "now": now,
-                     "reply": f"not sent: membership is {status.get(c.subscriber_id) or 'gone'}"}
-                    for c in skip])
-        return Claimed(go, skip, taken)
+                conn.execute(_SKIP, [{"send": send_id, "sid": c.subscriber_id, "now": now, "reply": why}
+                                     for c, why in skip])
+        return Claimed(go, [c for c, _why in skip], taken)
 
     def heartbeat(self, worker: Worker, send_id: int | None = None) -> bool:
         """Renew `worker`'s lease; False if it is no longer live (expired or released): the

@@ -36,8 +36,8 @@ from newsletter.errors import HeaderInjection, NewsletterError, Problem
 from newsletter.headers import first_unsafe
 from newsletter.project import Project
 from newsletter.render.personal import values_for
-from newsletter.render.templates import UNSUBSCRIBE_PLACEHOLDER
-from newsletter.tokens import signing_keys, unsubscribe_url
+from newsletter.render.templates import PREFERENCES_PLACEHOLDER, UNSUBSCRIBE_PLACEHOLDER
+from newsletter.tokens import preferences_url, signing_keys, unsubscribe_url
 
 MAX_LINE = 998
 DKIM_HEADERS = (
@@ -161,7 +161,8 @@ def _crlf(text: str) -> str:
 
 
 # Every per-recipient value in a body: the unsubscribe URL, a personal field, the greeting.
-_HOLE = re.compile(re.escape(UNSUBSCRIBE_PLACEHOLDER) + r"|%%F\d+%%|" + re.escape(GREETING_PLACEHOLDER))
+_HOLE = re.compile("|".join([re.escape(UNSUBSCRIBE_PLACEHOLDER), re.escape(PREFERENCES_PLACEHOLDER),
+                              r"%%F\d+%%", re.escape(GREETING_PLACEHOLDER)]))
 
 
 def _encode_body(text: str) -> tuple[list[bytes], list[str]]:
@@ -185,9 +186,13 @@ def _encode_body(text: str) -> tuple[list[bytes], list[str]]:
     return encoded, holes
 
 
+# What a test send (no subscriber) links to: `/p/test` shows a page and changes nothing.
+TEST_PREFERENCES_TOKEN = "test"
+
 # Slots of the prepared byte template; personal field n has FIELDS + 2n (text) and + 2n + 1 (HTML).
-TO, MESSAGE_ID, HEADER_URL, TEXT_URL, HTML_URL, GREETING_TEXT, GREETING_HTML = range(7)
-FIELDS = 7
+(TO, MESSAGE_ID, HEADER_URL, TEXT_URL, HTML_URL, GREETING_TEXT, GREETING_HTML,
+ PREFS_TEXT, PREFS_HTML) = range(9)
+FIELDS = 9
 
 
 def _slot(hole: str, in_html: bool) -> int:
@@ -195,6 +200,8 @@ def _slot(hole: str, in_html: bool) -> int:
         return HTML_URL if in_html else TEXT_URL
     if hole == GREETING_PLACEHOLDER:
         return GREETING_HTML if in_html else GREETING_TEXT
+    if hole == PREFERENCES_PLACEHOLDER:
+        return PREFS_HTML if in_html else PREFS_TEXT
     return FIELDS + 2 * int(hole[3:-2]) + in_html  # %%F<n>%%
 
 
@@ -217,6 +224,7 @@ class PreparedMessage:
     dkim: DkimSigner | None = None
     fields: tuple[FieldRef, ...] = ()  # the personal fields behind the slots FIELDS + 2n (+1)
     greeting: Greeting | None = None
+    date: datetime | None = None  # the `Date` header's time (topic variants reuse it)
 
     @property
     def needs_attributes(self) -> bool:
@@ -224,10 +232,15 @@ class PreparedMessage:
         refs = [*self.fields, *(self.greeting.fields() if self.greeting else [])]
         return any(ref.name != NAME_FIELD for ref in refs)
 
-    def personalise(self, recipient: Recipient, token: str, message_id: str | None = None) -> bytes:
-        """The complete message for one recipient, ready for `SMTP.sendmail` or a Maildir."""
+    def personalise(self, recipient: Recipient, token: str, message_id: str | None = None,
+                    preferences: str = TEST_PREFERENCES_TOKEN) -> bytes:
+        """The complete message for one recipient, ready for `SMTP.sendmail` or a Maildir.
+        `token`: their unsubscribe token; `preferences`: their preference-centre token (a test
+        send's `/p/test` shows a page that changes nothing)."""
         url = unsubscribe_url(self.base_url, token)
         values: list[bytes] = [b""] * (FIELDS + 2 * len(self.fields))
+        prefs = preferences_url(self.base_url, preferences)
+        values[PREFS_TEXT], values[PREFS_HTML] = _body_value(prefs, False), _body_value(prefs, True)
         if self.fields or self.greeting is not None:
             texts, line = values_for(self.fields, self.greeting, recipient.name, recipient.attributes or {})
             values[GREETING_TEXT], values[GREETING_HTML] = _body_value(line, False), _body_value(line, True)
@@ -317,12 +330,16 @@ def prepare(
     subject_prefix: str = "",
     date: datetime | None = None,
     sign: bool = True,
+    identity: str | None = None,
 ) -> PreparedMessage:
-    """Encode the issue's message once; `personalise` fills in each recipient."""
+    """Encode the issue's message once; `personalise` fills in each recipient. `identity`: the
+    content hash the Message-IDs derive from (default: this message's own); a topic variant
+    passes the full issue's, so a recipient's Message-ID is the send's, whichever variant."""
     settings = project.settings.newsletter
     subject = subject_prefix + rendered.subject
     check_header_value(subject, "subject", f"issue {rendered.slug}")
     check_header_value(settings.base_url, "newsletter.base_url", "newsletter.toml")
+    date = date or datetime.now(_zone(settings.timezone))
     head, sender, domain = _head(project, subject, date)
     from_block, rest_block = _split_headers(head.as_bytes(policy=SMTP))
 
@@ -358,13 +375,14 @@ def prepare(
             _check_lines(part)
     # Keyed with the project's secret: nobody outside can predict or forge the IDs.
     secret = signing_keys(project)[0].encode("utf-8")
-    content = content_hash(rendered.subject, rendered.html, rendered.text)
+    content = identity or content_hash(rendered.subject, rendered.html, rendered.text)
     key = hashlib.blake2b(f"{rendered.slug}/{list_name}/{content}".encode(),
                           key=hashlib.sha256(secret).digest(), digest_size=16).digest()
     return PreparedMessage(
         parts=tuple(merged), sender=sender, domain=domain, base_url=base,
         message_id_key=key, dkim=dkim_signer(project, domain) if sign else None,
         fields=tuple(getattr(rendered, "fields", ())), greeting=getattr(rendered, "greeting", None),
+        date=date,
     )
 
 

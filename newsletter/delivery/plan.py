@@ -15,6 +15,7 @@ from newsletter.audience.queries import attribute_names
 from newsletter.audience.records import MailingList
 from newsletter.audience.store import Store, open_store
 from newsletter.content.fields import FIELD, NAME_FIELD
+from newsletter.content.topics import issue_tags, undeclared
 from newsletter.content.validate import LoadedIssue, load_issue
 from newsletter.delivery.message import PreparedMessage, content_hash, prepare
 from newsletter.delivery.records import JournalReader, SendInfo
@@ -104,6 +105,11 @@ class SendPlan:
                 raise busy
 
     @property
+    def topics(self) -> dict[str, str]:
+        """The list's topics (`[topics.<list>]`: key → label): what its members may choose."""
+        return self.project.settings.topics.get(self.mailing_list.name, {})
+
+    @property
     def reputation_warning(self) -> str | None:
         """One line if the project's last finished send had too many complaints or hard bounces
         (`reputation.py`), to be shown before the editor confirms."""
@@ -141,6 +147,17 @@ def _refuse_unknown_fields(store: Store, issue: PreparedIssue, mailing_list: Mai
     raise IssueInvalid(problems=problems)
 
 
+def _refuse_unknown_topics(project: Project, loaded: LoadedIssue, mailing_list: MailingList) -> None:
+    """A section's topic must be one the list declares: nobody on the list can have chosen any
+    other, so that section would only reach the members without a choice. FILE:LINE:COL of each
+    use."""
+    declared = project.settings.topics.get(mailing_list.name, {})
+    where = f"for the list `{mailing_list.name}` (`[topics.{mailing_list.name}]` in newsletter.toml)"
+    problems = undeclared(issue_tags(loaded.issue), loaded.source, declared, where, "error")
+    if problems:
+        raise IssueInvalid(problems=problems)
+
+
 def plan_send(project: Project, issue_path: Path, list_name: str, *, concurrency: int | None = None,
               rate: float | None = None) -> SendPlan:
     """Prepare the issue and look up the list; no state changes. The caller closes `plan.store`."""
@@ -148,6 +165,7 @@ def plan_send(project: Project, issue_path: Path, list_name: str, *, concurrency
     store = open_store(project)
     try:
         mailing_list = store.get_list(list_name)
+        _refuse_unknown_topics(project, loaded, mailing_list)
         issue = prepare_issue(project, loaded, mailing_list.name, list_title=mailing_list.title)
         _refuse_unknown_fields(store, issue, mailing_list)
         counts = next((lc.counts for lc in store.list_counts() if lc.list.id == mailing_list.id), {})

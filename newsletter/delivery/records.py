@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from newsletter.audience.queries import list_names, subscribed_members, subscriber_names
+from newsletter.audience.queries import list_names, member_topics, subscribed_members, subscriber_names
 from newsletter.db.schema import chunked, utcnow
 from newsletter.delivery.lease import (
     SendBusy,
@@ -47,6 +47,9 @@ class Job:
     name: str | None
     attempts: int = 0  # attempts in this run
     attributes: dict[str, object] | None = None  # only when the issue's personal fields need them
+    # The topics the member chose on the send's list (only when the issue's sections have
+    # topics); None: no choice, every section. Which mail they get: `delivery/variants.py`.
+    topics: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,10 +157,12 @@ class Resume:
 class JournalReader:
     """The journal's read side; `journal.Journal` adds the writes."""
 
-    def __init__(self, store: Store, *, attributes: bool = False) -> None:
+    def __init__(self, store: Store, *, attributes: bool = False, topics: bool = False) -> None:
         self.store = store
         # Jobs carry the subscribers' attributes (the issue has personal fields that need them).
         self.attributes = attributes
+        # Jobs carry the members' topics (the issue's sections have topics).
+        self.topics = topics
 
     @property
     def joinable(self) -> bool:
@@ -248,20 +253,31 @@ class JournalReader:
 
 
 def jobs_in(conn: sa.Connection, send_id: int, statuses: Sequence[str],
-            order: sa.ColumnElement[Any], *, attributes: bool = False) -> list[Job]:
-    """The send's rows in `statuses` as jobs, with the subscriber's name (and attributes)."""
+            order: sa.ColumnElement[Any], *, attributes: bool = False, topics: bool = False) -> list[Job]:
+    """The send's rows in `statuses` as jobs, with the subscriber's name (and attributes, and
+    the topics they chose on the send's list)."""
     names = subscriber_names()
     columns = [deliveries.c.subscriber_id, deliveries.c.email, names.c.name]
     if attributes:
         columns.append(names.c.attributes)
-    rows = conn.execute(
-        sa.select(*columns)
-        .outerjoin(names, names.c.subscriber_id == deliveries.c.subscriber_id)
-        .where(deliveries.c.send_id == send_id, deliveries.c.status.in_(statuses))
-        .order_by(order))
-    if attributes:
-        return [Job(r.subscriber_id, r.email, r.name, attributes=r.attributes or {}) for r in rows]
-    return [Job(r.subscriber_id, r.email, r.name) for r in rows]
+    query = sa.select(*columns).outerjoin(names, names.c.subscriber_id == deliveries.c.subscriber_id)
+    if topics:
+        chosen = member_topics()
+        list_id = sa.select(sends.c.list_id).where(sends.c.id == send_id).scalar_subquery()
+        query = query.add_columns(chosen.c.topics).outerjoin(chosen, sa.and_(
+            chosen.c.subscriber_id == deliveries.c.subscriber_id, chosen.c.list_id == list_id))
+    rows = conn.execute(query.where(deliveries.c.send_id == send_id,
+                                    deliveries.c.status.in_(statuses)).order_by(order))
+    return [Job(r.subscriber_id, r.email, r.name,
+                attributes=(r.attributes or {}) if attributes else None,
+                topics=_topics(r.topics) if topics else None) for r in rows]
+
+
+def _topics(value: Any) -> frozenset[str] | None:
+    """A stored choice as keys; NULL (and anything that is not a list of keys): no choice."""
+    if not isinstance(value, list):
+        return None
+    return frozenset(key for key in value if isinstance(key, str))
 
 
 def without_row(send_id: int, list_id: int) -> tuple[sa.Subquery, sa.Select[Any]]:

@@ -26,6 +26,10 @@ ends, and the last worker to end sets the send's status (`SendReport.others`: th
 
 With `[bounces] address` each message's envelope sender is its delivery's VERP address
 (`envelope.delivery_senders`), minted while the message is built.
+
+Each job gets the mail for the topics its member chose (`variants.Variants`: rendered on first
+need, once per selection of sections). A member left without a section is not claimed but
+recorded `skipped` in the next group commit, with the reason (docs/topics.md).
 """
 
 from __future__ import annotations
@@ -44,12 +48,13 @@ from newsletter.audience.addresses import ascii_email
 from newsletter.delivery.envelope import bounce_address
 from newsletter.delivery.journal import Journal
 from newsletter.delivery.lease import Worker
-from newsletter.delivery.message import PreparedMessage, Recipient, failure_reason
+from newsletter.delivery.message import TEST_PREFERENCES_TOKEN, PreparedMessage, Recipient, failure_reason
 from newsletter.delivery.plan import SendPlan
 from newsletter.delivery.policy import classify, retry_delay
 from newsletter.delivery.records import Claimed, Job, Outcome
 from newsletter.delivery.report import SendProgress
 from newsletter.delivery.transport import Connection, DeliveryError, RateLimit, Reply
+from newsletter.delivery.variants import EMPTY_REASON, Variants
 from newsletter.tokens import Tokens
 
 
@@ -63,8 +68,15 @@ class SendRun:
     def __init__(self, plan: SendPlan, journal: Journal, worker: Worker, send_id: int,
                  prepared: PreparedMessage, jobs: Sequence[Job],
                  progress: Callable[[SendProgress], None] | None,
-                 envelope: Callable[[int, int], str] | None = None) -> None:
+                 envelope: Callable[[int, int], str] | None = None,
+                 variants: Variants | None = None) -> None:
         self.plan, self.journal, self.send_id, self.prepared = plan, journal, send_id, prepared
+        # The mail per topic choice (docs/topics.md); `prepared` is the full issue's.
+        self.variants = variants or Variants(plan.project, plan.issue, plan.mailing_list.name,
+                                             plan.mailing_list.title, plan.topics)
+        self.reasons: dict[int, str] = {}  # candidates not to mail (no section left) → why
+        # Every job this run decided not to mail: a refill racing its commit must not list it again.
+        self.not_mailed: set[int] = set()
         self.worker = worker
         # (send id, subscriber id) → the VERP envelope sender; None: the From address for all.
         self.envelope = envelope
@@ -132,10 +144,10 @@ class SendRun:
                 item = await self.next(outcome)
                 if item is None:
                     return
-                job, message_id, claim = item
+                job, message_id, claim, prepared = item
                 outcome = None
                 try:
-                    sender, address, raw = self.build(job, message_id)
+                    sender, address, raw = self.build(job, message_id, prepared)
                 except Exception as exc:
                     # Bad data for this one recipient (e.g. an address stored before it was
                     # checked): nothing was handed over; fail this row, keep sending the others.
@@ -163,15 +175,16 @@ class SendRun:
             self.stop(f"internal error: {exc!r}")
             raise
 
-    def build(self, job: Job, message_id: str) -> tuple[str, str, bytes]:
+    def build(self, job: Job, message_id: str, prepared: PreparedMessage) -> tuple[str, str, bytes]:
         """Envelope sender, envelope recipient (IDN domain in punycode) and the personalised
-        message."""
+        message (of `prepared`: the job's topic variant)."""
         recipient = Recipient(job.email, job.name, job.subscriber_id, self.list_id, job.attributes)
         # No token_id: the subscriber was erased after the jobs were loaded; the claim
         # (membership check) then refuses the message before DATA, so "-" never goes out.
         token_id = self.token_ids.get(job.subscriber_id, "-")
-        raw = self.prepared.personalise(
-            recipient, self.tokens.mint_unsubscribe(token_id, self.list_id), message_id)
+        raw = prepared.personalise(
+            recipient, self.tokens.mint_unsubscribe(token_id, self.list_id), message_id,
+            self.tokens.mint_preferences(token_id) if token_id != "-" else TEST_PREFERENCES_TOKEN)
         sender = self.prepared.sender if self.envelope is None else self.envelope(
             self.send_id, job.subscriber_id)
         return sender, ascii_email(job.email), raw
@@ -268,9 +281,10 @@ class SendRun:
             self.stopped = True
             self.reason = reason
 
-    async def next(self, outcome: Outcome | None) -> tuple[Job, str, asyncio.Future[bool]] | None:
-        """Record `outcome`; the next job, its Message-ID and its claim (True once committed as
-        `sending`, False if the person is no longer subscribed)."""
+    async def next(self, outcome: Outcome | None
+                   ) -> tuple[Job, str, asyncio.Future[bool], PreparedMessage] | None:
+        """Record `outcome`; the next job, its Message-ID, its claim (True once committed as
+        `sending`, False if the person is no longer subscribed or paused) and its message."""
         loop = asyncio.get_running_loop()
         if outcome is not None:
             self.outcomes.append(outcome)
@@ -292,6 +306,11 @@ class SendRun:
                 return None
             else:
                 continue
+            prepared = self.variant(job)
+            if prepared is None:  # no section for their topics (or the variant failed: stopped)
+                if not self.stopped:
+                    self.skip(job, EMPTY_REASON)
+                continue
             # Wait for the rate limit *before* claiming: the claim checks the subscription, and
             # that check must be fresh when SMTP gets the message, not a rate-limit slot old.
             await self.rate.wait()
@@ -303,7 +322,28 @@ class SendRun:
             self.claims.append((job, message_id, claim))
             self.in_hand.add(job.subscriber_id)
             self._wake()
-            return job, message_id, claim
+            return job, message_id, claim, prepared
+
+    def variant(self, job: Job) -> PreparedMessage | None:
+        """The job's message for the topics the member chose (rendered on first need); None if
+        no section is left for them — or if the variant cannot be rendered: then the run stops
+        (the job stays `pending`) and says why."""
+        try:
+            return self.variants.prepared(job.topics)
+        except Exception as exc:
+            reason = (f"the issue's version for the topics {', '.join(sorted(job.topics or ()))} "
+                      f"could not be made: {failure_reason(exc)}")
+            self.fatal = self.fatal or DeliveryError(reason)
+            self.stop(reason)
+            return None
+
+    def skip(self, job: Job, reason: str) -> None:
+        """Not to be mailed: the next group commit records the row `skipped` with `reason` (if it
+        is still open; one no longer subscribed or paused is skipped for that)."""
+        self.reasons[job.subscriber_id] = reason
+        self.not_mailed.add(job.subscriber_id)
+        self.claims.append((job, "", asyncio.get_running_loop().create_future()))  # awaited by none
+        self._wake()
 
     async def refill(self) -> bool:
         """The list ran out: ask the journal for rows left `pending` (dead workers' rows handed
@@ -324,7 +364,7 @@ class SendRun:
                                           self.worker)
         if self.stopped:
             return False
-        busy = self.in_hand | {job.subscriber_id for _due, _seq, job in self.retry_heap}
+        busy = self.in_hand | self.not_mailed | {job.subscriber_id for _due, _seq, job in self.retry_heap}
         jobs = [j for j in jobs if j.subscriber_id not in busy]
         self.queue.extend(jobs)
         self.progress.total += len(jobs)
@@ -345,26 +385,28 @@ class SendRun:
         claims, self.claims = self.claims, []
         jobs = [job for job, _message_id, _claim in claims]
         ids = {job.subscriber_id: message_id for job, message_id, _claim in claims}
+        reasons = {job.subscriber_id: self.reasons.pop(job.subscriber_id)
+                   for job in jobs if job.subscriber_id in self.reasons}
         self.committing = True
         self.executor.submit(self._commit, asyncio.get_running_loop(), outcomes, bounces, jobs, ids,
-                             claims)
+                             claims, reasons)
 
     def _commit(self, loop: asyncio.AbstractEventLoop, outcomes: list[Outcome],
                 bounces: list[Outcome], jobs: list[Job], ids: dict[int, str],
-                claims: list[tuple[Job, str, asyncio.Future[bool]]]) -> None:
+                claims: list[tuple[Job, str, asyncio.Future[bool]]], reasons: dict[int, str]) -> None:
         """On the journal thread: one group commit; its result goes straight to the loop (one
         hop, not run_in_executor's two: the claims wait for this)."""
         try:
-            result: Claimed | BaseException = self._write(outcomes, bounces, jobs, ids)
+            result: Claimed | BaseException = self._write(outcomes, bounces, jobs, ids, reasons)
         except BaseException as exc:
             result = exc
         with contextlib.suppress(RuntimeError):  # the loop is gone: aborted by a second Ctrl-C
             loop.call_soon_threadsafe(self._committed, result, claims)
 
     def _write(self, outcomes: list[Outcome], bounces: list[Outcome], candidates: list[Job],
-               ids: dict[int, str]) -> Claimed:
+               ids: dict[int, str], reasons: dict[int, str] | None = None) -> Claimed:
         result = self.journal.commit(self.send_id, self.list_id, self.worker, outcomes, candidates,
-                                     ids)
+                                     ids, reasons)
         for bounce in bounces:
             self.plan.store.set_status(bounce.job.subscriber_id, self.list_id, "bounced", "bounce",
                                        detail=f"{self.plan.issue.rendered.slug}: {bounce.reply}"[:1000])

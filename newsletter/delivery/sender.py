@@ -20,6 +20,7 @@ from newsletter.delivery.policy import classify
 from newsletter.delivery.report import SendProgress, SendReport
 from newsletter.delivery.send_loop import SendRun
 from newsletter.delivery.transport import DeliveryError
+from newsletter.delivery.variants import Variants
 
 __all__ = ["ContentChanged", "DeliveryError", "SendBusy", "SendProgress", "SendReport", "classify",
            "run_send"]
@@ -33,7 +34,11 @@ def run_send(plan: SendPlan, *, force: bool = False,
     nothing) while another process runs the send. `lease`: seconds (default `lease_seconds()`).
     With `[bounces] address` each message goes out from its own VERP address (delivery/envelope)."""
     envelope = delivery_senders(plan.project)  # before anything is written
-    journal = Journal(plan.store, attributes=plan.issue.prepared.needs_attributes)
+    variants = Variants(plan.project, plan.issue, plan.mailing_list.name, plan.mailing_list.title,
+                        plan.topics)
+    # The jobs carry the members' topics when the issue's sections have topics (docs/topics.md).
+    journal = Journal(plan.store, attributes=plan.issue.prepared.needs_attributes,
+                      topics=variants.active)
     worker = Worker.here(lease)
     started = time.monotonic()
     # Fail before touching the journal if the server cannot be reached at all.
@@ -54,7 +59,7 @@ def run_send(plan: SendPlan, *, force: bool = False,
     others: list[WorkerInfo] = []
     try:
         run = SendRun(plan, journal, worker, resume.send.id, plan.issue.prepared, resume.jobs,
-                      progress, envelope)
+                      progress, envelope, variants)
         asyncio.run(run.deliver())
     finally:
         status = ("interrupted" if run is None else "paused" if run.paused

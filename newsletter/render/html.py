@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import date
 from functools import lru_cache
@@ -28,6 +29,7 @@ from premailer import Premailer
 
 from newsletter.content.fields import GREETING_PLACEHOLDER, FieldRef, Greeting
 from newsletter.content.model import Event
+from newsletter.content.topics import selected, selection
 from newsletter.content.validate import LoadedIssue
 from newsletter.project import Project
 from newsletter.render import text as plaintext
@@ -38,6 +40,7 @@ from newsletter.render.templates import (
     EMAIL_WIDTH,
     GUTTER,
     PACKAGED_TEMPLATES,
+    PREFERENCES_PLACEHOLDER,
     UNSUBSCRIBE_PLACEHOLDER,
     RenderError,
     base_context,
@@ -74,7 +77,7 @@ class RenderedIssue:
     date: date
     html: str
     text: str
-    web_html: str
+    web_html: str  # "" in a topic variant: the web version is the full issue's
     ics: dict[str, str] = field(default_factory=dict)
     web_url: str = ""
     archive_url: str = ""
@@ -173,20 +176,28 @@ def _align_floating_images(tree: etree._ElementTree) -> None:
             img.attrib["align"] = floated
 
 
-def render_issue(loaded: LoadedIssue, project: Project) -> RenderedIssue:
-    """Render the email (HTML + text), the web version and the events' .ics files."""
+def render_issue(loaded: LoadedIssue, project: Project,
+                 topics: Collection[str] | None = None) -> RenderedIssue:
+    """Render the email (HTML + text), the web version and the events' .ics files.
+
+    `topics`: the variant for members who chose these topics (docs/topics.md): only the
+    sections without topics and those with one of them go into the email; the web version and
+    the .ics files stay the full issue's (they are public, and the same for everybody), so a
+    variant renders no web version (`web_html` is "")."""
     with shared_work():  # Markdown converted once for HTML, web version, text part and .ics
-        return _render_issue(loaded, project)
+        return _render_issue(loaded, project, topics)
 
 
-def _render_issue(loaded: LoadedIssue, project: Project) -> RenderedIssue:
-    issue = loaded.issue
+def _render_issue(loaded: LoadedIssue, project: Project, topics: Collection[str] | None) -> RenderedIssue:
+    full = loaded.issue
+    # Filtered before the templates run; the .ics files below come from the full issue.
+    issue = full if topics is None else selected(full, selection(full, topics))
     settings = project.settings
     slug = issue.slug or loaded.path.stem
     base = base_context(project)
     web_url = f"{base['archive_url']}{slug}/"
     with personal("fallback"):  # the .ics files are public: nobody's data in them
-        calendars = event_calendars(issue, slug, settings.newsletter.timezone, base["base_url"])
+        calendars = event_calendars(full, slug, settings.newsletter.timezone, base["base_url"])
     greeting = _greeting(issue.greeting)
     ics_names = {id(event): name for name, (event, _) in calendars.items()}
     env = environment(project)
@@ -206,6 +217,7 @@ def _render_issue(loaded: LoadedIssue, project: Project) -> RenderedIssue:
             "web": web,
             "web_url": web_url,
             "unsubscribe_url": None if web else UNSUBSCRIBE_PLACEHOLDER,
+            "preferences_url": None if web else PREFERENCES_PLACEHOLDER,
             "ics_url": ics_url,
             # The web version is public: the greeting's line for readers without a name.
             "greeting": (greeting.fallback if web else GREETING_PLACEHOLDER) if greeting else None,
@@ -216,8 +228,10 @@ def _render_issue(loaded: LoadedIssue, project: Project) -> RenderedIssue:
     with personal("holes") as holes:  # one table for the HTML and the text part
         html = mjml_to_html(render(env, "base.mjml.j2", email), css)
         text = plaintext.normalise(render(env, "email.txt.j2", email))
-    with personal("fallback"):
-        web_html = mjml_to_html(render(env, "base.mjml.j2", web), css)
+    web_html = ""
+    if topics is None:
+        with personal("fallback"):
+            web_html = mjml_to_html(render(env, "base.mjml.j2", web), css)
     return RenderedIssue(
         slug=slug, subject=issue.subject, preheader=issue.preheader, date=issue.date,
         html=html, text=text, web_html=web_html,

@@ -41,6 +41,8 @@ PACKAGED_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 RAW_SUFFIXES = (".txt.j2", ".css.j2", ".txt")
 # Left in both parts of a rendered issue; each recipient's URL is substituted at send time.
 UNSUBSCRIBE_PLACEHOLDER = "%%UNSUBSCRIBE_URL%%"
+# The reader's preference-centre link (`/p/<token>`), filled in per recipient like the above.
+PREFERENCES_PLACEHOLDER = "%%PREFERENCES_URL%%"
 EMAIL_WIDTH = 600
 GUTTER = 24  # left/right padding of the email's content column, in px
 

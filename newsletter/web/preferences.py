@@ -79,11 +79,18 @@ class PreferenceCentre:
 
     def routes(self) -> list[Route]:
         return [
+            # The link in test sends (`newsletter send --to`): a page that changes nothing.
+            Route("/p/test", self.test_page, methods=["GET", "POST"]),
             Route("/p/{token}", self.page, methods=["GET", "POST"]),
             Route("/p/{token}/daten", self.data_page, methods=["GET"]),
             Route("/p/{token}/export.json", self.export_json, methods=["GET"]),
             Route("/p/{token}/loeschen", self.delete_page, methods=["GET", "POST"]),
         ]
+
+    async def test_page(self, request: Request) -> Response:
+        """`/p/test`: the link in test sends (`newsletter send --to`); changes nothing."""
+        await drain(request)
+        return self.site.pages.page("preferences_test.html")
 
     # ---- the person behind a link
 
