@@ -1,4 +1,4 @@
-"""The send journal (DESIGN.md section 5) over the delivery's `sends` and `deliveries` tables.
+"""The send journal (docs/delivery.md) over the delivery's `sends` and `deliveries` tables.
 
 A send is (issue slug, list). Every recipient has a row:
 

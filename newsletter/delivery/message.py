@@ -1,7 +1,7 @@
 """Build the MIME message of an issue once, then personalise it per recipient by byte substitution.
 
 Why not an `EmailMessage` per recipient: re-encoding the whole message per recipient is ~100x
-slower than substituting a few values into prepared bytes (DESIGN.md section 2), and Python's
+slower than substituting a few values into prepared bytes (docs/delivery.md), and Python's
 email policies fold a long `List-Unsubscribe` into `=?utf-8?q?…?=` encoded words that receivers
 cannot parse. So the headers with URLs are written as raw bytes here, the rest (From, Reply-To,
 Subject, Date) is encoded by `email.headerregistry`, and the bodies are quoted-printable encoded
