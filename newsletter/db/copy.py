@@ -65,9 +65,6 @@ def copy_database(source_url: str, target_url: str,
                         on_table(table.name, rows[table.name])
                 if dst.dialect.name == "postgresql":
                     _advance_sequences(dst)
-    except sa.exc.OperationalError as exc:
-        reason = " ".join(str(exc.orig).split())
-        raise DatabaseError(f"copying to {shown} failed: {reason}; the target is unchanged") from None
     finally:
         source.dispose()
         target.dispose()
