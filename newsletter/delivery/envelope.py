@@ -19,9 +19,6 @@ from newsletter.errors import NewsletterError
 from newsletter.project import Project
 from newsletter.tokens import signing_keys
 
-# A VERP tag is fixed width (verp.TAG_LENGTH), so one made-up tag gives the address's shape.
-_PROBE_TAG = "a" * 32
-
 
 def bounce_address(project: Project) -> str | None:
     """The configured `[bounces] address`, or None."""
@@ -40,25 +37,14 @@ def return_path(sender: str) -> bytes:
 
 def delivery_senders(project: Project) -> Callable[[int, int], str] | None:
     """(send id, subscriber id) → that delivery's VERP envelope sender; None without a bounce
-    address (then every message goes out from the From address, as before).
-
-    Per message only the tag is minted: the base address is parsed and its length checked once,
-    by `verp.bounce_address` on a tag of the same width, and the tag is put where that one was."""
+    address (then every message goes out from the From address, as before). The base address is
+    parsed once (`verp.addresser`); per message only the tag is minted."""
     address = bounce_address(project)
     if address is None:
         return None
     try:
-        probe = verp.bounce_address(address, _PROBE_TAG)
+        build = verp.addresser(address)
     except ValueError as exc:
         raise NewsletterError(f"[bounces] address: {exc}") from None
     keys = signing_keys(project)
-    mint, full = verp.mint_tag, verp.bounce_address
-    prefix, _tag, suffix = probe.partition(_PROBE_TAG)
-    sample = mint(keys, 0, 0)
-    if prefix + sample + suffix != full(address, sample):  # another shape: the full call each time
-        return lambda send_id, subscriber_id: full(address, mint(keys, send_id, subscriber_id))
-
-    def sender(send_id: int, subscriber_id: int) -> str:
-        return prefix + mint(keys, send_id, subscriber_id) + suffix
-
-    return sender
+    return lambda send_id, subscriber_id: build(verp.mint_tag(keys, send_id, subscriber_id))

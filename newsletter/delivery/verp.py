@@ -29,6 +29,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+from collections.abc import Callable
 from email.utils import parseaddr
 
 # The purpose string stays as first released (the module lived in feedback/ then): changing it
@@ -85,13 +86,20 @@ def bounce_address(address: str, tag: str) -> str:
     """``bounces@x.org`` + tag → ``bounces+TAG@x.org``; ValueError past the 64-octet local part."""
     if not set(tag) <= _ALPHABET or not tag:
         raise ValueError(f"not a VERP tag: {tag!r}")
+    return addresser(address, len(tag))(tag)
+
+
+def addresser(address: str, tag_length: int = TAG_LENGTH) -> Callable[[str], str]:
+    """tag → ``bounces+TAG@x.org`` for tags of `tag_length`: the base address is parsed and the
+    64-octet local-part limit checked once (a send builds one address per message)."""
     local, domain = _split(address)
     if "+" in local:
         raise ValueError(f"bounce address {address!r} already contains '+'")
-    verp_local = f"{local}+{tag}"
-    if len(verp_local.encode("utf-8")) > LOCAL_PART_LIMIT:
-        raise ValueError(f"bounce address local part {verp_local!r} is longer than {LOCAL_PART_LIMIT} octets")
-    return f"{verp_local}@{domain}"
+    if len(local.encode("utf-8")) + 1 + tag_length > LOCAL_PART_LIMIT:
+        raise ValueError(f"bounce address local part {local!r} leaves no room for a {tag_length}-character "
+                         f"tag within {LOCAL_PART_LIMIT} octets")
+    prefix, suffix = local + "+", "@" + domain
+    return lambda tag: prefix + tag + suffix
 
 
 def tag_in_local(local: str, bounce_local: str) -> str | None:
