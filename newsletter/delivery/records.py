@@ -335,3 +335,16 @@ def _info(row: Any, counts: dict[str, int], duplicated: list[str], workers: list
                     row.transport, row.content_hash, row.created_at, row.updated_at, row.finished_at,
                     row.reason, full, duplicated, workers,
                     {kind: feedback.get(kind, 0) for kind in FEEDBACK_KINDS})
+
+
+def person_deliveries(conn: sa.Connection, subscriber_id: int) -> list[dict[str, Any]]:
+    """The send journal's rows of the person: which issue, when, what became of it."""
+    names = list_names()
+    return [dict(r._mapping) for r in conn.execute(
+        sa.select(sends.c.issue_slug.label("issue"), sends.c.subject, names.c.name.label("list"),
+                  deliveries.c.status, deliveries.c.updated_at.label("at"), deliveries.c.feedback,
+                  deliveries.c.feedback_at)
+        .join(sends, sends.c.id == deliveries.c.send_id)
+        .outerjoin(names, names.c.list_id == sends.c.list_id)
+        .where(deliveries.c.subscriber_id == subscriber_id)
+        .order_by(deliveries.c.updated_at, deliveries.c.send_id))]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -229,3 +230,12 @@ def _clip(text: str | None, limit: int = 500) -> str | None:
         return None
     one_line = " ".join(text.split())
     return one_line if len(one_line) <= limit else one_line[: limit - 1] + "…"
+
+
+def person_events(conn: Connection, subscriber_id: int) -> list[dict[str, Any]]:
+    """Bounce and complaint reports taken in for the person."""
+    e = feedback_events  # GDPR Art. 15: the preference page's data export
+    return [dict(r._mapping) for r in conn.execute(
+        sa.select(e.c.received_at, e.c.reported_at, e.c.kind, e.c.outcome, e.c.source, e.c.status,
+                  e.c.diagnostic)
+        .where(e.c.subscriber_id == subscriber_id).order_by(e.c.id))]

@@ -21,8 +21,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -30,9 +28,8 @@ from starlette.routing import Route
 
 from newsletter.audience.names import InvalidName
 from newsletter.audience.preferences import PAUSE_MONTHS, ExportPart, PreferenceError, Preferences
-from newsletter.audience.queries import list_names
-from newsletter.delivery.tables import deliveries, sends
-from newsletter.feedback.tables import feedback_events
+from newsletter.delivery.records import person_deliveries
+from newsletter.feedback.ledger import person_events
 from newsletter.tokens import TokenInvalid
 from newsletter.web.security import client_ip
 from newsletter.web.site import Site, drain, read_form
@@ -45,29 +42,8 @@ MAX_NAME_INPUT = 1000  # characters read from the field; `clean_name` refuses ov
 EXPORT_FILE = "newsletter-daten.json"
 
 
-def _deliveries(conn: Connection, subscriber_id: int) -> list[dict[str, Any]]:
-    """The send journal's rows of the person: which issue, when, what became of it."""
-    names = list_names()
-    return [dict(r._mapping) for r in conn.execute(
-        sa.select(sends.c.issue_slug.label("issue"), sends.c.subject, names.c.name.label("list"),
-                  deliveries.c.status, deliveries.c.updated_at.label("at"), deliveries.c.feedback,
-                  deliveries.c.feedback_at)
-        .join(sends, sends.c.id == deliveries.c.send_id)
-        .outerjoin(names, names.c.list_id == sends.c.list_id)
-        .where(deliveries.c.subscriber_id == subscriber_id)
-        .order_by(deliveries.c.updated_at, deliveries.c.send_id))]
-
-
-def _feedback(conn: Connection, subscriber_id: int) -> list[dict[str, Any]]:
-    """Bounce and complaint reports taken in for the person."""
-    e = feedback_events
-    return [dict(r._mapping) for r in conn.execute(
-        sa.select(e.c.received_at, e.c.reported_at, e.c.kind, e.c.outcome, e.c.source, e.c.status,
-                  e.c.diagnostic)
-        .where(e.c.subscriber_id == subscriber_id).order_by(e.c.id))]
-
-
-EXPORT_PARTS: tuple[ExportPart, ...] = (("deliveries", _deliveries), ("feedback_events", _feedback))
+# What the other packages store about a person, read by their own queries (GDPR Art. 15).
+EXPORT_PARTS: tuple[ExportPart, ...] = (("deliveries", person_deliveries), ("feedback_events", person_events))
 
 
 class PreferenceCentre:
