@@ -16,19 +16,15 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from html import escape as html_escape
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from newsletter.content.fields import GREETING_PLACEHOLDER, placeholder
 from newsletter.delivery import message
 from newsletter.errors import NewsletterError, Problem
 from newsletter.project import IssuePipeline, Project, open_project
-from newsletter.render.personal import values_for
-from newsletter.render.templates import UNSUBSCRIBE_PLACEHOLDER
-from newsletter.tokens import Tokens, unsubscribe_url
+from newsletter.tokens import Tokens
 
 log = logging.getLogger("newsletter.web.preview")
 
@@ -73,14 +69,10 @@ def _sample_reader(project: Project, sample: str | None) -> message.Recipient:
     return message.Recipient(found.email, found.name, found.id, 1, found.attributes)
 
 
-def _fill(part: str, values: list[str], greeting: str, *, escape: bool) -> str:
-    """A rendered part with the sample reader's values in its holes (as the send does in bytes)."""
-    quote = (lambda v: html_escape(v, quote=True)) if escape else (lambda v: v)
-    part = part.replace(GREETING_PLACEHOLDER, quote(greeting))
-    for index in sorted(range(len(values)), reverse=True):  # %%F10%% before %%F1%%
-        part = part.replace(placeholder(index), quote(values[index]))
-    return part
-
+def _part(message: email.message.Message, subtype: str) -> str:
+    """A text part of the message, decoded, with the line ends the rendered issue has."""
+    body = message.get_body((subtype,))  # type: ignore[attr-defined]
+    return str(body.get_content()).replace("\r\n", "\n")
 
 def build_snapshot(root: Path, issue_path: Path, version: int = 0, sample: str | None = None) -> Snapshot:
     """Load settings and issue afresh, render, check; never raises for user mistakes.
@@ -110,14 +102,13 @@ def run_pipeline(root: Path, issue_path: Path, sample: str | None = None) -> Sna
     project = open_project(root, exact=True)
     issue = project.issue(issue_path)
     rendered = issue.rendered
-    token = _sample_token(project)
-    sample_url = unsubscribe_url(project.settings.newsletter.base_url, token)
-    reader = _sample_reader(project, sample)
-    values, greeting = values_for(rendered.fields, rendered.greeting, reader.name, reader.attributes or {})
-    html = _fill(rendered.html.replace(UNSUBSCRIBE_PLACEHOLDER, sample_url), values, greeting, escape=True)
-    text = _fill(rendered.text.replace(UNSUBSCRIBE_PLACEHOLDER, sample_url), values, greeting, escape=False)
     prepared = issue.prepared(list_name=SAMPLE_LIST_NAME, sign=False).prepared
-    headers, header_block = _headers(prepared.personalise(reader, token))
+    # The reader's copy as the send builds it (the same holes, filled by the same code): the
+    # page shows its parts and its headers.
+    raw = prepared.personalise(_sample_reader(project, sample), _sample_token(project))
+    headers, header_block = _headers(raw)
+    copy = email.message_from_bytes(raw, policy=email.policy.default)
+    html, text = (_part(copy, kind) for kind in ("html", "plain"))
     checks = _checks(issue)
     return Snapshot(version=0, ok=True, checks=checks, subject=rendered.subject,
                     preheader=rendered.preheader or "", html=html, text=text, headers=headers,
