@@ -4,13 +4,12 @@ readers without a value; a field nobody on the list has stops the send before an
 
 from __future__ import annotations
 
-import email
-import email.policy
 import mailbox
 import re
 from pathlib import Path
 
 import pytest
+from test_send_support import outbox_parts
 
 from newsletter.errors import IssueInvalid
 from newsletter.project import Project, open_project
@@ -43,22 +42,10 @@ def members(project_dir: Path) -> Project:
     return project
 
 
-def _received(project: Project) -> dict[str, tuple[str, str]]:
-    """recipient → (text part, HTML part), decoded."""
-    found = {}
-    for raw in mailbox.Maildir(project.outbox_dir, create=False):
-        message = email.message_from_bytes(bytes(raw), policy=email.policy.default)
-        assert not message.defects
-        text = message.get_body(("plain",)).get_content()
-        html = message.get_body(("html",)).get_content()
-        found[message["To"].addresses[0].addr_spec] = (text, html)
-    return found
-
-
 def test_each_reader_gets_their_greeting_and_attributes_as_text(members: Project) -> None:
     report = members.send(_issue(members), "news")
     assert report.sent == 4
-    got = _received(members)
+    got = outbox_parts(members)
     text, html = got["anna@example.org"]
     assert "Guten Tag Anna Schmidt," in text and "Neues aus Jena." in text
     assert "Guten Tag Anna Schmidt," in html and "Neues aus Jena." in html
@@ -108,7 +95,7 @@ def test_every_mail_links_to_the_readers_own_preference_page(members: Project) -
     members.send(_issue(members), "news")
     tokens = Tokens.for_project(members)
     base = members.settings.newsletter.base_url
-    for address, (text, html) in _received(members).items():
+    for address, (text, html) in outbox_parts(members).items():
         links = re.findall(re.escape(base) + r"/p/([A-Za-z0-9_.\-]+)", text)
         assert len(links) == 1 and f'href="{base}/p/{links[0]}"' in html
         subscriber = members.store.find_subscriber(address)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import mailbox
 import re
 import time
 from email.message import EmailMessage
@@ -75,3 +76,18 @@ def wait_out_the_lease(store: Store, send_id: int) -> None:
     assert info is not None and info.workers
     left = (info.workers[-1].lease_expires_at - utcnow()).total_seconds()
     time.sleep(max(left, 0.0) + 0.01)
+
+
+def outbox_parts(project: Project) -> dict[str, tuple[str, str]]:
+    """recipient → (text part, HTML part), decoded, of every mail in the project's outbox so far
+    (none when nothing was sent there)."""
+    found: dict[str, tuple[str, str]] = {}
+    if not project.outbox_dir.exists():
+        return found
+    for raw in mailbox.Maildir(project.outbox_dir, create=False):
+        message = parse(bytes(raw))
+        assert not message.defects
+        text = message.get_body(("plain",)).get_content()
+        html = message.get_body(("html",)).get_content()
+        found[message["To"].addresses[0].addr_spec] = (text, html)
+    return found

@@ -53,12 +53,6 @@ class Server:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def pids(self, request_line: str, since: int = 0) -> set[str]:
-        """The worker processes that logged `request_line` (e.g. "POST /subscribe 200"), in the
-        output after its first `since` characters."""
-        return set(re.findall(r"\[(\d+)\] newsletter\.access: " + re.escape(request_line),
-                              self.output()[since:]))
-
     def stop(self) -> None:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-import mailbox
 import re
 import shutil
 from collections.abc import Collection
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import SmtpServer
+from test_send_support import outbox_parts
 from typer.testing import CliRunner
 
 import newsletter.delivery.variants as variants_module
@@ -123,20 +123,6 @@ def _choose(project: Project, address: str, keys: list[str]) -> None:
     assert Preferences(project.store, project.settings.topics).choose_topics(*_ids(project, address), keys)
 
 
-def _received(project: Project) -> dict[str, tuple[str, str]]:
-    """recipient → (text part, HTML part), decoded; every mail of the outbox so far."""
-    found = {}
-    if not project.outbox_dir.exists():
-        return found
-    for raw in mailbox.Maildir(project.outbox_dir, create=False):
-        message = email.message_from_bytes(bytes(raw), policy=email.policy.default)
-        assert not message.defects
-        text = message.get_body(("plain",)).get_content()
-        html = message.get_body(("html",)).get_content()
-        found[message["To"].addresses[0].addr_spec] = (text, html)
-    return found
-
-
 def _markers(part: str) -> set[str]:
     return set(re.findall(r"\bX[A-Z]+\b", part)) & set(MARKERS)
 
@@ -165,7 +151,7 @@ def test_each_member_gets_exactly_the_sections_of_their_topics(members: Project,
     path = _issue(members)
     report = members.send(path, "news")
     assert (report.sent, report.skipped) == (7, 0)
-    got = _received(members)
+    got = outbox_parts(members)
     assert set(got) == {line.split(",")[0] for line in CSV.splitlines()[1:]}
     for address, (text, html) in got.items():
         keys = CHOICES.get(address)
@@ -192,7 +178,7 @@ def test_a_member_without_any_section_left_is_skipped_with_the_reason(members: P
     path = _issue(members, "nur-themen", untagged=False)
     report = members.send(path, "news")
     assert (report.sent, report.skipped) == (6, 1)
-    assert "nur.sport@example.org" not in _received(members)
+    assert "nur.sport@example.org" not in outbox_parts(members)
     rows = {row.email: row for row in JournalReader(members.store).deliveries(report.send_id)}
     assert rows["nur.sport@example.org"].status == "skipped"
     assert rows["nur.sport@example.org"].smtp_reply == "not sent: no section for the chosen topics"
@@ -205,7 +191,7 @@ def test_a_paused_member_is_skipped_and_gets_the_sends_after_the_pause(members: 
     until = preferences.pause(sid, list_id, 1)
     report = members.send(_issue(members), "news")
     assert (report.sent, report.skipped) == (6, 1)
-    assert "ohne.wahl@example.org" not in _received(members)
+    assert "ohne.wahl@example.org" not in outbox_parts(members)
     row = next(r for r in JournalReader(members.store).deliveries(report.send_id)
                if r.email == "ohne.wahl@example.org")
     assert (row.status, row.smtp_reply) == ("skipped", f"not sent: paused until {until:%Y-%m-%d}")
@@ -215,7 +201,7 @@ def test_a_paused_member_is_skipped_and_gets_the_sends_after_the_pause(members: 
     shutil.rmtree(members.outbox_dir)
     later = members.send(_issue(members, "themen-april"), "news")
     assert (later.sent, later.skipped) == (7, 0)
-    assert _markers(_received(members)["ohne.wahl@example.org"][1]) == set(MARKERS)
+    assert _markers(outbox_parts(members)["ohne.wahl@example.org"][1]) == set(MARKERS)
 
 
 def test_an_undeclared_topic_stops_the_send_and_validate_warns(members: Project) -> None:
@@ -227,7 +213,7 @@ def test_an_undeclared_topic_stops_the_send_and_validate_warns(members: Project)
         f"{path}:{line}:14: sections[2].topics[0]: topic `bildnug` is not declared for the list "
         "`news` (`[topics.news]` in newsletter.toml) (declared: `bildung`, `kultur`, `sport`, "
         "`verkehr`); did you mean `bildung`?"]
-    assert _received(members) == {}
+    assert outbox_parts(members) == {}
     # `validate` (no list yet): a warning against every list's topics, at the same place.
     result = CliRunner().invoke(app, ["validate", str(path)])
     assert result.exit_code == 0, result.output
@@ -247,14 +233,14 @@ def test_a_topic_key_must_be_lower_case(members: Project) -> None:
 
 def test_topics_chosen_on_the_preference_page_are_honoured_by_the_next_send(members: Project) -> None:
     first = members.send(_issue(members), "news")
-    assert _markers(_received(members)["ohne.wahl@example.org"][0]) == set(MARKERS)
+    assert _markers(outbox_parts(members)["ohne.wahl@example.org"][0]) == set(MARKERS)
     assert first.sent == 7
 
     _choose(members, "ohne.wahl@example.org", ["kultur"])
     _choose(members, "verkehr1@example.org", ["verkehr", "bildung", "kultur", "sport"])  # all: NULL
     shutil.rmtree(members.outbox_dir)
     members.send(_issue(members, "themen-april"), "news")
-    got = _received(members)
+    got = outbox_parts(members)
     assert _markers(got["ohne.wahl@example.org"][0]) == {"XALLGEMEIN", "XKULTUR"}
     assert _markers(got["ohne.wahl@example.org"][1]) == {"XALLGEMEIN", "XKULTUR"}
     assert _markers(got["verkehr1@example.org"][1]) == set(MARKERS)
@@ -276,7 +262,7 @@ def test_a_resume_adds_a_new_member_with_their_variant(members: Project, renders
     renders.clear()
     again = members.send(path, "news")
     assert (again.send_id, again.sent, again.resumed) == (first.send_id, 8, True)
-    got = _received(members)
+    got = outbox_parts(members)
     assert set(got) == {"neu@example.org"}  # nobody gets the issue twice
     assert _markers(got["neu@example.org"][0]) == _expected(["bildung"])
     assert len(renders) == 1  # only the variant someone in this run needs
