@@ -273,7 +273,7 @@ def load_settings(path: Path) -> Settings:
         message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
         raise ConfigError(problems=[Problem(file, line, col, "", f"TOML syntax error: {message}")]) from None
     problems = [
-        Problem(file, *_toml_position(text, path), ".".join(path),
+        Problem(file, *toml_position(text, path), ".".join(path),
                 f"secrets do not belong in {CONFIG_NAME} (it is committed to git); set "
                 f"{ENV_PREFIX}{'__'.join(p.upper() for p in path)} in the environment or in .env")
         for path in sorted(SECRET_KEYS)
@@ -307,10 +307,10 @@ def _config_problems(exc: ValidationError, text: str, file: str, data: dict[str,
             problems.append(Problem(f"environment {env_name}", None, None, ".".join(loc), message))
         elif err["type"] == "missing" and len(loc) > 1 and _get_path(data, loc[:-1]) is not _MISSING:
             # A required key left out of a table the file has: point at the table.
-            line, col = _toml_position(text, loc[:-1])
+            line, col = toml_position(text, loc[:-1])
             problems.append(Problem(file, line, col, ".".join(loc), f"`{loc[-1]}` is missing"))
         elif in_file or err["type"] == "extra_forbidden":
-            line, col = _toml_position(text, loc, at_key=err["type"] == "extra_forbidden")
+            line, col = toml_position(text, loc, at_key=err["type"] == "extra_forbidden")
             problems.append(Problem(file, line, col, ".".join(loc), message))
         else:
             problems.append(Problem(file, None, None, ".".join(loc), message))
@@ -339,7 +339,7 @@ def _known_keys(loc: tuple[str, ...]) -> list[str]:
 
 
 
-def _toml_position(
+def toml_position(
     text: str, loc: tuple[str, ...], *, at_key: bool = False
 ) -> tuple[int | None, int | None]:
     """Line and column of the value (or with `at_key`, the key) of `loc` in TOML text (tomllib

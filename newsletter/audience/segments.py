@@ -31,7 +31,7 @@ from newsletter.audience.conditions import (
 from newsletter.audience.records import Member
 from newsletter.audience.statuses import check_status
 from newsletter.audience.tables import memberships, subscribers
-from newsletter.config import ENV_PREFIX, _toml_position
+from newsletter.config import ENV_PREFIX, toml_position
 from newsletter.errors import ConfigError, NewsletterError, Problem, Severity
 from newsletter.project import CONFIG_NAME
 
@@ -142,7 +142,7 @@ def _locate(text: str, data: dict[str, Any], file: str, name: str, where: str) -
     if in_file != where:  # set in the environment, which beats the file
         return _Locator(f"environment {ENV_PREFIX}SEGMENTS__{name.upper()}__WHERE", field_name,
                         (None, None))
-    line, column = _toml_position(text, loc)
+    line, column = toml_position(text, loc)
     chars = None
     if line is not None and column is not None:
         starts = [0]
@@ -255,7 +255,7 @@ def check_segments(store: Store, segments: dict[str, Segment], project: Project)
     seen: dict[str, bool] = {}
     for name, segment in segments.items():
         if segment.list_name is not None and segment.list_name not in known_lists:
-            line, column = _toml_position(text, ("segments", name, "list"))
+            line, column = toml_position(text, ("segments", name, "list"))
             problems.append(Problem(str(path), line, column, f"segments.{name}.list",
                                     f"no list named `{segment.list_name}`"))
         for attribute, offset in segment.condition.attributes:
