@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from pgcluster import Cluster, ClusterUnavailable, start_cluster
+from ports import free_port
 
 from newsletter.project import Project, open_project
 from newsletter.scaffold import init_project
@@ -132,12 +132,6 @@ class RecordingHandler:
 
     def data_reply(self, envelope: Envelope) -> str:
         return "250 Message accepted for delivery"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ports import free_port
+
 USER = "bounces"
 PASSWORD = "s3cret-feedback-pw"
 MAIL_USER = "nobody"
@@ -29,12 +31,6 @@ MAIL_USER = "nobody"
 
 class ImapServerUnavailable(RuntimeError):
     """Dovecot (or openssl) is not installed here."""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -123,7 +119,7 @@ def _start(base: Path, binary: str) -> ImapServer:
     # per-IP penalty that would slow down the next test.
     (base / "passwd").write_text(f"{USER}:{{PLAIN}}{PASSWORD}::::::nodelay=yes\n")
 
-    imaps_port, pop3s_port = _free_port(), _free_port()
+    imaps_port, pop3s_port = free_port(), free_port()
     login_user = "dovenull" if os.geteuid() == 0 else pwd.getpwuid(os.getuid()).pw_name
     internal_user = "dovecot" if os.geteuid() == 0 else login_user
     config = base / "dovecot.conf"

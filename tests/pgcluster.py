@@ -12,11 +12,12 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from ports import free_port
 
 
 class ClusterUnavailable(RuntimeError):
@@ -33,12 +34,6 @@ def _bindir() -> Path:
         return Path(versions[-1]).parent
     raise ClusterUnavailable("PostgreSQL server binaries (initdb, pg_ctl) not found: install "
                              "Debian's `postgresql` (scripts/bootstrap --system does)")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -83,7 +78,7 @@ def start_cluster() -> Cluster:
             user = "nobody"
         entry = pwd.getpwnam(user)
         os.chown(base, entry.pw_uid, entry.pw_gid)
-    cluster = Cluster(base=base, port=_free_port(), bindir=bindir, user=user)
+    cluster = Cluster(base=base, port=free_port(), bindir=bindir, user=user)
     done = cluster._run("initdb", "-D", str(base / "data"), "-U", "postgres", "-A", "trust",
                         "-E", "UTF8", "--locale=C", "--no-sync")
     if done.returncode:

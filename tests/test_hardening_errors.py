@@ -21,8 +21,9 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 from pgcluster import Cluster
+from ports import free_port
 from sqlalchemy.engine import Engine
-from test_serve import free_port, wait_for
+from test_serve import wait_for
 from typer.testing import CliRunner, Result
 
 from newsletter.cli import app

@@ -31,7 +31,8 @@ import pytest
 import sqlalchemy as sa
 import test_serve
 from itsdangerous import URLSafeSerializer, URLSafeTimedSerializer
-from test_serve import Served, ServeFactory, csrf_of, free_port, sign_up, wait_for
+from ports import free_port
+from test_serve import Served, ServeFactory, csrf_of, sign_up, wait_for
 
 from newsletter.audience.store import Store, open_store
 from newsletter.db.engine import DatabaseError

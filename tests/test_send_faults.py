@@ -9,7 +9,8 @@ import random
 from collections import Counter
 
 import pytest
-from conftest import RecordingHandler, free_port, start_smtp
+from conftest import RecordingHandler, start_smtp
+from ports import free_port
 from test_send_support import issue_path, make_list, offer_pipelining
 from typer.testing import CliRunner
 

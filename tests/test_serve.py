@@ -7,7 +7,6 @@ import email
 import email.policy
 import html
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
+from ports import free_port
 
 from newsletter.audience.store import Store, open_store
 from newsletter.project import Project, open_project
@@ -29,12 +29,6 @@ from newsletter.web.site import Site
 pytestmark = pytest.mark.backends
 
 # --- a real server ----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_serve import csrf_of, free_port, wait_for
+from ports import free_port
+from test_serve import csrf_of, wait_for
 
 from newsletter.audience.store import open_store
 from newsletter.project import open_project

@@ -10,7 +10,8 @@ from email.message import EmailMessage
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from conftest import RecordingHandler, SmtpServer, free_port, start_smtp
+from conftest import RecordingHandler, SmtpServer, start_smtp
+from ports import free_port
 from test_send_support import issue_path, make_list, offer_pipelining, parse
 
 from newsletter.config import SmtpSettings
