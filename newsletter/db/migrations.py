@@ -161,6 +161,43 @@ def _v10_member_choices(conn: Connection) -> None:
     _add_column(conn, "memberships", sa.Column("paused_until", UtcDateTime, nullable=True))
 
 
+def _v11_send_segments(conn: Connection) -> None:
+    # A send is (issue, list, segment) and may be scheduled (docs/data-model.md, `sends`): three
+    # columns, a wider unique key and two more statuses. PostgreSQL alters the constraints in
+    # place; SQLite cannot drop one, so its three journal tables are rebuilt.
+    from newsletter.delivery.tables import send_workers_table
+
+    md = sa.MetaData(naming_convention=metadata.naming_convention)
+    lists.to_metadata(md)
+    new_sends, new_deliveries = journal_tables(md, 11)
+    if conn.dialect.name == "postgresql":
+        for column in ("segment", "scheduled_at", "issue_path"):
+            _add_column(conn, "sends", new_sends.c[column]._copy())
+        conn.execute(sa.text("ALTER TABLE sends DROP CONSTRAINT uq_sends_issue_list"))
+        conn.execute(sa.text("ALTER TABLE sends DROP CONSTRAINT ck_sends_status"))
+        for constraint in new_sends.constraints:
+            if isinstance(constraint, sa.UniqueConstraint | sa.CheckConstraint):
+                conn.execute(sa.schema.AddConstraint(constraint))
+        return
+    # SQLite. With foreign keys on (always, in our connections, and not switchable inside the
+    # transaction) renaming `sends` would rewrite the children's REFERENCES and dropping it would
+    # cascade into `deliveries`: so the rows go to plain copies first, the children are dropped
+    # before their parent, and all three are created anew and filled from the copies.
+    new_workers = send_workers_table(md)
+    tables = (new_sends, new_deliveries, new_workers)
+    old_columns = {t.name: [c["name"] for c in sa.inspect(conn).get_columns(t.name)] for t in tables}
+    for table in tables:
+        conn.exec_driver_sql(f"CREATE TABLE {table.name}_v10 AS SELECT * FROM {table.name}")
+    for table in reversed(tables):
+        conn.exec_driver_sql(f"DROP TABLE {table.name}")
+    for table in tables:
+        table.create(conn)
+        columns = ", ".join(old_columns[table.name])
+        conn.exec_driver_sql(
+            f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM {table.name}_v10")
+        conn.exec_driver_sql(f"DROP TABLE {table.name}_v10")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "subscribers, lists, memberships, consent log, suppressions", _v1_core),
     (2, "send journal: sends, deliveries", _v2_send_journal),
@@ -172,6 +209,8 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (8, "rate_limits (serve's rate-limit counters, shared by its workers)", _v8_rate_limits),
     (9, "feedback_events (bounces and complaints taken in), deliveries.feedback/feedback_at", _v9_feedback),
     (10, "memberships.topics, memberships.paused_until (the member's choices)", _v10_member_choices),
+    (11, "sends.segment (a send is issue, list, segment), sends.scheduled_at/issue_path, "
+         "statuses scheduled and cancelled", _v11_send_segments),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

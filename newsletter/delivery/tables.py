@@ -12,16 +12,22 @@ import sqlalchemy as sa
 import newsletter.audience.tables  # noqa: F401
 from newsletter.db.schema import NOW, UtcDateTime, erases_subscriber, metadata, one_of
 
-SEND_STATUSES = ("running", "paused", "finished", "interrupted")
+# `scheduled`: waiting for its time (`send --at`), nothing claimed yet; `cancelled`: a scheduled
+# send called off before it started (`sends cancel`). Both from version 11.
+SEND_STATUSES = ("scheduled", "running", "paused", "finished", "interrupted", "cancelled")
+_V2_SEND_STATUSES = ("running", "paused", "finished", "interrupted")
+WHOLE_LIST = ""  # `sends.segment` of a send to every member of the list
 DELIVERY_STATUSES = ("pending", "sending", "sent", "failed_temporary", "failed_permanent", "skipped")
 
 
 def journal_tables(md: sa.MetaData, version: int) -> tuple[sa.Table, sa.Table]:
-    """`sends` and `deliveries` as of schema `version`: 2 as first created, 3, 6 and 9 with the
-    columns migrations 3, 6 and 9 added (at the end, where ALTER TABLE puts them)."""
+    """`sends` and `deliveries` as of schema `version`: 2 as first created, 3, 6, 9 and 11 with
+    the columns migrations 3, 6, 9 and 11 added (at the end, where ALTER TABLE puts them); 11
+    also keys a send by (issue, list, segment) and adds the statuses of scheduled sends."""
     v3 = version >= 3
     v6 = version >= 6
     v9 = version >= 9
+    v11 = version >= 11
     send_table = sa.Table(
         "sends", md,
         sa.Column("id", sa.Integer, primary_key=True),
@@ -37,8 +43,19 @@ def journal_tables(md: sa.MetaData, version: int) -> tuple[sa.Table, sa.Table]:
         # Why the send is paused or interrupted (policy streak, connection failure, Ctrl-C …);
         # NULL while running and once finished.
         *([sa.Column("reason", sa.Text, nullable=True)] if v3 else []),
-        sa.UniqueConstraint("issue_slug", "list_id", name="uq_sends_issue_list"),
-        sa.CheckConstraint(one_of("status", SEND_STATUSES), name="status"),
+        *([
+            # The segment (`[segments.<name>]` of newsletter.toml) the send goes to; WHOLE_LIST
+            # ("") for every member. Part of the key: one issue, one list, two segments = two sends.
+            sa.Column("segment", sa.String(100), nullable=False, server_default=WHOLE_LIST),
+            # A scheduled send (`send --at`): when it is due (UTC), and the issue file it reads
+            # then (relative to the project directory). NULL on sends started at once.
+            sa.Column("scheduled_at", UtcDateTime, nullable=True),
+            sa.Column("issue_path", sa.Text, nullable=True),
+        ] if v11 else []),
+        (sa.UniqueConstraint("issue_slug", "list_id", "segment", name="uq_sends_issue_list_segment")
+         if v11 else sa.UniqueConstraint("issue_slug", "list_id", name="uq_sends_issue_list")),
+        sa.CheckConstraint(one_of("status", SEND_STATUSES if v11 else _V2_SEND_STATUSES),
+                           name="status"),
     )
     delivery_table = sa.Table(
         "deliveries", md,
@@ -91,7 +108,7 @@ def send_workers_table(md: sa.MetaData) -> sa.Table:
     )
 
 
-sends, deliveries = journal_tables(metadata, 9)
+sends, deliveries = journal_tables(metadata, 11)
 send_workers = send_workers_table(metadata)
 
 
