@@ -125,6 +125,8 @@ class DeliverySettings(Section):
     max_policy_failures: int = Field(10, ge=1, description="pause the send after this many 5.7.x in a row")
     retry_delay: float = Field(2.0, ge=0,
                                description="first retry after a 4xx, in seconds; doubles each time")
+    require_approval: bool = Field(False, description="`send --list` and scheduled sends only "
+                                   "for an issue approved as it is (`newsletter approve`)")
 
 
 class DatabaseSettings(Section):
@@ -204,6 +206,15 @@ def _topics(value: dict[str, str]) -> dict[str, str]:
     return value
 
 
+def _segment_names(value: dict[str, SegmentSettings]) -> dict[str, SegmentSettings]:
+    """A segment's name is typed on the command line and stored with each send (100 characters)."""
+    for name in value:
+        if not (0 < len(name) <= 100 and all(c.isalnum() or c in "-_." for c in name)):
+            raise ValueError(f"segment {name!r}: a name of letters, digits, `-`, `_` and `.` "
+                             "(at most 100 characters), e.g. [segments.jena]")
+    return value
+
+
 class SegmentSettings(Section):
     """A named part of a list's members (docs/segments.md): `newsletter send --segment NAME`."""
 
@@ -233,7 +244,8 @@ class Settings(BaseSettings):
     # [topics.<list>] key = "German label": what members of that list may choose (docs/topics.md)
     topics: dict[str, Annotated[dict[str, str], AfterValidator(_topics)]] = Field(default_factory=dict)
     # [segments.<name>] where = "…": named conditions on members (docs/segments.md)
-    segments: dict[str, SegmentSettings] = Field(default_factory=dict)
+    segments: Annotated[dict[str, SegmentSettings], AfterValidator(_segment_names)] = Field(
+        default_factory=dict)
     secret: SecretSettings = SecretSettings()
 
     model_config = SettingsConfigDict(

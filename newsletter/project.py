@@ -104,7 +104,7 @@ class Project:
         from newsletter.content.validate import load_issue
 
         declared = {key for keys in self.settings.topics.values() for key in keys}
-        return IssuePipeline(self, load_issue(path, strict=strict, topics=declared))
+        return IssuePipeline(self, load_issue(path, strict=strict, topics=declared, root=self.root))
 
     # -- subscribers --------------------------------------------------------------------------
 
@@ -135,21 +135,28 @@ class Project:
 
     # -- sending ------------------------------------------------------------------------------
 
-    def plan_send(self, issue_path: str | Path, list_name: str, *, concurrency: int | None = None,
-                  rate: float | None = None) -> SendPlan:
-        """Render the issue and look up the list and any earlier send of it; changes nothing."""
+    def plan_send(self, issue_path: str | Path, list_name: str, *, segment: str | None = None,
+                  concurrency: int | None = None, rate: float | None = None) -> SendPlan:
+        """Render the issue and look up the list (and the segment `segment` of it) and any
+        earlier send of it; changes nothing."""
         from newsletter.delivery.plan import plan_send
 
-        return plan_send(self, Path(issue_path), list_name, concurrency=concurrency, rate=rate)
+        return plan_send(self, Path(issue_path), list_name, segment=segment,
+                         concurrency=concurrency, rate=rate)
 
-    def send(self, issue_path: str | Path, list_name: str, *, force: bool = False,
-             concurrency: int | None = None, rate: float | None = None,
+    def send(self, issue_path: str | Path, list_name: str, *, segment: str | None = None,
+             force: bool = False, concurrency: int | None = None, rate: float | None = None,
              progress: Any = None) -> SendReport:
-        """Send (or resume) an issue to a list: into outbox/ when no SMTP host is configured."""
+        """Send (or resume) an issue to a list, or to the segment `segment` of it: into outbox/
+        when no SMTP host is configured. With `[delivery] require_approval`, only an issue
+        approved as it is (`delivery.approval.NotApproved` otherwise)."""
+        from newsletter.delivery.approval import require
         from newsletter.delivery.sender import run_send
 
-        plan = self.plan_send(issue_path, list_name, concurrency=concurrency, rate=rate)
+        plan = self.plan_send(issue_path, list_name, segment=segment, concurrency=concurrency,
+                              rate=rate)
         try:
+            require(plan.store, self, plan.issue.loaded, plan.issue.rendered)
             return run_send(plan, force=force, progress=progress)
         finally:
             plan.store.close()

@@ -71,13 +71,25 @@ def pg_cluster() -> Iterator[Cluster]:
 _database_numbers = itertools.count(1)
 
 
-@pytest.fixture
-def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The database URL a test project uses: its own SQLite file, or a new PostgreSQL database."""
+def _new_database(backend: str, request: pytest.FixtureRequest, path: Path) -> str:
+    """A new empty database: the SQLite file `path`, or a new database in the PostgreSQL cluster."""
     if backend == "postgresql":
         cluster: Cluster = request.getfixturevalue("pg_cluster")
         return cluster.create_database(f"test_{os.getpid()}_{next(_database_numbers)}")
-    return f"sqlite:///{tmp_path / 'newsletter.db'}"
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The database URL a test project uses: its own SQLite file, or a new PostgreSQL database."""
+    return _new_database(backend, request, tmp_path / "newsletter.db")
+
+
+@pytest.fixture
+def fresh_database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A second empty database on the test's back-end: a fresh schema to compare an upgraded
+    one with."""
+    return _new_database(backend, request, tmp_path / "fresh.db")
 
 
 @pytest.fixture

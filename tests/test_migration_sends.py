@@ -44,8 +44,8 @@ def _old_send(store: Store) -> None:
             "lease_expires_at) VALUES ('w1', 7, 'h', 1, :t, :t, :t)"), {"t": "2026-01-01 00:00:00"})
 
 
-def test_upgrade_keeps_the_journal_and_equals_a_fresh_schema(database_url: str, backend: str,
-                                                            tmp_path) -> None:
+def test_upgrade_keeps_the_journal_and_equals_a_fresh_schema(database_url: str,
+                                                            fresh_database_url: str) -> None:
     old = Store.open(database_url, migrate_to=10)
     _old_send(old)
     old.close()
@@ -64,13 +64,7 @@ def test_upgrade_keeps_the_journal_and_equals_a_fresh_schema(database_url: str, 
         with upgraded.engine.begin() as conn:
             conn.execute(sends.delete())
             assert conn.execute(sa.select(sa.func.count()).select_from(deliveries)).scalar_one() == 0
-    fresh_url = f"sqlite:///{tmp_path / 'fresh.db'}"
-    if backend == "postgresql":
-        server, name = database_url.rsplit("/", 1)
-        fresh_url = f"{server}/{name}_fresh"
-        with sa.create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT").connect() as admin:
-            admin.execute(sa.text(f'CREATE DATABASE "{name}_fresh"'))
-    with Store.open(fresh_url) as fresh:
+    with Store.open(fresh_database_url) as fresh:
         assert _journal_schema(fresh.engine) == upgraded_shape
 
 

@@ -104,6 +104,19 @@ def test_floating_image_gets_an_align_attribute_for_outlook(project_dir: Path) -
     assert img.get("align") == "right"
 
 
+def test_a_base_template_that_is_no_mjml_is_one_line_not_a_traceback(project_dir: Path) -> None:
+    from typer.testing import CliRunner
+
+    from newsletter.cli import app
+
+    (project_dir / "templates" / "base.mjml.j2").write_text("x\n", encoding="utf-8")
+    issue = next((project_dir / "issues").glob("*.yaml"))
+    result = CliRunner().invoke(app, ["build", str(issue), "--project", str(project_dir)])
+    assert result.exit_code == 1
+    assert "template error: base.mjml.j2 does not make an MJML document" in result.output
+    assert isinstance(result.exception, SystemExit)  # a user error, not an exception
+
+
 def _textwrap(text: str, indent: str = "", subsequent: str | None = None, width: int = 78) -> str:
     wrapper = textwrap.TextWrapper(width=width, initial_indent=indent, break_long_words=False,
                                    subsequent_indent=indent if subsequent is None else subsequent,

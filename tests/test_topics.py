@@ -303,3 +303,31 @@ def test_the_dry_run_writes_each_members_variant_and_says_who_is_left_out(member
     assert len(bodies) == 5
     message = email.message_from_bytes(bodies["bildung@example.org.eml"], policy=email.policy.default)
     assert _markers(message.get_body(("plain",)).get_content()) == {"XBILDUNG", "XSCHULWEG"}
+
+
+def test_preview_as_a_member_shows_their_variant(members: Project) -> None:
+    from newsletter.web.preview_snapshot import build_snapshot
+
+    path = _issue(members)
+    for address in ("verkehr.sport@example.org", "bildung@example.org", "ohne.wahl@example.org"):
+        snapshot = build_snapshot(members.root, path, sample=address)
+        assert snapshot.ok, snapshot.errors
+        keys = CHOICES.get(address)
+        assert _markers(snapshot.html) == _markers(snapshot.text) == _expected(keys), address
+    nothing = build_snapshot(members.root, _issue(members, "nur-themen", untagged=False),
+                             sample="nur.sport@example.org")
+    assert not nothing.ok
+    assert "gets nothing of this issue: no section for their topics (sport)" in nothing.errors[0]
+
+
+def test_the_send_summary_counts_the_paused_members(members: Project) -> None:
+    from typer.testing import CliRunner
+
+    from newsletter.cli import app
+
+    preferences = Preferences(members.store, members.settings.topics)
+    preferences.pause(*_ids(members, "ohne.wahl@example.org"), 3)
+    result = CliRunner().invoke(app, ["send", str(_issue(members)), "--list", "news", "--yes",
+                                      "--project", str(members.root)])
+    assert result.exit_code == 0, result.output
+    assert "Recipients: 7 subscribed, 1 of them paused (skipped)" in result.output

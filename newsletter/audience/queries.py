@@ -57,6 +57,17 @@ def membership_states(conn: sa.Connection, list_id: int,
     return {row.subscriber_id: (row.status, row.paused_until) for row in rows}
 
 
+def paused_count(conn: sa.Connection, list_id: int, now: datetime,
+                 segment: Segment | None = None) -> int:
+    """How many subscribed members of the list (of the segment) have paused the newsletter on
+    the preference page until after `now`: a send skips them."""
+    members = subscribed_members(list_id, segment)
+    return int(conn.execute(sa.select(sa.func.count()).select_from(members).join(
+        memberships, sa.and_(memberships.c.subscriber_id == members.c.subscriber_id,
+                             memberships.c.list_id == list_id))
+        .where(memberships.c.paused_until > now)).scalar_one())
+
+
 def member_topics() -> sa.Subquery:
     """(subscriber_id, list_id, topics) of every membership: the topics the member chose on that
     list (a JSON list of keys; NULL: no choice, every section)."""

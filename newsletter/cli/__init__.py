@@ -14,8 +14,10 @@ from newsletter.cli import (  # noqa: F401  isort: skip
     db_cmds,
     issue_cmds,
     preview_cmds,
+    schedule_cmds,
     segment_cmds,
     send_cmds,
+    approval_cmds,
     serve_cmds,
     store_cmds,
 )

@@ -43,6 +43,9 @@ def build(
                   markup=False, soft_wrap=True)
     for name in sorted(rendered.ics):
         console.print(f"  {name}", markup=False, soft_wrap=True)
+    for image in {image.name: image for image in rendered.images}.values():  # each file once
+        console.print(f"  {image.name}  {image.path}, {image.width}×{image.height} px",
+                      markup=False, soft_wrap=True)
     console.print(f"Archive: {relative(result.out_dir / 'index.html')}, "
                   f"feed: {relative(result.out_dir / 'feed.xml')}", markup=False, soft_wrap=True)
 

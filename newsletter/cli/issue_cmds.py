@@ -34,7 +34,8 @@ def validate(
     failed = False
     for file in files:
         try:
-            loaded = load_issue(file, strict=strict, topics=_declared_topics(file))
+            topics, root = _project_facts(file)
+            loaded = load_issue(file, strict=strict, topics=topics, root=root)
         except NewsletterError as error:
             failed = True
             for line in error.lines():
@@ -50,16 +51,17 @@ def validate(
         raise typer.Exit(1)
 
 
-def _declared_topics(file: Path) -> set[str] | None:
-    """Every topic key the issue's project declares (`[topics.<list>]`), to warn about others;
-    None when no project (or no readable newsletter.toml) is around the file: nothing to check."""
+def _project_facts(file: Path) -> tuple[set[str] | None, Path | None]:
+    """Every topic key the issue's project declares (`[topics.<list>]`), to warn about others,
+    and the project directory, which local images may not leave; (None, None) when no project
+    (or no readable newsletter.toml) is around the file: nothing to check."""
     from newsletter.project import open_project
 
     try:
-        settings = open_project(near=file).settings
+        project = open_project(near=file)
     except NewsletterError:
-        return None
-    return {key for keys in settings.topics.values() for key in keys}
+        return None, None
+    return {key for keys in project.settings.topics.values() for key in keys}, project.root
 
 
 def _plural(count: int, noun: str) -> str:

@@ -49,6 +49,14 @@ def send(
     list_name: Annotated[str | None, typer.Option(
         "--list", "-l", help="Send to the subscribed members of this list (re-run to resume).",
         show_default=False)] = None,
+    segment: Annotated[str | None, typer.Option(
+        "--segment", "-s", help="Only the members of the list in this segment ([segments.NAME] "
+        "in newsletter.toml); a send of its own, resumed with the same --segment.",
+        show_default=False)] = None,
+    at: Annotated[str | None, typer.Option(
+        "--at", help="Schedule the send to the list for this time in the project's time zone, "
+        "e.g. \"2026-03-10 08:00\"; `newsletter serve` or `newsletter worker` starts it then.",
+        show_default=False)] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     dry_run_flag: Annotated[bool, typer.Option(
         "--dry-run", help="Write the personalised messages as .eml files instead of sending.")] = False,
@@ -72,6 +80,12 @@ def send(
     if bool(to) == bool(list_name):
         say("give either --to ADDR (test send) or --list NAME", err=True)
         raise typer.Exit(2)
+    if segment is not None and not list_name:
+        say("--segment needs --list NAME (the list the segment is of)", err=True)
+        raise typer.Exit(2)
+    if at and (to or dry_run_flag or force or concurrency or rate is not None):
+        say("--at goes with --list NAME (and --segment, --yes) only", err=True)
+        raise typer.Exit(2)
     proj = get_project(project, near=file)
     with user_errors():
         if to:
@@ -84,16 +98,25 @@ def send(
                 raise typer.Exit(1)
             return
         assert list_name is not None
-        plan = proj.plan_send(file, list_name, concurrency=concurrency, rate=rate)
+        plan = proj.plan_send(file, list_name, segment=segment, concurrency=concurrency, rate=rate)
         try:
             if dry_run_flag:
                 _dry_run(plan, out)
                 return
+            if at is not None:  # recorded now; `serve` / `worker` start it when it is due
+                from newsletter.cli.schedule_cmds import schedule_planned
+
+                schedule_planned(plan, at, yes=yes)
+                return
+            plan.refuse_if_scheduled()  # `send --at` recorded it: cancel first, one line, exit 1
             plan.refuse_if_busy()  # another process is sending it: one line, exit 1
+            from newsletter.delivery.approval import require
+
+            require(plan.store, proj, plan.issue.loaded, plan.issue.rendered)  # require_approval
             if plan.nothing_to_do:
                 assert plan.existing is not None
                 say(f"Send #{plan.existing.id} of {escape(plan.issue.rendered.slug)} to "
-                    f"{escape(plan.mailing_list.name)} is complete ({plan.existing.counts['sent']} "
+                    f"{escape(plan.existing.audience)} is complete ({plan.existing.counts['sent']} "
                     "sent) and nobody has joined the list since: nothing to send.")
                 return
             _summary(plan)
@@ -121,7 +144,8 @@ def _dry_run(plan: "SendPlan", out: Path | None) -> None:
         plain(warning, err=True)
     unbuildable: list[str] = []
     directory, count = dry_run(plan, out, unbuildable)
-    say(f"Wrote {count} personalised message(s) to {escape(str(directory))}; nothing was sent.")
+    to = f" for {escape(plan.audience)}" if plan.segment is not None else ""
+    say(f"Wrote {count} personalised message(s){to} to {escape(str(directory))}; nothing was sent.")
     others = {status: n for status, n in plan.counts.items() if status != "subscribed" and n}
     if others:
         say("Left out (not subscribed): " + ", ".join(f"{n} {status}" for status, n in others.items())
@@ -137,7 +161,17 @@ def _summary(plan: "SendPlan") -> None:
     title = f" ({mailing_list.title})" if mailing_list.title else ""
     say(f"[bold]Subject:[/bold]    {escape(plan.issue.rendered.subject)}")
     say(f"[bold]List:[/bold]       {escape(mailing_list.name + title)}")
-    say(f"[bold]Recipients:[/bold] {plan.recipients} subscribed")
+    if plan.segment is not None:
+        segment = plan.segment
+        about = f" ({segment.title})" if segment.title else ""
+        say(f"[bold]Segment:[/bold]    {escape(segment.name + about)}: "
+            f"{escape(' '.join(segment.where.split()))}")
+    of_all = f" of {plan.counts.get('subscribed', 0)}" if plan.segment is not None else ""
+    paused = f", {plan.paused} of them paused (skipped)" if plan.paused else ""
+    say(f"[bold]Recipients:[/bold] {plan.recipients}{of_all} subscribed{paused}")
+    if plan.sent_elsewhere:
+        say(f"[yellow]{plan.sent_elsewhere} of them got this issue from another send to the list "
+            "already[/yellow]: not sent again (`sends ls`).")
     rate = f"{plan.rate:g}/s" if plan.rate else "unlimited"
     from newsletter.delivery.transport import MaildirTransport
 
@@ -148,6 +182,10 @@ def _summary(plan: "SendPlan") -> None:
     existing = plan.existing
     if existing is not None:
         c = existing.counts
+        if plan.segment is not None and existing.segment_where not in (None, plan.segment.where):
+            say(f"[red]The segment's condition changed since send #{existing.id} started[/red]: it "
+                f"was {escape(existing.segment_where or '')} (use --force to go on with the "
+                "members the new one picks).")
         live = existing.live_workers()
         if live:  # PostgreSQL (elsewhere `refuse_if_busy` has refused): this run joins them
             say(f"[yellow]Joining send #{existing.id}[/yellow], running now: "
@@ -266,7 +304,7 @@ def sends_ls(json: JsonOption = False, project: ProjectOption = None) -> None:
                   "Hard", "Soft", "Compl.", "Started (UTC)")
     for i in infos:
         c, f = i.counts, i.feedback
-        table.add_row(str(i.id), escape(i.issue_slug), escape(i.list_name), i.status,
+        table.add_row(str(i.id), escape(i.issue_slug), escape(i.audience), i.status,
                       f"{c['sent']}/{c['total']}", str(c["failed_permanent"] + c["failed_temporary"]),
                       str(c["skipped"]), str(c["pending"] + c["sending"]),
                       str(len(i.possibly_duplicated)), str(f["hard"]), str(f["soft"]),
@@ -276,6 +314,12 @@ def sends_ls(json: JsonOption = False, project: ProjectOption = None) -> None:
     for i in infos:
         if i.status == "running":
             say(f"#{i.id} running: {escape(_runner(i))}")
+        if i.status == "scheduled" and i.scheduled_at is not None:
+            from newsletter.delivery.schedule import local_time
+
+            zone = proj.settings.newsletter.timezone
+            say(f"#{i.id} scheduled for {local_time(i.scheduled_at, zone)} "
+                f"({i.scheduled_at:%Y-%m-%d %H:%M} UTC); `newsletter sends cancel {i.id}` calls it off")
         if i.reason:
             say(f"#{i.id} {i.status}: {escape(i.reason)}")
         if i.possibly_duplicated:
@@ -305,7 +349,7 @@ def sends_show(
         print_json({**info.as_dict(), "deliveries": [r.as_dict() for r in rows]})
         return
     c = info.counts
-    say(f"[bold]Send #{info.id}[/bold] {escape(info.issue_slug)} → {escape(info.list_name)}: "
+    say(f"[bold]Send #{info.id}[/bold] {escape(info.issue_slug)} → {escape(info.audience)}: "
          f"{info.status}, via {escape(info.transport)}")
     if info.reason:
         say(f"[yellow]Reason:[/yellow] {escape(info.reason)}")

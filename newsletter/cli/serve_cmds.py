@@ -21,10 +21,14 @@ def serve(
     workers: Annotated[int, typer.Option(
         min=1, help="Worker processes (each with its own database writer; rate limits are "
                     "shared through the database).")] = 1,
+    scheduler: Annotated[bool, typer.Option(
+        "--scheduler/--no-scheduler",
+        help="Start scheduled sends (`send --at`) when due, in each worker process; "
+             "--no-scheduler on machines that should not send.")] = True,
     project: ProjectOption = None,
 ) -> None:
     """Run the public endpoint: subscribe (double opt-in), confirm, unsubscribe incl. RFC 8058
-    one-click, the web archive from dist/ and /healthz.
+    one-click, the web archive from dist/ and /healthz; and start scheduled sends when due.
 
     Example: [bold]newsletter serve --host 127.0.0.1 --port 8000[/bold]
     """
@@ -40,11 +44,11 @@ def serve(
         console.print(f"{serving} with {workers} worker processes; Ctrl+C stops.")
         with user_errors():
             # Opens the database first: a broken one is one line and exit 1.
-            run_workers(proj, host, port, workers, proxy_headers=proxy_headers)
+            run_workers(proj, host, port, workers, proxy_headers=proxy_headers, scheduler=scheduler)
         return
     with user_errors():
         # Opens the database first: a broken one is one line and exit 1, never "Serving …".
-        server = make_server(proj, host, port, proxy_headers=proxy_headers)
+        server = make_server(proj, host, port, proxy_headers=proxy_headers, scheduler=scheduler)
     console.print(f"{serving}; Ctrl+C stops.")
     with user_errors():
         server.run()

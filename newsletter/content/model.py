@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from newsletter.content.fields import DEFAULT_GREETING_FALLBACK, field_problems, has_field
+from newsletter.content.images import is_local, local_path_error
 from newsletter.content.markdown import is_absolute_link, located_markdown_problems, summarize
 from newsletter.headers import describe, first_unsafe
 
@@ -151,6 +152,20 @@ Markdown = Annotated[
     Field(description="Markdown: paragraphs, **bold**, *italics*, [links](https://…), bullet lists"),
 ]
 Url = Annotated[str, AfterValidator(_url), Field(description="absolute https:// URL")]
+
+
+def _image_url(value: str) -> str:
+    """An absolute http(s) URL, or a path to a local JPEG/PNG/WebP file (docs/images.md)."""
+    value = value.strip()
+    if not is_local(value):
+        return _url(value)
+    problem = local_path_error(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+ImageUrl = Annotated[str, AfterValidator(_image_url)]
 Day = Annotated[
     date,
     BeforeValidator(_date),
@@ -190,17 +205,20 @@ class Model(BaseModel):
 
 
 class Image(Model):
-    """An image shown in the email; the file stays on your web server."""
+    """An image in the email: an https:// URL, or a file in the project that `build` puts online."""
 
-    url: Url = Field(description="absolute https:// URL of the image file")
+    url: ImageUrl = Field(description="absolute https:// URL of the image file, or the path of a "
+                          "JPEG, PNG or WebP file relative to the issue file (bilder/kongress.jpg)")
     alt: Annotated[str, AfterValidator(_alt)] = Field(
         description="what the image shows, for screen readers and blocked images"
     )
     caption: Markdown | None = None
     credit: Text | None = Field(None, description="e.g. `wal_172619 / pixabay` or `©Stadt Jena`")
     link: Url | None = Field(None, description="where a click on the image leads")
-    width: Pixels | None = Field(None, description="width of the image file in pixels")
-    height: Pixels | None = Field(None, description="height of the image file in pixels")
+    width: Pixels | None = Field(None, description="width of the image file in pixels (a local "
+                                 "image: the most it is shown at; measured when left out)")
+    height: Pixels | None = Field(None, description="height of the image file in pixels (a local "
+                                  "image: measured from the file)")
 
     @model_validator(mode="after")
     def _both_sizes(self) -> Image:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import PydanticCustomError
 
 from newsletter.content import model
+from newsletter.content.images import file_problem, is_local, local_path_error
 from newsletter.content.model import Image, Issue
 from newsletter.content.source import Loc, SourceMap, dotted, read_yaml
 from newsletter.content.topics import raw_warnings
@@ -41,13 +42,14 @@ class LoadedIssue:
 
 
 def load_issue(path: str | Path, *, strict: bool = False,
-               topics: Collection[str] | None = None) -> LoadedIssue:
+               topics: Collection[str] | None = None, root: Path | None = None) -> LoadedIssue:
     """Read and validate one issue file.
 
     Raises `IssueInvalid` carrying every error (and, with ``strict``, every warning
     as an error). Returns the issue with its remaining warnings otherwise. `topics`: the topic
     keys the project declares (every `[topics.<list>]`); a section's key outside them is a
-    warning (None: not checked, e.g. no project around the file).
+    warning (None: not checked, e.g. no project around the file). `root`: the project directory,
+    which a local image's path may not leave (None: not checked here; rendering checks it).
     """
     path = Path(path)
     data, smap = read_yaml(path)
@@ -63,11 +65,11 @@ def load_issue(path: str | Path, *, strict: bool = False,
     warnings = list(_semantic_problems(data, smap))
     if topics is not None:
         warnings += raw_warnings(data, smap, topics)
-    errors: list[Problem] = []
+    errors = list(_local_image_problems(data, smap, path, root))
     try:
         issue = Issue.model_validate(data)
     except ValidationError as exc:
-        errors = _pydantic_problems(exc, data, smap)
+        errors += _pydantic_problems(exc, data, smap)
         errors += _cross_field_problems(exc, data, smap, errors)
     if strict:
         errors += [Problem(p.file, p.line, p.column, p.path, p.message) for p in warnings]
@@ -385,6 +387,25 @@ def _semantic_problems(data: Any, smap: SourceMap) -> Iterator[Problem]:
         yield problem(("preheader",), f"the preheader has {len(preheader)} characters; "
                       f"only about {PREHEADER_MAX} are shown")
     for loc, obj in _walk(data):
-        if _model_at(loc, data) is Image and obj.get("width") is None and obj.get("height") is None:
+        if _model_at(loc, data) is Image and obj.get("width") is None and obj.get("height") is None \
+                and not _local_url(obj):  # a local image's size is measured by `build`
             yield problem((*loc, "url"), "image without `width` and `height`: the layout may "
                           "jump while it loads")
+
+
+def _local_url(obj: dict[str, Any]) -> str | None:
+    """The image's `url` if it is a well-spelt local path (a misspelt one is the model's error)."""
+    url = obj.get("url")
+    if isinstance(url, str) and url.strip() and is_local(url) and local_path_error(url.strip()) is None:
+        return url
+    return None
+
+
+def _local_image_problems(data: Any, smap: SourceMap, path: Path, root: Path | None) -> Iterator[Problem]:
+    """Local images whose file is missing, outside the project or not an image (errors)."""
+    for loc, obj in _walk(data):
+        url = _local_url(obj) if _model_at(loc, data) is Image else None
+        message = file_problem(url, path, root) if url is not None else None
+        if message is not None:
+            line, col = smap.locate((*loc, "url"))
+            yield Problem(smap.file, line, col, dotted((*loc, "url")), message)

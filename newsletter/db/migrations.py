@@ -171,7 +171,7 @@ def _v11_send_segments(conn: Connection) -> None:
     lists.to_metadata(md)
     new_sends, new_deliveries = journal_tables(md, 11)
     if conn.dialect.name == "postgresql":
-        for column in ("segment", "scheduled_at", "issue_path"):
+        for column in ("segment", "segment_where", "scheduled_at", "issue_path"):
             _add_column(conn, "sends", new_sends.c[column]._copy())
         conn.execute(sa.text("ALTER TABLE sends DROP CONSTRAINT uq_sends_issue_list"))
         conn.execute(sa.text("ALTER TABLE sends DROP CONSTRAINT ck_sends_status"))
@@ -198,6 +198,14 @@ def _v11_send_segments(conn: Connection) -> None:
         conn.exec_driver_sql(f"DROP TABLE {table.name}_v10")
 
 
+def _v12_approvals(conn: Connection) -> None:
+    # Who approved which exact content of an issue (`newsletter approve`, docs/approval.md).
+    from newsletter.delivery.tables import approvals_table
+
+    md = sa.MetaData(naming_convention=metadata.naming_convention)
+    approvals_table(md).create(conn)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "subscribers, lists, memberships, consent log, suppressions", _v1_core),
     (2, "send journal: sends, deliveries", _v2_send_journal),
@@ -209,8 +217,9 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (8, "rate_limits (serve's rate-limit counters, shared by its workers)", _v8_rate_limits),
     (9, "feedback_events (bounces and complaints taken in), deliveries.feedback/feedback_at", _v9_feedback),
     (10, "memberships.topics, memberships.paused_until (the member's choices)", _v10_member_choices),
-    (11, "sends.segment (a send is issue, list, segment), sends.scheduled_at/issue_path, "
+    (11, "sends.segment/segment_where (a send is issue, list, segment), sends.scheduled_at/issue_path, "
          "statuses scheduled and cancelled", _v11_send_segments),
+    (12, "approvals (who approved which content of an issue)", _v12_approvals),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

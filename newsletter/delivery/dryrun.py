@@ -6,6 +6,7 @@ import dataclasses
 import re
 from pathlib import Path
 
+from newsletter.audience.segments import segment_member_ids
 from newsletter.db.schema import utcnow
 from newsletter.delivery.message import Recipient, failure_reason
 from newsletter.delivery.plan import SendPlan
@@ -16,7 +17,8 @@ from newsletter.tokens import Tokens
 
 def dry_run(plan: SendPlan, directory: Path | None = None,
             skipped: list[str] | None = None) -> tuple[Path, int]:
-    """Write the personalised message of every subscribed member as an .eml file; send nothing.
+    """Write the personalised message of every subscribed member (of the plan's segment) as an
+    .eml file; send nothing.
 
     The default directory is `outbox/dry-run/<slug>/`: git-ignored and never served (unlike
     `dist/`, which `serve` publishes) — the files hold addresses and working unsubscribe links.
@@ -36,7 +38,12 @@ def dry_run(plan: SendPlan, directory: Path | None = None,
     list_id = plan.mailing_list.id
     count = 0
     now = utcnow()
+    # With --segment: its members only, as the send's rows would be (`Journal.start`).
+    in_segment = (segment_member_ids(plan.store, list_id, plan.segment, "subscribed")
+                  if plan.segment is not None else None)
     for member in plan.store.members(list_id):
+        if in_segment is not None and member.subscriber_id not in in_segment:
+            continue
         recipient = Recipient(member.email, member.name, member.subscriber_id, list_id)
         try:
             if member.paused_until is not None and member.paused_until > now:

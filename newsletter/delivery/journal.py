@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -61,11 +61,15 @@ from newsletter.delivery.records import (
     JournalReader,
     Outcome,
     Resume,
+    SendInfo,
     jobs_in,
     without_row,
 )
-from newsletter.delivery.tables import deliveries, send_workers, sends
+from newsletter.delivery.tables import WHOLE_LIST, deliveries, send_workers, sends
 from newsletter.errors import NewsletterError
+
+if TYPE_CHECKING:
+    from newsletter.audience.segments import Segment
 
 OPEN = ("pending", "failed_temporary")  # the statuses a claim takes a row from
 STOPPED = ("paused", "interrupted")
@@ -116,8 +120,37 @@ def _not_mailed(state: tuple[str, datetime | None] | None, now: datetime) -> str
     return None
 
 
+# The journal's `smtp_reply` of a member who got the issue from another send to the same list
+# (the whole list and a segment of it, or two segments that overlap).
+SENT_ELSEWHERE = "not sent: got this issue from another send to the list"
+
+
+def _skip_sent_elsewhere(conn: sa.Connection, send_id: int, issue_slug: str, list_id: int,
+                         now: datetime) -> None:
+    """Mark `skipped` the send's pending rows of members whom another send of the same issue to
+    the same list has sent it (or has it in flight): nobody gets an issue twice from one list."""
+    other, theirs = sends.alias("other"), deliveries.alias("theirs")
+    got_it = sa.select(theirs.c.subscriber_id).join(other, other.c.id == theirs.c.send_id).where(
+        other.c.issue_slug == issue_slug, other.c.list_id == list_id, other.c.id != send_id,
+        theirs.c.status.in_(("sent", "sending")),
+        theirs.c.subscriber_id == deliveries.c.subscriber_id)
+    conn.execute(deliveries.update().where(
+        deliveries.c.send_id == send_id, deliveries.c.status == "pending", sa.exists(got_it),
+    ).values(status="skipped", smtp_reply=SENT_ELSEWHERE, updated_at=now))
+
+
 class ContentChanged(NewsletterError):
     """The issue changed since the interrupted send started."""
+
+
+class SegmentChanged(NewsletterError):
+    """The segment's condition changed since the send started: resuming would change who the
+    send is for. `--force` resumes under the new condition."""
+
+
+class AlreadyStarted(NewsletterError):
+    """The scheduler's start of a send found it no longer `scheduled`: another process (serve
+    worker, machine) started it, or it was cancelled. Not an error of anyone: nothing to do."""
 
 
 class ClaimConflict(RuntimeError):
@@ -131,21 +164,38 @@ class Journal(JournalReader):
     # --- starting and resuming --------------------------------------------------------------
 
     def start(self, *, issue_slug: str, list_id: int, subject: str, content: str, transport: str,
-              worker: Worker, force: bool = False) -> Resume:
-        """Create the send, or resume it, as `worker`: take a lease, hand on the rows of dead
-        workers, add new members, list the work. One write transaction, the send's row locked.
-        While another worker's lease is live: on SQLite refused (`SendBusy`), on PostgreSQL this
-        run joins it (same version of the issue only) and lists the open rows from the other end,
-        so the workers meet in the middle instead of racing for the same rows."""
+              worker: Worker, force: bool = False, segment: Segment | None = None,
+              scheduled: bool = False) -> Resume:
+        """Create the send of the issue to the list (or to `segment` of it), or resume it, as
+        `worker`: take a lease, hand on the rows of dead workers, add new members, list the work.
+        One write transaction, the send's row locked. While another worker's lease is live: on
+        SQLite refused (`SendBusy`), on PostgreSQL this run joins it (same version of the issue
+        only) and lists the open rows from the other end, so the workers meet in the middle
+        instead of racing for the same rows.
+
+        `scheduled`: the scheduler starts a send that `schedule` recorded. Under the row lock it
+        goes ahead only if the send is still `scheduled` (or was started so and its runs died),
+        else `AlreadyStarted`: so of several processes polling for due sends, one starts each.
+        A plain start of a send that is scheduled is refused (cancel it first)."""
         now = utcnow()
+        key = segment.name if segment is not None else WHOLE_LIST
+        where = {"segment_where": segment.where} if segment is not None else {}
         with self.store.write() as conn:
-            row = self._locked_send(conn, issue_slug, list_id)
-            resumed = row is not None
+            row = self._locked_send(conn, issue_slug, list_id, key)
+            if scheduled:
+                self._check_due(conn, row, now)
+            elif row is not None and row.status == "scheduled":
+                raise NewsletterError(
+                    f"send #{row.id} of `{issue_slug}` to {self._audience(conn, list_id, key)} is "
+                    f"scheduled for {row.scheduled_at:%Y-%m-%d %H:%M} UTC; to send it now, cancel "
+                    f"it first: `newsletter sends cancel {row.id}`")
+            resumed = row is not None and row.status not in ("scheduled", "cancelled")
             joined: list[WorkerInfo] = []
             if row is None:
-                send_id = self._create_send(conn, issue_slug, list_id, subject, content, transport, now)
+                send_id = self._create_send(conn, issue_slug, list_id, key, subject, content,
+                                            transport, now, **where)
                 if send_id is None:  # PostgreSQL: another run created it a moment ago
-                    row = self._locked_send(conn, issue_slug, list_id)
+                    row = self._locked_send(conn, issue_slug, list_id, key)
                     assert row is not None
                     resumed = True
             if row is not None:
@@ -153,27 +203,38 @@ class Journal(JournalReader):
                 joined = live_workers(conn, send_id, now)
                 if joined and not self.joinable:
                     raise busy_error(conn, send_id, joined[0], now)
-                if row.content_hash != content and (joined or not force):
+                # A scheduled (or cancelled) send has sent nothing: the issue as it is now goes.
+                if row.content_hash != content and resumed and (joined or not force):
                     raise self._changed(conn, row, issue_slug, list_id, joined, now)
+                if (segment is not None and resumed and row.segment_where is not None
+                        and row.segment_where != segment.where and (joined or not force)):
+                    raise SegmentChanged(
+                        f"the condition of the segment `{key}` changed since send #{row.id} "
+                        f"started: it was `{row.segment_where}`, it is `{segment.where}`; re-run "
+                        "with --force to go on with the members the new condition picks (nobody "
+                        "gets the issue twice)")
                 if joined:  # the send is running: its status and reason are the workers' to set
                     conn.execute(sends.update().where(sends.c.id == send_id).values(updated_at=now))
                 else:
+                    # Started by hand, a send is no longer the scheduler's to resume.
+                    by_hand = {} if scheduled else {"issue_path": None}
                     conn.execute(sends.update().where(sends.c.id == send_id).values(
                         status="running", reason=None, content_hash=content, subject=subject,
-                        transport=transport, updated_at=now, finished_at=None))
+                        transport=transport, updated_at=now, finished_at=None, **by_hand, **where))
             hand_on(conn, send_id, now)
             conn.execute(send_workers.insert().values(
                 worker_id=worker.id, send_id=send_id, host=worker.host, pid=worker.pid,
                 started_at=now, heartbeat_at=now, lease_expires_at=worker.expires(now)))
             # Every subscribed member without a row (all of them on a new send; people who joined
             # since, on a resume) gets one — in SQL, so 100,000 members cost no Python memory.
-            members, done = without_row(send_id, list_id)
+            members, done = without_row(send_id, list_id, segment)
             conn.execute(deliveries.insert().from_select(
                 ["send_id", "subscriber_id", "email", "status", "attempts", "updated_at"],
                 sa.select(sa.literal(send_id), members.c.subscriber_id, members.c.email,
                           sa.literal("pending"), sa.literal(0), sa.literal(now, UtcDateTime))
                 .where(~sa.exists(done))
                 .order_by(members.c.subscriber_id)))
+            _skip_sent_elsewhere(conn, send_id, issue_slug, list_id, now)
             order = deliveries.c.subscriber_id.desc() if joined else deliveries.c.subscriber_id
             jobs = jobs_in(conn, send_id, OPEN, order, attributes=self.attributes, topics=self.topics)
         info = self.get(send_id)
@@ -181,42 +242,128 @@ class Journal(JournalReader):
         return Resume(info, resumed, jobs, joined)
 
     @staticmethod
-    def _locked_send(conn: sa.Connection, issue_slug: str, list_id: int) -> Any:
+    def _locked_send(conn: sa.Connection, issue_slug: str, list_id: int, segment: str) -> Any:
         """The send's row, locked until the end of the transaction (PostgreSQL; SQLite's
         BEGIN IMMEDIATE has locked the whole file already)."""
         return conn.execute(sa.select(sends).where(
-            sends.c.issue_slug == issue_slug, sends.c.list_id == list_id).with_for_update()).first()
+            sends.c.issue_slug == issue_slug, sends.c.list_id == list_id,
+            sends.c.segment == segment).with_for_update()).first()
 
     @staticmethod
-    def _create_send(conn: sa.Connection, issue_slug: str, list_id: int, subject: str,
-                     content: str, transport: str, now: datetime) -> int | None:
-        """Insert the send; None if another run inserted it first (two runs started at once on
-        PostgreSQL: the second INSERT waits for the first transaction, then conflicts)."""
+    def _create_send(conn: sa.Connection, issue_slug: str, list_id: int, segment: str,
+                     subject: str, content: str, transport: str, now: datetime,
+                     **scheduled: Any) -> int | None:
+        """Insert the send (`running`, or `scheduled` with `scheduled_at` and `issue_path`);
+        None if another run inserted it first (two runs started at once on PostgreSQL: the
+        second INSERT waits for the first transaction, then conflicts)."""
         try:
             with conn.begin_nested():
                 return int(conn.execute(sends.insert().values(
-                    issue_slug=issue_slug, list_id=list_id, content_hash=content, subject=subject,
-                    status="running", transport=transport, created_at=now, updated_at=now,
+                    issue_slug=issue_slug, list_id=list_id, segment=segment, content_hash=content,
+                    subject=subject, status="scheduled" if scheduled else "running",
+                    transport=transport, created_at=now, updated_at=now, **scheduled,
                 )).inserted_primary_key[0])
         except sa.exc.IntegrityError:
             return None
 
     @staticmethod
-    def _changed(conn: sa.Connection, row: Any, issue_slug: str, list_id: int,
-                 joined: list[WorkerInfo], now: datetime) -> ContentChanged:
+    def _audience(conn: sa.Connection, list_id: int, segment: str) -> str:
+        """`the list `news``, or `the segment `jena` of the list `news``, for messages."""
         names = list_names()
         name = conn.execute(sa.select(names.c.name).where(names.c.list_id == list_id)).scalar_one()
+        return f"the segment `{segment}` of the list `{name}`" if segment else f"the list `{name}`"
+
+    @staticmethod
+    def _check_due(conn: sa.Connection, row: Any, now: datetime) -> None:
+        """The scheduler may start this send now (its row is locked): it is still `scheduled`,
+        or it was started by a scheduler and every run of it died. Else `AlreadyStarted`."""
+        if row is None:
+            raise AlreadyStarted("the send is no longer scheduled")
+        if row.status == "scheduled":
+            return
+        orphaned = (row.status == "running" and row.issue_path is not None
+                    and not live_workers(conn, row.id, now))
+        if not orphaned:
+            raise AlreadyStarted(f"send #{row.id} is {row.status}, not scheduled")
+
+    # --- scheduled sends --------------------------------------------------------------------
+
+    def schedule(self, *, issue_slug: str, list_id: int, segment: str = WHOLE_LIST, subject: str,
+                 content: str, transport: str, at: datetime, issue_path: str) -> SendInfo:
+        """Record a send to start at `at` (UTC): `scheduled`, no rows yet; the scheduler starts
+        it (`start(scheduled=True)`). Refused while a send of the issue to that list and segment
+        exists, unless it was cancelled (then it is scheduled again)."""
+        now = utcnow()
+        planned = {"scheduled_at": at, "issue_path": issue_path}
+        with self.store.write() as conn:
+            row = self._locked_send(conn, issue_slug, list_id, segment)
+            if row is None:
+                send_id = self._create_send(conn, issue_slug, list_id, segment, subject, content,
+                                            transport, now, **planned)
+                row = None if send_id is not None else self._locked_send(
+                    conn, issue_slug, list_id, segment)
+            if row is not None:
+                if row.status != "cancelled":
+                    when = (f" for {row.scheduled_at:%Y-%m-%d %H:%M} UTC"
+                            if row.status == "scheduled" else "")
+                    raise NewsletterError(
+                        f"send #{row.id} of `{issue_slug}` to "
+                        f"{self._audience(conn, list_id, segment)} is {row.status}{when}; "
+                        + (f"cancel it first: `newsletter sends cancel {row.id}`"
+                           if row.status == "scheduled" else
+                           "an issue goes to a list (and segment) once (re-running `send` resumes it)"))
+                send_id = row.id
+                conn.execute(sends.update().where(sends.c.id == send_id).values(
+                    status="scheduled", reason=None, content_hash=content, subject=subject,
+                    transport=transport, updated_at=now, **planned))
+        info = self.get(send_id)
+        assert info is not None
+        return info
+
+    def call_off(self, send_id: int, reason: str) -> bool:
+        """The scheduler could not start a send (approval, issue file, empty list): `scheduled`
+        → `cancelled` with `reason`, if it still is scheduled; True if this call did it (of
+        several schedulers, the first)."""
+        with self.store.write() as conn:
+            return conn.execute(sends.update().where(
+                sends.c.id == send_id, sends.c.status == "scheduled",
+            ).values(status="cancelled", updated_at=utcnow(), reason=reason)).rowcount == 1
+
+    def cancel(self, send_id: int) -> SendInfo:
+        """Call off a scheduled send that has not started. A send that started (or ended) is
+        refused with its status: stopping a running one is Ctrl-C / killing its process."""
+        now = utcnow()
+        with self.store.write() as conn:
+            row = conn.execute(sa.select(sends).where(sends.c.id == send_id).with_for_update()).first()
+            if row is None:
+                raise NewsletterError(f"no send with ID {send_id}; see `newsletter sends ls`")
+            if row.status != "scheduled":
+                raise NewsletterError(
+                    f"send #{send_id} is {row.status}: only a scheduled send that has not started "
+                    "can be cancelled")
+            conn.execute(sends.update().where(sends.c.id == send_id).values(
+                status="cancelled", updated_at=now,
+                reason=f"cancelled {now:%Y-%m-%d %H:%M} UTC (was scheduled for "
+                       f"{row.scheduled_at:%Y-%m-%d %H:%M} UTC)"))
+        info = self.get(send_id)
+        assert info is not None
+        return info
+
+    @staticmethod
+    def _changed(conn: sa.Connection, row: Any, issue_slug: str, list_id: int,
+                 joined: list[WorkerInfo], now: datetime) -> ContentChanged:
+        audience = Journal._audience(conn, list_id, row.segment)
         if joined:  # two versions at once: never, --force or not
             first = joined[0]
             return ContentChanged(
-                f"the issue `{issue_slug}` changed since send #{row.id} to the list `{name}` "
+                f"the issue `{issue_slug}` changed since send #{row.id} to {audience} "
                 f"started, and pid {first.pid} on host {first.host} is sending the other version "
                 "right now; wait for it to finish (then --force sends the new version to the rest)")
         sent = conn.execute(sa.select(sa.func.count()).where(
             deliveries.c.send_id == row.id, deliveries.c.status == "sent")).scalar_one()
         return ContentChanged(
-            f"the issue `{issue_slug}` changed since send #{row.id} to the list "
-            f"`{name}` started ({row.created_at:%Y-%m-%d %H:%M} UTC); {sent} "
+            f"the issue `{issue_slug}` changed since send #{row.id} to {audience} "
+            f"started ({row.created_at:%Y-%m-%d %H:%M} UTC); {sent} "
             "recipients got the old version. Re-run with --force to send the new "
             "version to the rest.")
 
@@ -338,8 +485,13 @@ class Journal(JournalReader):
         with self.store.write() as conn:
             row = conn.execute(sa.select(sends.c.status, sends.c.reason)
                                .where(sends.c.id == send_id)).first()
-            if row is None or row.status not in STOPPED or (row.reason or "").startswith(
-                    CONTENT_CHANGED_NOTE):
+            # A `running` send nobody runs (its worker died): `interrupted` now, so the scheduler
+            # stops trying to resume it and `sends ls` says why.
+            dead = row is not None and row.status == "running" and not live_workers(
+                conn, send_id, utcnow())
+            if row is None or (row.status not in STOPPED and not dead) or (
+                    row.reason or "").startswith(CONTENT_CHANGED_NOTE):
                 return
             reason = CONTENT_CHANGED_NOTE + (f"; it had stopped: {row.reason}" if row.reason else "")
-            conn.execute(sends.update().where(sends.c.id == send_id).values(reason=reason))
+            conn.execute(sends.update().where(sends.c.id == send_id).values(
+                reason=reason, **({"status": "interrupted"} if dead else {})))

@@ -175,14 +175,16 @@ def _clock(at: datetime, now: datetime) -> str:
 
 def busy_error(conn: sa.Connection, send_id: int, holder: WorkerInfo, now: datetime) -> SendBusy:
     names = list_names()
-    row = conn.execute(sa.select(sends.c.issue_slug, names.c.name)
+    row = conn.execute(sa.select(sends.c.issue_slug, sends.c.segment, names.c.name)
                        .join(names, names.c.list_id == sends.c.list_id)
                        .where(sends.c.id == send_id)).one()
+    audience = (f"the segment `{row.segment}` of the list `{row.name}`" if row.segment
+                else f"the list `{row.name}`")
     # Rounded up: re-running at the second shown finds the lease expired.
     expires = holder.lease_expires_at.replace(microsecond=0) + timedelta(
         seconds=1 if holder.lease_expires_at.microsecond else 0)
     return SendBusy(
-        f"the issue `{row.issue_slug}` is being sent to the list `{row.name}` (send #{send_id}) "
+        f"the issue `{row.issue_slug}` is being sent to {audience} (send #{send_id}) "
         f"by pid {holder.pid} on host {holder.host} since {_clock(holder.started_at, now)}; wait "
         "for it to finish, or if that process is gone, re-run after "
         f"{_clock(expires, now)} when its lease expires", holder)

@@ -11,19 +11,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from newsletter.audience.queries import attribute_names
+from newsletter.audience.queries import attribute_names, paused_count
 from newsletter.audience.records import MailingList
+from newsletter.audience.segments import Segment, count_members, load_segment
 from newsletter.audience.store import Store, open_store
 from newsletter.content.fields import FIELD, NAME_FIELD
 from newsletter.content.topics import issue_tags, undeclared
 from newsletter.content.validate import LoadedIssue, load_issue
+from newsletter.db.schema import utcnow
+from newsletter.delivery.approval import local_time
 from newsletter.delivery.message import PreparedMessage, content_hash, prepare
 from newsletter.delivery.records import JournalReader, SendInfo
 from newsletter.delivery.reputation import warning
+from newsletter.delivery.tables import WHOLE_LIST
 from newsletter.delivery.transport import Transport, transport_for
 from newsletter.errors import IssueInvalid, NewsletterError, Problem
 from newsletter.project import Project
 from newsletter.render.html import RenderedIssue, render_issue
+from newsletter.render.images import write_images
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,10 @@ def prepare_issue(project: Project, issue: str | Path | LoadedIssue, list_name: 
     issue rendered already (by `IssuePipeline`), so it is not rendered twice."""
     loaded = issue if isinstance(issue, LoadedIssue) else load_issue(issue)
     rendered = rendered or render_issue(loaded, project)
+    # The mail refers to its local images under {base_url}/archive/<slug>/: they are written
+    # into dist/<slug>/ (which `serve` serves) before any mail can point at them, built or not.
+    # Names are content-addressed: a file already there is not written again.
+    write_images(rendered.images, project.dist_dir / rendered.slug)
     prepared = prepare(project, rendered, list_name=list_name, list_title=list_title,
                        subject_prefix=subject_prefix, sign=sign)
     return PreparedIssue(loaded, rendered, prepared)
@@ -82,11 +91,29 @@ class SendPlan:
     rate: float
     # The project's most recently finished send (any list): its complaints and bounces.
     last_finished: SendInfo | None = None
+    # `--segment`: only the list's members in it are sent to; the send is (issue, list, segment).
+    segment: Segment | None = None
+    segment_members: int = 0  # with `segment`: its subscribed members now
+    paused: int = 0  # of the recipients, those who paused the newsletter (skipped)
+    # Of the recipients (new to this send), those another send of the issue to the list has
+    # sent it (the whole list and a segment, or overlapping segments): skipped.
+    sent_elsewhere: int = 0
 
     @property
     def recipients(self) -> int:
-        """Subscribed members now."""
-        return self.counts.get("subscribed", 0)
+        """Subscribed members now (of the segment, with one)."""
+        return self.segment_members if self.segment else self.counts.get("subscribed", 0)
+
+    @property
+    def segment_key(self) -> str:
+        """The journal's segment column: the segment's name, "" for the whole list."""
+        return self.segment.name if self.segment else WHOLE_LIST
+
+    @property
+    def audience(self) -> str:
+        """`the list `news``, or `the segment `jena` of the list `news``, for messages."""
+        name = f"the list `{self.mailing_list.name}`"
+        return f"the segment `{self.segment.name}` of {name}" if self.segment else name
 
     @property
     def nothing_to_do(self) -> bool:
@@ -94,6 +121,17 @@ class SendPlan:
         if self.existing is None or self.existing.status != "finished":
             return False  # a paused or interrupted send is resumed: it finishes and says why
         return self.existing.open_rows == 0 and self.joined_since == 0
+
+    def refuse_if_scheduled(self) -> None:
+        """A send to start now refuses an issue scheduled for this list and segment: one line
+        saying when, and how to cancel it (`Journal.start` refuses again, atomically)."""
+        existing = self.existing
+        if existing is not None and existing.status == "scheduled":
+            assert existing.scheduled_at is not None
+            when = local_time(existing.scheduled_at, self.project.settings.newsletter.timezone)
+            raise NewsletterError(
+                f"send #{existing.id} of `{self.issue.slug}` to {self.audience} is scheduled for "
+                f"{when}; to send it now, cancel it first: `newsletter sends cancel {existing.id}`")
 
     def refuse_if_busy(self) -> None:
         """Raise `SendBusy` (the one line saying who sends it, since when, until when its lease
@@ -158,27 +196,42 @@ def _refuse_unknown_topics(project: Project, loaded: LoadedIssue, mailing_list: 
         raise IssueInvalid(problems=problems)
 
 
-def plan_send(project: Project, issue_path: Path, list_name: str, *, concurrency: int | None = None,
-              rate: float | None = None) -> SendPlan:
-    """Prepare the issue and look up the list; no state changes. The caller closes `plan.store`."""
+def plan_send(project: Project, issue_path: Path, list_name: str, *, segment: str | None = None,
+              concurrency: int | None = None, rate: float | None = None) -> SendPlan:
+    """Prepare the issue and look up the list (and the segment `segment` of it); no state
+    changes. The caller closes `plan.store`."""
     loaded = load_issue(issue_path)  # the issue's own mistakes first, before the store opens
+    # newsletter.toml's mistakes next; "" is a mistake too (an unset shell variable must not
+    # become a send to the whole list).
+    chosen = load_segment(project, segment) if segment is not None else None
     store = open_store(project)
     try:
         mailing_list = store.get_list(list_name)
+        if chosen is not None:
+            chosen.check_list(mailing_list.name)
         _refuse_unknown_topics(project, loaded, mailing_list)
         issue = prepare_issue(project, loaded, mailing_list.name, list_title=mailing_list.title)
         _refuse_unknown_fields(store, issue, mailing_list)
         counts = next((lc.counts for lc in store.list_counts() if lc.list.id == mailing_list.id), {})
-        recipients = counts.get("subscribed", 0)
+        in_segment = count_members(store, mailing_list.id, chosen) if chosen else 0
+        recipients = in_segment if chosen else counts.get("subscribed", 0)
+        with store.read() as conn:
+            paused = paused_count(conn, mailing_list.id, utcnow(), chosen)
         journal = JournalReader(store)
-        existing = journal.find(issue.slug, mailing_list.id)
-        joined_since = journal.joined_since(existing.id, mailing_list.id) if existing else recipients
+        existing = journal.find(issue.slug, mailing_list.id, chosen.name if chosen else WHOLE_LIST)
+        if existing is not None and existing.status == "cancelled":  # called off, never started
+            existing = None
+        joined_since = (journal.joined_since(existing.id, mailing_list.id, chosen)
+                        if existing else recipients)
+        sent_elsewhere = journal.sent_elsewhere(issue.slug, mailing_list.id, chosen,
+                                                existing.id if existing else None)
         last_finished = journal.last_finished()
-        if existing is None and recipients == 0:
+        if (existing is None or existing.status == "scheduled") and recipients == 0:
             waiting = f" ({counts['pending']} pending: they have not confirmed yet)" if counts.get(
-                "pending") else ""
-            raise NewsletterError(f"the list `{mailing_list.name}` has no subscribed members"
-                                  f"{waiting}; nothing to send")
+                "pending") and not chosen else ""
+            where = (f"the segment `{chosen.name}` of the list `{mailing_list.name}`" if chosen
+                     else f"the list `{mailing_list.name}`")
+            raise NewsletterError(f"{where} has no subscribed members{waiting}; nothing to send")
     except BaseException:
         store.close()
         raise
@@ -189,4 +242,5 @@ def plan_send(project: Project, issue_path: Path, list_name: str, *, concurrency
         joined_since=joined_since, counts=counts,
         concurrency=concurrency or delivery.concurrency,
         rate=delivery.rate if rate is None else rate, last_finished=last_finished,
+        segment=chosen, segment_members=in_segment, paused=paused, sent_elsewhere=sent_elsewhere,
     )

@@ -28,9 +28,10 @@ from newsletter.delivery.lease import (
     with_counts,
     workers_of,
 )
-from newsletter.delivery.tables import DELIVERY_STATUSES, deliveries, sends
+from newsletter.delivery.tables import DELIVERY_STATUSES, WHOLE_LIST, deliveries, sends
 
 if TYPE_CHECKING:  # only for annotations: delivery builds on audience, not the reverse
+    from newsletter.audience.segments import Segment
     from newsletter.audience.store import Store
 
 # What was reported about a delivered message afterwards (`deliveries.feedback`, filled by the
@@ -94,6 +95,15 @@ class SendInfo:
     workers: list[WorkerInfo] = field(default_factory=list)  # its runs, oldest first
     # Reported after the send (bounce mails, provider events): hard / soft bounces, complaints.
     feedback: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FEEDBACK_KINDS, 0))
+    segment: str = WHOLE_LIST  # the segment's name; "" for the whole list
+    scheduled_at: datetime | None = None  # `send --at`: when it is (was) due, UTC
+    issue_path: str | None = None  # a scheduled send's issue file, relative to the project
+    segment_where: str | None = None  # the segment's condition when the send (last) started
+
+    @property
+    def audience(self) -> str:
+        """`news`, or `news / jena` for a segment of the list: what the send went to."""
+        return f"{self.list_name} / {self.segment}" if self.segment else self.list_name
 
     @property
     def open_rows(self) -> int:
@@ -112,8 +122,11 @@ class SendInfo:
     def as_dict(self) -> dict[str, Any]:
         now = utcnow()
         return {
-            "id": self.id, "issue": self.issue_slug, "list": self.list_name, "subject": self.subject,
-            "status": self.status, "reason": self.reason, "transport": self.transport,
+            "id": self.id, "issue": self.issue_slug, "list": self.list_name,
+            "segment": self.segment or None, "segment_where": self.segment_where,
+            "subject": self.subject, "status": self.status,
+            "scheduled_at": self.scheduled_at, "issue_path": self.issue_path,
+            "reason": self.reason, "transport": self.transport,
             "created_at": self.created_at, "updated_at": self.updated_at,
             "finished_at": self.finished_at, "counts": self.counts, "feedback": self.feedback,
             "possibly_duplicated": self.possibly_duplicated,
@@ -170,11 +183,38 @@ class JournalReader:
         each other's rows. SQLite locks the whole file per write: one run at a time."""
         return self.store.engine.dialect.name == "postgresql"
 
-    def find(self, issue_slug: str, list_id: int) -> SendInfo | None:
+    def find(self, issue_slug: str, list_id: int, segment: str = WHOLE_LIST) -> SendInfo | None:
+        """The send of the issue to the list (or to the segment `segment` of it)."""
         with self.store.read() as conn:
             row = conn.execute(sa.select(sends.c.id).where(
-                sends.c.issue_slug == issue_slug, sends.c.list_id == list_id)).first()
+                sends.c.issue_slug == issue_slug, sends.c.list_id == list_id,
+                sends.c.segment == segment)).first()
         return self.get(row.id) if row else None
+
+    def due(self, now: datetime | None = None) -> list[SendInfo]:
+        """Scheduled sends whose time has come (`scheduled_at <= now`), the longest due first."""
+        with self.store.read() as conn:
+            ids = conn.execute(sa.select(sends.c.id).where(
+                sends.c.status == "scheduled", sends.c.scheduled_at <= (now or utcnow()))
+                .order_by(sends.c.scheduled_at, sends.c.id)).scalars().all()
+        return [info for info in map(self.get, ids) if info is not None]
+
+    def next_due(self) -> datetime | None:
+        """When the earliest scheduled send is due (None: nothing is scheduled)."""
+        with self.store.read() as conn:
+            return conn.execute(sa.select(sa.func.min(sends.c.scheduled_at))
+                                .where(sends.c.status == "scheduled")).scalar()
+
+    def orphaned_scheduled(self, now: datetime | None = None) -> list[SendInfo]:
+        """Scheduled sends that were started and are `running` with no live worker: the process
+        that ran them was killed (or the machine went away); the scheduler resumes them."""
+        now = now or utcnow()
+        with self.store.read() as conn:
+            ids = conn.execute(sa.select(sends.c.id).where(
+                sends.c.status == "running", sends.c.issue_path.is_not(None))
+                .order_by(sends.c.scheduled_at, sends.c.id)).scalars().all()
+            orphans = [i for i in ids if live_worker(conn, i, now) is None]
+        return [info for info in map(self.get, orphans) if info is not None]
 
     def get(self, send_id: int) -> SendInfo | None:
         names = list_names()
@@ -243,10 +283,26 @@ class JournalReader:
         with self.store.read() as conn:
             return _duplicated(conn, [send_id]).get(send_id, [])
 
-    def joined_since(self, send_id: int, list_id: int) -> int:
-        """Subscribed members without a row in the send: those who joined after it started
-        (a resume sends to them too)."""
-        members, done = without_row(send_id, list_id)
+    def sent_elsewhere(self, issue_slug: str, list_id: int, segment: Segment | None = None,
+                       send_id: int | None = None) -> int:
+        """Subscribed members (of the segment) without a row in the send `send_id` (None: a new
+        send) whom another send of the issue to the list has sent it: the send skips them."""
+        members = subscribed_members(list_id, segment)
+        other, theirs = sends.alias("other"), deliveries.alias("theirs")
+        got_it = sa.select(theirs.c.subscriber_id).join(other, other.c.id == theirs.c.send_id).where(
+            other.c.issue_slug == issue_slug, other.c.list_id == list_id,
+            other.c.id != (send_id or 0), theirs.c.status.in_(("sent", "sending")),
+            theirs.c.subscriber_id == members.c.subscriber_id)
+        has_row = sa.select(deliveries.c.subscriber_id).where(
+            deliveries.c.send_id == (send_id or 0), deliveries.c.subscriber_id == members.c.subscriber_id)
+        with self.store.read() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(members).where(
+                sa.exists(got_it), ~sa.exists(has_row))).scalar_one())
+
+    def joined_since(self, send_id: int, list_id: int, segment: Segment | None = None) -> int:
+        """Subscribed members (of the segment) without a row in the send: those who joined
+        after it started (a resume sends to them too)."""
+        members, done = without_row(send_id, list_id, segment)
         with self.store.read() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(members)
                                     .where(~sa.exists(done))).scalar_one())
@@ -280,9 +336,11 @@ def _topics(value: Any) -> frozenset[str] | None:
     return frozenset(key for key in value if isinstance(key, str))
 
 
-def without_row(send_id: int, list_id: int) -> tuple[sa.Subquery, sa.Select[Any]]:
-    """The list's subscribed members, and the condition "has a row in this send" (negate it)."""
-    members = subscribed_members(list_id)
+def without_row(send_id: int, list_id: int,
+                segment: Segment | None = None) -> tuple[sa.Subquery, sa.Select[Any]]:
+    """The list's subscribed members (those of `segment`, as it is defined now), and the
+    condition "has a row in this send" (negate it)."""
+    members = subscribed_members(list_id, segment)
     done = sa.select(deliveries.c.subscriber_id).where(
         deliveries.c.send_id == send_id, deliveries.c.subscriber_id == members.c.subscriber_id)
     return members, done
@@ -334,7 +392,8 @@ def _info(row: Any, counts: dict[str, int], duplicated: list[str], workers: list
     return SendInfo(row.id, row.issue_slug, row.list_id, row.list_name, row.subject, row.status,
                     row.transport, row.content_hash, row.created_at, row.updated_at, row.finished_at,
                     row.reason, full, duplicated, workers,
-                    {kind: feedback.get(kind, 0) for kind in FEEDBACK_KINDS})
+                    {kind: feedback.get(kind, 0) for kind in FEEDBACK_KINDS},
+                    row.segment, row.scheduled_at, row.issue_path, row.segment_where)
 
 
 def person_deliveries(conn: sa.Connection, subscriber_id: int) -> list[dict[str, Any]]:

@@ -28,11 +28,13 @@ __all__ = ["ContentChanged", "DeliveryError", "SendBusy", "SendProgress", "SendR
 
 def run_send(plan: SendPlan, *, force: bool = False,
              progress: Callable[[SendProgress], None] | None = None,
-             lease: float | None = None) -> SendReport:
+             lease: float | None = None, scheduled: bool = False) -> SendReport:
     """Send (or resume) the issue to the list; returns the report, raises DeliveryError on a
     connection/authentication failure after recording everything, and `SendBusy` (sending
     nothing) while another process runs the send. `lease`: seconds (default `lease_seconds()`).
-    With `[bounces] address` each message goes out from its own VERP address (delivery/envelope)."""
+    With `[bounces] address` each message goes out from its own VERP address (delivery/envelope).
+    `scheduled`: the scheduler starts a send recorded by `send --at` (`AlreadyStarted` if another
+    process did already; `Journal.start`)."""
     envelope = delivery_senders(plan.project)  # before anything is written
     variants = Variants(plan.project, plan.issue, plan.mailing_list.name, plan.mailing_list.title,
                         plan.topics)
@@ -47,9 +49,10 @@ def run_send(plan: SendPlan, *, force: bool = False,
         resume = journal.start(
             issue_slug=plan.issue.rendered.slug, list_id=plan.mailing_list.id,
             subject=plan.issue.rendered.subject, content=plan.issue.content_hash,
-            transport=plan.transport.description, worker=worker, force=force)
+            transport=plan.transport.description, worker=worker, force=force,
+            segment=plan.segment, scheduled=scheduled)
     except ContentChanged:  # the issue changed since the send started: note it on the send
-        existing = journal.find(plan.issue.rendered.slug, plan.mailing_list.id)
+        existing = journal.find(plan.issue.rendered.slug, plan.mailing_list.id, plan.segment_key)
         if existing is not None:
             journal.refuse_changed(existing.id)
         raise

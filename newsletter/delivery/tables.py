@@ -1,5 +1,6 @@
 """The send journal's tables: `sends` (one per issue and list), `deliveries` (one per
-recipient of a send) and `send_workers` (the processes that ran a send, with their leases).
+recipient of a send) and `send_workers` (the processes that ran a send, with their leases);
+and `approvals` (who approved which content of an issue: `delivery/approval.py`).
 Only the delivery package reads or writes them; the logic is in `delivery/journal.py`.
 Columns, statuses and history: docs/data-model.md.
 """
@@ -47,6 +48,9 @@ def journal_tables(md: sa.MetaData, version: int) -> tuple[sa.Table, sa.Table]:
             # The segment (`[segments.<name>]` of newsletter.toml) the send goes to; WHOLE_LIST
             # ("") for every member. Part of the key: one issue, one list, two segments = two sends.
             sa.Column("segment", sa.String(100), nullable=False, server_default=WHOLE_LIST),
+            # The segment's condition when the send started: a resume under another one is
+            # refused without --force (it would change who the send is for).
+            sa.Column("segment_where", sa.Text, nullable=True),
             # A scheduled send (`send --at`): when it is due (UTC), and the issue file it reads
             # then (relative to the project directory). NULL on sends started at once.
             sa.Column("scheduled_at", UtcDateTime, nullable=True),
@@ -108,8 +112,31 @@ def send_workers_table(md: sa.MetaData) -> sa.Table:
     )
 
 
+def approvals_table(md: sa.MetaData) -> sa.Table:
+    """`approvals` (created by migration 12): who approved which exact content of an issue
+    (`newsletter approve`), one row per approval, kept as history; the latest of an issue counts.
+    The hashes and what went into them: `delivery/approval.py`, docs/approval.md."""
+    return sa.Table(
+        "approvals", md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("issue_slug", sa.String(200), nullable=False),
+        sa.Column("approved_by", sa.String(200), nullable=False),
+        sa.Column("approved_at", UtcDateTime, nullable=False),
+        sa.Column("issue_path", sa.Text, nullable=False),  # as approved, relative to the project
+        # SHA-256 of each part; `parts` has the hash of every file and config section in them,
+        # so a refusal can name what changed.
+        sa.Column("issue_hash", sa.String(64), nullable=False),
+        sa.Column("templates_hash", sa.String(64), nullable=False),
+        sa.Column("config_hash", sa.String(64), nullable=False),
+        sa.Column("content_hash", sa.String(128), nullable=False),  # the rendered message
+        sa.Column("parts", sa.JSON, nullable=False),
+        sa.Index("ix_approvals_issue_slug", "issue_slug", "id"),
+    )
+
+
 sends, deliveries = journal_tables(metadata, 11)
 send_workers = send_workers_table(metadata)
+approvals = approvals_table(metadata)
 
 
 @erases_subscriber

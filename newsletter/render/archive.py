@@ -4,6 +4,7 @@
     DIR/<slug>/email.txt    its plain-text part
     DIR/<slug>/index.html   the web version (no placeholder)
     DIR/<slug>/*.ics        one calendar file per event
+    DIR/<slug>/<name>-<hash>.jpg|png  the issue's local images, resized (render/images.py)
     DIR/<slug>/issue.json   what the archive page and feed need to list the issue
     DIR/index.html          every built issue, newest first
     DIR/feed.xml            the same as an Atom feed
@@ -24,6 +25,7 @@ from newsletter.content.validate import LoadedIssue
 from newsletter.errors import NewsletterError
 from newsletter.project import Project
 from newsletter.render.html import RenderedIssue, render_issue
+from newsletter.render.images import write_images
 from newsletter.render.templates import render_template
 
 META_NAME = "issue.json"
@@ -62,6 +64,8 @@ def build_issue(loaded: LoadedIssue, project: Project, out_dir: Path | None = No
         _write(issue_dir / "index.html", rendered.web_html),
     ]
     files += [_write(issue_dir / name, body) for name, body in sorted(rendered.ics.items())]
+    # Earlier versions of an image stay: mails sent before still show them.
+    files += write_images(rendered.images, issue_dir)
     meta = {
         "slug": rendered.slug, "subject": rendered.subject, "preheader": rendered.preheader,
         "date": rendered.date.isoformat(), "web_url": rendered.web_url,

@@ -3,8 +3,8 @@
 Runs on the rendered issue: HTML size against Gmail's clipping limit, images
 without alt text or size, unsubscribe link and imprint in both parts, subject
 and preheader length (from validation), link texts that say nothing on their
-own ("hier klicken", "mehr"), and optionally every link and image URL fetched
-concurrently to find broken ones.
+own ("hier klicken", "mehr"), local images over 200 KB after resizing, and optionally every
+link and image URL fetched concurrently to find broken ones.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from newsletter.content.validate import LoadedIssue
 from newsletter.errors import Problem
 from newsletter.project import Project
 from newsletter.render.html import UNSUBSCRIBE_PLACEHOLDER, RenderedIssue, render_issue
+from newsletter.render.images import SIZE_WARN as IMAGE_SIZE_WARN
+from newsletter.render.images import encoded_size
 
 # Gmail hides everything after ~102 KB of HTML behind "[Nachricht gekürzt]".
 SIZE_LIMIT = 102_000
@@ -87,6 +89,18 @@ def check_issue(loaded: LoadedIssue, project: Project, *, links: bool = False,
         if not (img.get("width") and img.get("height")):
             add(f"image {src} has no width/height attributes: the layout jumps while it loads",
                 "warning")
+
+    # Local images: as `build` writes them (the file in dist/ if built already).
+    for image in rendered.images:
+        if image.warning:
+            add(image.warning, "warning", (*image.loc, "width"))
+        size = encoded_size(image, project.dist_dir / rendered.slug)
+        if size > IMAGE_SIZE_WARN:
+            advice = "a photo is much smaller as JPEG" if image.format == "PNG" else (
+                "crop it to what matters, or show it smaller (`width`)")
+            add(f"`{image.path}` has {size / 1000:.0f} KB after resizing to {image.width}×{image.height} "
+                f"px (over {IMAGE_SIZE_WARN // 1000} KB: slow on mobile data); {advice}", "warning",
+                (*image.loc, "url"))
 
     # Unsubscribe and imprint in both parts (German law: § 7 UWG, § 5 DDG).
     hrefs = [a.get("href", "") for a in doc.iter("a")]

@@ -34,6 +34,7 @@ from newsletter.content.validate import LoadedIssue
 from newsletter.project import Project
 from newsletter.render import text as plaintext
 from newsletter.render.ics import event_calendars
+from newsletter.render.images import LocalImage, localised, plan_images
 from newsletter.render.memo import shared_work
 from newsletter.render.personal import personal
 from newsletter.render.templates import (
@@ -85,6 +86,8 @@ class RenderedIssue:
     # greeting (`GREETING_PLACEHOLDER`); filled per reader by `render.personal.values_for`.
     fields: tuple[FieldRef, ...] = ()
     greeting: Greeting | None = None
+    # The issue's local images (the HTML refers to them in the archive folder): `build` writes them.
+    images: tuple[LocalImage, ...] = ()
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -107,7 +110,12 @@ def mjml_to_html(source: str, css: str = "") -> str:
     problems = mjml_problems(source)
     if problems:
         raise RenderError("template error: " + "; ".join(problems))
-    html = mjml2html(source).replace("<style", '<style data-premailer="ignore"').strip()
+    try:
+        html = mjml2html(source)
+    except ValueError as exc:  # a template override that is no MJML document
+        raise RenderError(f"template error: base.mjml.j2 does not make an MJML document: {exc} "
+                          "(it must render `<mjml><mj-body>…</mj-body></mjml>`)") from None
+    html = html.replace("<style", '<style data-premailer="ignore"').strip()
     # mj-preview hides the preheader with display:none, max-height:0 and opacity:0 — and also
     # colours it like the background, which SpamAssassin scores (HTML_FONT_LOW_CONTRAST).
     # The colour hides nothing the other three do not: drop it.
@@ -189,13 +197,15 @@ def render_issue(loaded: LoadedIssue, project: Project,
 
 
 def _render_issue(loaded: LoadedIssue, project: Project, topics: Collection[str] | None) -> RenderedIssue:
-    full = loaded.issue
-    # Filtered before the templates run; the .ics files below come from the full issue.
-    issue = full if topics is None else selected(full, selection(full, topics))
     settings = project.settings
-    slug = issue.slug or loaded.path.stem
+    slug = loaded.issue.slug or loaded.path.stem
     base = base_context(project)
     web_url = f"{base['archive_url']}{slug}/"
+    # Local images point into the issue's archive folder, sized as shown (docs/images.md).
+    images = plan_images(loaded, project.root)
+    full = localised(loaded.issue, images, web_url)
+    # Filtered before the templates run; the .ics files below come from the full issue.
+    issue = full if topics is None else selected(full, selection(full, topics))
     with personal("fallback"):  # the .ics files are public: nobody's data in them
         calendars = event_calendars(full, slug, settings.newsletter.timezone, base["base_url"])
     greeting = _greeting(issue.greeting)
@@ -237,7 +247,7 @@ def _render_issue(loaded: LoadedIssue, project: Project, topics: Collection[str]
         html=html, text=text, web_html=web_html,
         ics={name: body for name, (_, body) in calendars.items()},
         web_url=web_url, archive_url=base["archive_url"],
-        fields=tuple(holes.fields), greeting=greeting,
+        fields=tuple(holes.fields), greeting=greeting, images=images,
     )
 
 

@@ -45,6 +45,15 @@ UNSUBSCRIBE_PLACEHOLDER = "%%UNSUBSCRIBE_URL%%"
 PREFERENCES_PLACEHOLDER = "%%PREFERENCES_URL%%"
 EMAIL_WIDTH = 600
 GUTTER = 24  # left/right padding of the email's content column, in px
+# The width (px) an image is shown at, by where it stands: the content column; an event's image
+# in its 45 % column (12 px to the facts); a gallery image in its half (6 px between the two).
+# The templates size images by these (`image_box.full`, …); local images are resized to twice
+# them (render/images.py, docs/images.md).
+IMAGE_BOX = {
+    "full": EMAIL_WIDTH - 2 * GUTTER,
+    "event": EMAIL_WIDTH * 45 // 100 - GUTTER - 12,
+    "gallery": EMAIL_WIDTH // 2 - GUTTER - 6,
+}
 
 _CACHE_SIZE = 8
 _cache: OrderedDict[tuple[Any, ...], Environment] = OrderedDict()
@@ -135,6 +144,7 @@ def _build(directory: Path | None, locale: str) -> Environment:
         entry_facts=partial(entry_facts, locale=locale),
         gutter=GUTTER,
         email_width=EMAIL_WIDTH,
+        image_box=IMAGE_BOX,
     )
     return env
 

@@ -48,10 +48,12 @@ log = logging.getLogger("newsletter.serve")
 KEEP_ALIVE_SECONDS = 5
 
 
-def create_app(project: Project, *, proxy_headers: bool = True) -> Starlette:
+def create_app(project: Project, *, proxy_headers: bool = True, scheduler: bool = False) -> Starlette:
     """The ASGI app of `newsletter serve` for one project.
 
     With `proxy_headers`, X-Forwarded-For is believed from peers in `serve.trusted_proxies`.
+    With `scheduler`, the process also starts scheduled sends when due (`delivery/schedule.py`,
+    a thread of its own from start-up to shutdown).
     """
     site = Site(project, proxy_headers=proxy_headers)
     archive = Archive(project.dist_dir, not_found=lambda: site.pages.error(404))
@@ -67,7 +69,14 @@ def create_app(project: Project, *, proxy_headers: bool = True) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> Any:
+        background = None
+        if scheduler:
+            from newsletter.delivery.schedule import start_scheduler
+
+            background = start_scheduler(project)
         yield
+        if background is not None:
+            background.stop()
         # After the last request: the writer commits what is queued, then the database closes.
         await asyncio.to_thread(site.close)
 
@@ -111,14 +120,15 @@ def _config(project: Project, proxy_headers: bool, log_level: str) -> dict[str, 
 
 
 def make_server(project: Project, host: str, port: int, *, proxy_headers: bool = True,
-                log_level: str = "info") -> Any:
+                log_level: str = "info", scheduler: bool = False) -> Any:
     """A uvicorn server for the project. Uvicorn's own access log is off: it would log tokens.
 
     Opens the database (raises `StoreError` / `DatabaseError` if it cannot be used), so a
     broken one stops `newsletter serve` before it listens."""
     import uvicorn
 
-    config = uvicorn.Config(create_app(project, proxy_headers=proxy_headers), host=host, port=port,
+    config = uvicorn.Config(create_app(project, proxy_headers=proxy_headers, scheduler=scheduler),
+                            host=host, port=port,
                             **_config(project, proxy_headers, log_level))
     config.load()  # uvicorn's protocol modules too, before `settle_heap`
     settle_heap()
@@ -146,14 +156,15 @@ def worker_app() -> Starlette:
     its settings come from the same files and environment as the parent's."""
     from newsletter.project import open_project
 
-    root, proxy_headers = json.loads(os.environ[WORKER_ENV])
-    app = create_app(open_project(root, exact=True), proxy_headers=proxy_headers)
+    root, proxy_headers, *rest = json.loads(os.environ[WORKER_ENV])
+    app = create_app(open_project(root, exact=True), proxy_headers=proxy_headers,
+                     scheduler=bool(rest and rest[0]))
     settle_heap()  # uvicorn has loaded its modules already: it is calling this factory
     return app
 
 
 def run_workers(project: Project, host: str, port: int, workers: int, *,
-                proxy_headers: bool = True, log_level: str = "info") -> None:
+                proxy_headers: bool = True, log_level: str = "info", scheduler: bool = False) -> None:
     """Serve with `workers` processes on one listening socket (uvicorn's supervisor restarts a
     worker that dies). Each process has its own writer and connections; rate limits are shared
     through the database. Opens the database once first, so a broken one stops here."""
@@ -163,7 +174,7 @@ def run_workers(project: Project, host: str, port: int, workers: int, *,
     from newsletter.audience.store import open_store
 
     open_store(project).close()  # migrations once, and errors before anything listens
-    os.environ[WORKER_ENV] = json.dumps([str(project.root), proxy_headers])
+    os.environ[WORKER_ENV] = json.dumps([str(project.root), proxy_headers, scheduler])
     # The children are new interpreters: they get our loggers (access log, errors) through
     # uvicorn's logging config, formatted like uvicorn's own lines.
     log_config = copy.deepcopy(LOGGING_CONFIG)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import socket
 import threading
 import time
@@ -32,7 +33,14 @@ from urllib.parse import quote
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -40,6 +48,7 @@ from newsletter.delivery.outbox import list_outbox, open_outbox, read_outbox_mes
 from newsletter.errors import NewsletterError
 from newsletter.project import Project
 from newsletter.render.templates import environment, render
+from newsletter.web.archive import IMAGE_NAME, archive_image, image_headers
 from newsletter.web.preview_live import LiveIssue
 
 HOST = "127.0.0.1"  # the preview shows unpublished drafts: never listen beyond this machine
@@ -60,6 +69,15 @@ def _with_base_target(html: str) -> str:
     return html[: index + len(marker)] + tag + html[index + len(marker):]
 
 
+def _local_images(html: str, archive_url: str) -> str:
+    """The mail's local images (`{base_url}/archive/<slug>/<name>`, online once built and
+    deployed) from the preview itself, which serves them from the build folder."""
+    if not archive_url:
+        return html
+    pattern = re.compile(rf'src="{re.escape(archive_url)}([^"/]+/{IMAGE_NAME.pattern})"')
+    return pattern.sub(r'src="/archive/\1"', html)
+
+
 NO_STORE = {"Cache-Control": "no-store"}
 # The email frames run no script at all; a stray <script> in a template stays inert.
 EMAIL_CSP = {"Content-Security-Policy": "default-src 'none'; img-src * data:; style-src 'unsafe-inline' *; "
@@ -70,6 +88,11 @@ def create_preview_app(project: Project, issue_path: Path, sample: str | None = 
     """The preview web app for one issue of one project (serve it on 127.0.0.1 only)."""
     live = LiveIssue(project, Path(issue_path), sample)
     env = environment(project)  # the one Jinja environment; the preview's pages are templates/preview/*
+    archive_url = f"{project.settings.newsletter.base_url}/archive/"
+
+    def framed(html: str) -> str:
+        """An email as the preview's frames show it: links open a tab, local images load here."""
+        return _with_base_target(_local_images(html, live.snapshot.archive_url or archive_url))
 
     def page(name: str, **values: Any) -> Response:
         return HTMLResponse(render(env, f"preview/{name}", values), headers=NO_STORE)
@@ -83,7 +106,7 @@ def create_preview_app(project: Project, issue_path: Path, sample: str | None = 
         snapshot = live.snapshot
         if not snapshot.ok:
             return HTMLResponse("<!doctype html><title>error</title>", status_code=409, headers=EMAIL_CSP)
-        return HTMLResponse(_with_base_target(snapshot.html), headers=EMAIL_CSP)
+        return HTMLResponse(framed(snapshot.html), headers=EMAIL_CSP)
 
     async def email_text(request: Request) -> Response:
         return PlainTextResponse(live.snapshot.text, status_code=200 if live.snapshot.ok else 409,
@@ -116,7 +139,7 @@ def create_preview_app(project: Project, issue_path: Path, sample: str | None = 
         html = text_part(msg, "html") if msg is not None else None
         if html is None:
             return PlainTextResponse("no HTML part", status_code=404)
-        return HTMLResponse(_with_base_target(html), headers=EMAIL_CSP)
+        return HTMLResponse(framed(html), headers=EMAIL_CSP)
 
     async def outbox_raw(request: Request) -> Response:
         box = open_outbox(live.outbox_dir)
@@ -127,6 +150,13 @@ def create_preview_app(project: Project, issue_path: Path, sample: str | None = 
         if data is None:
             return PlainTextResponse("no such message", status_code=404)
         return Response(data, media_type="text/plain; charset=utf-8", headers=NO_STORE)
+
+    async def image(request: Request) -> Response:
+        found = archive_image(project.dist_dir, request.path_params["slug"], request.path_params["name"])
+        if found is None:
+            return PlainTextResponse("no such image", status_code=404)
+        path, media_type = found
+        return FileResponse(path, media_type=media_type, headers=image_headers(media_type))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -151,6 +181,7 @@ def create_preview_app(project: Project, issue_path: Path, sample: str | None = 
         Route("/outbox/{key}", outbox_message),
         Route("/outbox/{key}/html", outbox_part),
         Route("/outbox/{key}/raw", outbox_raw),
+        Route("/archive/{slug}/{name}", image),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ], lifespan=lifespan)
     app.state.live = live

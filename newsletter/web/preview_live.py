@@ -1,10 +1,11 @@
 """The live state of the preview: the current `Snapshot`, re-rendered when a file changes and
 pushed to every open page.
 
-A watchfiles task watches the project (the issue file, `templates/`, `newsletter.toml`, `.env`
-and the outbox) and, if the issue lies outside the project, the issue's own directory. A change
-to the issue re-renders it in a worker thread (`build_snapshot`); new mail in the outbox only
-bumps the outbox version. `events` streams both to the page as server-sent events.
+A watchfiles task watches the project (the issue file, `templates/`, `newsletter.toml`, `.env`,
+image files outside `dist/` and the outbox) and, if the issue lies outside the project, the
+issue's own directory. A change to the issue re-renders it in a worker thread
+(`build_snapshot`); new mail in the outbox only bumps the outbox version. `events` streams both
+to the page as server-sent events.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import anyio
 from starlette.requests import Request
 from watchfiles import Change, awatch
 
+from newsletter.content.images import SUFFIXES as IMAGE_SUFFIXES
 from newsletter.project import CONFIG_NAME, Project
 from newsletter.web.preview_snapshot import Snapshot, build_snapshot
 
@@ -34,6 +36,7 @@ class LiveIssue:
         self.issue_path = issue_path
         self.sample = sample  # whose copy: an address on the lists, or the made-up reader
         self.outbox_dir = project.outbox_dir
+        self.dist_dir = project.dist_dir  # the preview writes local images there: not a change
         self.issue_file = issue_path.resolve()
         self.templates_dir = project.templates_dir
         self.config_files = (project.root / CONFIG_NAME, project.root / ".env")
@@ -78,6 +81,8 @@ class LiveIssue:
         p = Path(path)
         if p == self.issue_file or p in self.config_files or p.is_relative_to(self.templates_dir):
             return "issue"
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_relative_to(self.dist_dir):
+            return "issue"  # perhaps a local image of the issue: changed, or there at last
         if p.is_relative_to(self.outbox_dir) and p.parent.name in ("new", "cur"):
             return "outbox"
         return None

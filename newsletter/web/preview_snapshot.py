@@ -20,10 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import sqlalchemy as sa
 
+from newsletter.content.topics import selection, used_topics
 from newsletter.delivery import message
 from newsletter.errors import NewsletterError, Problem
 from newsletter.project import IssuePipeline, Project, open_project
+from newsletter.render.html import render_issue
+from newsletter.render.images import write_images
 from newsletter.tokens import Tokens
 
 log = logging.getLogger("newsletter.web.preview")
@@ -51,6 +55,7 @@ class Snapshot:
     header_block: str = ""
     render_ms: float = 0.0
     rendered_at: str = ""
+    archive_url: str = ""  # `{base_url}/archive/`: where the mail's local images are online
 
     def public(self) -> dict[str, Any]:
         """What the page needs (everything but the HTML, which the iframe fetches)."""
@@ -59,14 +64,35 @@ class Snapshot:
         return data
 
 
-def _sample_reader(project: Project, sample: str | None) -> message.Recipient:
-    """The made-up reader, or the subscriber `sample` names (an error if there is none)."""
+def _sample_reader(project: Project, sample: str | None) -> tuple[message.Recipient, frozenset[str] | None]:
+    """The made-up reader, or the subscriber `sample` names (an error if there is none), and
+    the topics that reader chose (None: no choice, every section)."""
     if sample is None:
-        return SAMPLE_RECIPIENT
+        return SAMPLE_RECIPIENT, None
     found = project.store.find_subscriber(sample)
     if found is None:
         raise NewsletterError(f"--as {sample}: no subscriber with this address")
-    return message.Recipient(found.email, found.name, found.id, 1, found.attributes)
+    reader = message.Recipient(found.email, found.name, found.id, 1, found.attributes)
+    return reader, _chosen_topics(project, found.id)
+
+
+def _chosen_topics(project: Project, subscriber_id: int) -> frozenset[str] | None:
+    """The topics the subscriber chose on the first of their lists (by name) that declares
+    topics and where they chose some of those: what a send to that list gives them."""
+    from newsletter.audience.queries import list_names, member_topics
+
+    chosen, names = member_topics(), list_names()
+    with project.store.read() as conn:
+        rows = conn.execute(sa.select(names.c.name, chosen.c.topics)
+                            .join(names, names.c.list_id == chosen.c.list_id)
+                            .where(chosen.c.subscriber_id == subscriber_id)
+                            .order_by(names.c.name)).all()
+    for list_name, topics in rows:
+        declared = project.settings.topics.get(list_name, {})
+        keys = frozenset(k for k in topics or () if isinstance(k, str) and k in declared)
+        if keys:
+            return keys
+    return None
 
 
 def _part(message: email.message.Message, subtype: str) -> str:
@@ -101,18 +127,28 @@ def run_pipeline(root: Path, issue_path: Path, sample: str | None = None) -> Sna
     writes), and run `newsletter check`. Raises for user mistakes."""
     project = open_project(root, exact=True)
     issue = project.issue(issue_path)
+    reader, topics = _sample_reader(project, sample)
+    if topics is not None and used_topics(issue.loaded.issue):
+        # The reader's topic variant, as the send renders it (delivery/variants.py).
+        if not selection(issue.loaded.issue, topics):
+            raise NewsletterError(f"--as {reader.email}: this reader gets nothing of this issue: "
+                                  f"no section for their topics ({', '.join(sorted(topics))}); "
+                                  "the send skips them")
+        issue = dataclasses.replace(issue, _rendered=render_issue(issue.loaded, project, topics=topics))
     rendered = issue.rendered
+    # Local images, from the build folder (the files `build` writes; docs/images.md).
+    write_images(rendered.images, project.dist_dir / rendered.slug)
     prepared = issue.prepared(list_name=SAMPLE_LIST_NAME, sign=False).prepared
     # The reader's copy as the send builds it (the same holes, filled by the same code): the
     # page shows its parts and its headers.
-    raw = prepared.personalise(_sample_reader(project, sample), _sample_token(project))
+    raw = prepared.personalise(reader, _sample_token(project))
     headers, header_block = _headers(raw)
     copy = email.message_from_bytes(raw, policy=email.policy.default)
     html, text = (_part(copy, kind) for kind in ("html", "plain"))
     checks = _checks(issue)
     return Snapshot(version=0, ok=True, checks=checks, subject=rendered.subject,
                     preheader=rendered.preheader or "", html=html, text=text, headers=headers,
-                    header_block=header_block)
+                    header_block=header_block, archive_url=rendered.archive_url)
 
 
 def _failed(version: int, lines: list[str], started: float, stamp: str) -> Snapshot:

@@ -81,8 +81,9 @@ class Guard:
         async def guarded_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 state["status"], state["started"] = message["status"], True
+                # The archive may say how long its files keep (its images: a year).
                 headers = [(k, v) for k, v in message.get("headers", [])
-                           if k.lower() not in _OWN_HEADERS]
+                           if k.lower() not in _OWN_HEADERS or (cacheable and k.lower() == b"cache-control")]
                 headers = [(k, relative_location(v)) if k.lower() == b"location" else (k, v)
                            for k, v in headers]
                 headers.extend(SECURITY_HEADERS)
