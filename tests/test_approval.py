@@ -146,7 +146,10 @@ def test_approver_name_is_checked(project: Project) -> None:
     issue = str(project.root / ISSUE)
     assert run(project, "approve", issue, "--by", "  ").output.strip() == (
         "--by: give the name of the person who approves")
-    assert "control characters" in run(project, "approve", issue, "--by", "A\x1bB").output
+    for hidden in ("A\x1bB", "\u202eAnna", "\u200b"):  # ESC, right-to-left override, zero-width space
+        refused = run(project, "approve", issue, "--by", hidden)
+        assert refused.exit_code == 1
+        assert "must not contain control or invisible format characters" in refused.output
     ok = run(project, "approve", issue, "--by", "  Anna   Schmidt ", "--json")
     assert ok.exit_code == 0, ok.output
     shown = json.loads(ok.stdout)

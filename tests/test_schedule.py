@@ -31,6 +31,7 @@ from newsletter.delivery.journal import Journal
 from newsletter.delivery.lease import LEASE_ENV
 from newsletter.delivery.records import SendInfo
 from newsletter.delivery.schedule import INTERVAL_ENV, Scheduler, parse_at, schedule_send
+from newsletter.delivery.tables import sends
 from newsletter.errors import NewsletterError
 from newsletter.project import Project, open_project
 
@@ -236,10 +237,16 @@ def test_status_goes_through_scheduled_and_sending_to_sent(project_dir: Path, mo
 
 def scheduled(project_dir: Path, members: int, due: datetime) -> tuple[Project, list[str], SendInfo]:
     """The project, a list of `members` (their addresses) and the send of the issue to it
-    scheduled for `due`."""
+    scheduled for `due` (in the past: as if that time passed while no scheduler ran)."""
     project = open_project(project_dir)
     addresses = make_list(project, members)[2]
-    return project, addresses, schedule(project, due)
+    if due > utcnow():
+        return project, addresses, schedule(project, due)
+    # A time in the past: scheduled for later, and then that time passed while nothing ran.
+    info = schedule(project, utcnow() + timedelta(hours=1))
+    with project.store.write() as conn:
+        conn.execute(sends.update().where(sends.c.id == info.id).values(scheduled_at=due))
+    return project, addresses, send_of(project, info.id)
 
 
 def serve_processes(count: int, project_dir: Path, tmp_path: Path, serves: list[Server],
@@ -356,3 +363,17 @@ def test_a_send_that_cannot_connect_stays_scheduled_and_is_tried_again_later(
     failures = [r.getMessage() for r in caplog.records if "could not start" in r.getMessage()]
     assert len(failures) == 1 and failures[0].endswith("; trying again in 30 s"), failures
     assert scheduler.seconds_to_wait() == 30  # no busy loop over a send that waits for its retry
+
+
+def test_the_scheduler_reads_newsletter_toml_as_it_is_when_the_send_starts(project: Project) -> None:
+    make_list(project, 3)[0].close()
+    scheduler = Scheduler(open_project(project.root))  # a serve started before the change
+    assert scheduler.project.settings.delivery.require_approval is False
+    due = utcnow() + timedelta(hours=1)
+    info = schedule(project, due)
+    config = project.root / "newsletter.toml"
+    config.write_text(config.read_text().replace("[delivery]\n", "[delivery]\nrequire_approval = true\n"))
+    assert scheduler.run_due(due + timedelta(seconds=1)) == []
+    after = send_of(project, info.id)
+    assert after.status == "cancelled" and "has not been approved" in (after.reason or "")
+    assert delivered(project) == Counter()

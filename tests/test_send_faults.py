@@ -15,8 +15,9 @@ from test_send_support import issue_path, make_list, offer_pipelining
 from typer.testing import CliRunner
 
 from newsletter.cli import app
-from newsletter.delivery.journal import CONTENT_CHANGED_NOTE, ContentChanged, Journal
+from newsletter.delivery.journal import ContentChanged, Journal
 from newsletter.delivery.plan import plan_send
+from newsletter.delivery.records import CONTENT_CHANGED_NOTE
 from newsletter.delivery.sender import classify, run_send
 from newsletter.delivery.transport import DeliveryError, Reply
 from newsletter.project import open_project

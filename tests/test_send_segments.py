@@ -1,7 +1,7 @@
 """A send to a segment (`send --list news --segment jena`): only the segment's members get the
 issue; the journal keys the send by (issue, list, segment), so a segment's send resumes on its
 own and the same issue can go to two segments of one list; the summary shows the counts. And
-the journal's scheduled sends (`Journal.schedule`, `cancel`, `start(scheduled=True)`): one
+the journal's scheduled sends (`Journal.schedule`, `cancel`, `start(scheduled=<due>)`): one
 start, whichever process asks first. SQLite and PostgreSQL."""
 
 from __future__ import annotations
@@ -182,12 +182,12 @@ def test_a_scheduled_send_starts_once_and_only_through_the_scheduler(imported: P
         with pytest.raises(NewsletterError, match=rf"scheduled for .* `newsletter sends cancel {info.id}`"):
             journal.start(**start, worker=Worker.here())
         # The scheduler's start: the issue as it is now (another hash) goes; all 5 members.
-        resume = journal.start(**start, worker=Worker.here(), scheduled=True)
+        resume = journal.start(**start, worker=Worker.here(), scheduled=info.scheduled_at)
         assert resume.send.id == info.id and resume.send.status == "running"
         assert len(resume.jobs) == 5 and resume.send.content_hash == "h2"
         # A second process polling at the same moment finds it started: nothing happens.
         with pytest.raises(AlreadyStarted):
-            journal.start(**start, worker=Worker.here(), scheduled=True)
+            journal.start(**start, worker=Worker.here(), scheduled=info.scheduled_at)
         with pytest.raises(NewsletterError, match=f"send #{info.id} is running: only a scheduled"):
             journal.cancel(info.id)
         store.close()
@@ -203,12 +203,19 @@ def test_a_cancelled_send_never_starts_and_may_be_scheduled_again(imported: Path
         cancelled = journal.cancel(info.id)
         assert cancelled.status == "cancelled" and "cancelled" in (cancelled.reason or "")
         assert journal.due(utcnow() + timedelta(days=1)) == []
+        start = {"issue_slug": "2026-02", "list_id": news.id, "subject": "s", "content": "h",
+                 "transport": "t", "segment": _segment(project, "jena")}
         with pytest.raises(AlreadyStarted):
-            journal.start(issue_slug="2026-02", list_id=news.id, subject="s", content="h",
-                          transport="t", worker=Worker.here(), scheduled=True,
-                          segment=_segment(project, "jena"))
-        again = _schedule(journal, news.id, segment="jena")
+            journal.start(**start, worker=Worker.here(), scheduled=info.scheduled_at)
+        later = utcnow() + timedelta(days=1)
+        again = _schedule(journal, news.id, segment="jena", at=later)
         assert (again.id, again.status) == (info.id, "scheduled")
+        # A scheduler that listed it as due at the first time (before the cancel) neither
+        # starts it nor calls it off: it is due tomorrow now.
+        with pytest.raises(AlreadyStarted, match="is due at"):
+            journal.start(**start, worker=Worker.here(), scheduled=info.scheduled_at)
+        assert not journal.call_off(info.id, info.scheduled_at, "the list is empty")
+        assert journal.start(**start, worker=Worker.here(), scheduled=again.scheduled_at).send.id == info.id
         with pytest.raises(NewsletterError, match="no send with ID 999"):
             journal.cancel(999)
         store.close()
@@ -228,7 +235,7 @@ def test_a_scheduled_send_whose_run_died_resumes_once_and_stops_if_the_issue_cha
         journal = Journal(store)
         info = _schedule(journal, news.id, at=utcnow())
         start = {"issue_slug": "2026-02", "list_id": news.id, "subject": "Februar",
-                 "transport": "outbox", "scheduled": True}
+                 "transport": "outbox", "scheduled": info.scheduled_at}
         journal.start(**start, content="h1", worker=Worker.here(0.2))  # then "killed": no finish
         assert journal.orphaned_scheduled() == []  # its lease is live
         wait_out_the_lease(store, info.id)

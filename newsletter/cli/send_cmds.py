@@ -50,7 +50,7 @@ def send(
         "--list", "-l", help="Send to the subscribed members of this list (re-run to resume).",
         show_default=False)] = None,
     segment: Annotated[str | None, typer.Option(
-        "--segment", "-s", help="Only the members of the list in this segment ([segments.NAME] "
+        "--segment", "-s", help="Only the members of the list in this segment (\\[segments.NAME] "
         "in newsletter.toml); a send of its own, resumed with the same --segment.",
         show_default=False)] = None,
     at: Annotated[str | None, typer.Option(
@@ -83,7 +83,7 @@ def send(
     if segment is not None and not list_name:
         say("--segment needs --list NAME (the list the segment is of)", err=True)
         raise typer.Exit(2)
-    if at and (to or dry_run_flag or force or concurrency or rate is not None):
+    if at is not None and (to or dry_run_flag or out or force or concurrency or rate is not None):
         say("--at goes with --list NAME (and --segment, --yes) only", err=True)
         raise typer.Exit(2)
     proj = get_project(project, near=file)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -210,8 +211,10 @@ def clean_approver(name: str) -> str:
     name = " ".join(name.split())
     if not name:
         raise NewsletterError("--by: give the name of the person who approves")
-    if first_unsafe(name) is not None:
-        raise NewsletterError("--by: the name must not contain control characters")
+    if first_unsafe(name) is not None or any(unicodedata.category(c) == "Cf" for c in name):
+        # Cf: invisible format characters (right-to-left override, zero-width space) could
+        # make the name shown differ from the name stored, or show nothing at all.
+        raise NewsletterError("--by: the name must not contain control or invisible format characters")
     if len(name) > MAX_NAME:
         raise NewsletterError(f"--by: at most {MAX_NAME} characters")
     return name

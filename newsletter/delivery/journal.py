@@ -56,6 +56,7 @@ from newsletter.delivery.lease import (
     live_workers,
 )
 from newsletter.delivery.records import (
+    CONTENT_CHANGED_NOTE,
     Claimed,
     Job,
     JournalReader,
@@ -63,6 +64,7 @@ from newsletter.delivery.records import (
     Resume,
     SendInfo,
     jobs_in,
+    resumable_by_scheduler,
     without_row,
 )
 from newsletter.delivery.tables import WHOLE_LIST, deliveries, send_workers, sends
@@ -73,9 +75,6 @@ if TYPE_CHECKING:
 
 OPEN = ("pending", "failed_temporary")  # the statuses a claim takes a row from
 STOPPED = ("paused", "interrupted")
-# Noted on a stopped send when a resume is refused because the issue changed.
-CONTENT_CHANGED_NOTE = ("resume refused: the issue changed since this send started (re-run with "
-                        "--force to send the new version to the rest)")
 
 # The lease (docs/delivery.md): a worker that has not renewed it for LEASE_SECONDS is presumed
 # dead; a running send renews it every HEARTBEAT_SECONDS (at most a sixth of the lease, so five
@@ -165,7 +164,7 @@ class Journal(JournalReader):
 
     def start(self, *, issue_slug: str, list_id: int, subject: str, content: str, transport: str,
               worker: Worker, force: bool = False, segment: Segment | None = None,
-              scheduled: bool = False) -> Resume:
+              scheduled: datetime | None = None) -> Resume:
         """Create the send of the issue to the list (or to `segment` of it), or resume it, as
         `worker`: take a lease, hand on the rows of dead workers, add new members, list the work.
         One write transaction, the send's row locked. While another worker's lease is live: on
@@ -173,17 +172,19 @@ class Journal(JournalReader):
         only) and lists the open rows from the other end, so the workers meet in the middle
         instead of racing for the same rows.
 
-        `scheduled`: the scheduler starts a send that `schedule` recorded. Under the row lock it
-        goes ahead only if the send is still `scheduled` (or was started so and its runs died),
-        else `AlreadyStarted`: so of several processes polling for due sends, one starts each.
+        `scheduled`: the scheduler starts a send that `schedule` recorded, which it found due at
+        that time. Under the row lock it goes ahead only if the send is still `scheduled` for that
+        time (not cancelled and scheduled again for later meanwhile), or was started so and its
+        runs died; else `AlreadyStarted`: so of several processes polling for due sends, one
+        starts each.
         A plain start of a send that is scheduled is refused (cancel it first)."""
         now = utcnow()
         key = segment.name if segment is not None else WHOLE_LIST
         where = {"segment_where": segment.where} if segment is not None else {}
         with self.store.write() as conn:
             row = self._locked_send(conn, issue_slug, list_id, key)
-            if scheduled:
-                self._check_due(conn, row, now)
+            if scheduled is not None:
+                self._check_due(conn, row, scheduled, now)
             elif row is not None and row.status == "scheduled":
                 raise NewsletterError(
                     f"send #{row.id} of `{issue_slug}` to {self._audience(conn, list_id, key)} is "
@@ -217,7 +218,7 @@ class Journal(JournalReader):
                     conn.execute(sends.update().where(sends.c.id == send_id).values(updated_at=now))
                 else:
                     # Started by hand, a send is no longer the scheduler's to resume.
-                    by_hand = {} if scheduled else {"issue_path": None}
+                    by_hand = {} if scheduled is not None else {"issue_path": None}
                     conn.execute(sends.update().where(sends.c.id == send_id).values(
                         status="running", reason=None, content_hash=content, subject=subject,
                         transport=transport, updated_at=now, finished_at=None, **by_hand, **where))
@@ -274,14 +275,16 @@ class Journal(JournalReader):
         return f"the segment `{segment}` of the list `{name}`" if segment else f"the list `{name}`"
 
     @staticmethod
-    def _check_due(conn: sa.Connection, row: Any, now: datetime) -> None:
+    def _check_due(conn: sa.Connection, row: Any, due: datetime, now: datetime) -> None:
         """The scheduler may start this send now (its row is locked): it is still `scheduled`,
         or it was started by a scheduler and every run of it died. Else `AlreadyStarted`."""
         if row is None:
             raise AlreadyStarted("the send is no longer scheduled")
         if row.status == "scheduled":
+            if row.scheduled_at != due:  # cancelled and scheduled again for another time meanwhile
+                raise AlreadyStarted(f"send #{row.id} is due at {row.scheduled_at:%Y-%m-%d %H:%M} UTC")
             return
-        orphaned = (row.status == "running" and row.issue_path is not None
+        orphaned = (row.issue_path is not None and resumable_by_scheduler(row.status, row.reason)
                     and not live_workers(conn, row.id, now))
         if not orphaned:
             raise AlreadyStarted(f"send #{row.id} is {row.status}, not scheduled")
@@ -291,7 +294,7 @@ class Journal(JournalReader):
     def schedule(self, *, issue_slug: str, list_id: int, segment: str = WHOLE_LIST, subject: str,
                  content: str, transport: str, at: datetime, issue_path: str) -> SendInfo:
         """Record a send to start at `at` (UTC): `scheduled`, no rows yet; the scheduler starts
-        it (`start(scheduled=True)`). Refused while a send of the issue to that list and segment
+        it (`start(scheduled=at)`). Refused while a send of the issue to that list and segment
         exists, unless it was cancelled (then it is scheduled again)."""
         now = utcnow()
         planned = {"scheduled_at": at, "issue_path": issue_path}
@@ -320,13 +323,13 @@ class Journal(JournalReader):
         assert info is not None
         return info
 
-    def call_off(self, send_id: int, reason: str) -> bool:
-        """The scheduler could not start a send (approval, issue file, empty list): `scheduled`
-        → `cancelled` with `reason`, if it still is scheduled; True if this call did it (of
-        several schedulers, the first)."""
+    def call_off(self, send_id: int, due: datetime, reason: str) -> bool:
+        """The scheduler could not start a send it found due at `due` (approval, issue file,
+        empty list): `scheduled` → `cancelled` with `reason`, if it still is scheduled for that
+        time; True if this call did it (of several schedulers, the first)."""
         with self.store.write() as conn:
             return conn.execute(sends.update().where(
-                sends.c.id == send_id, sends.c.status == "scheduled",
+                sends.c.id == send_id, sends.c.status == "scheduled", sends.c.scheduled_at == due,
             ).values(status="cancelled", updated_at=utcnow(), reason=reason)).rowcount == 1
 
     def cancel(self, send_id: int) -> SendInfo:

@@ -34,6 +34,19 @@ if TYPE_CHECKING:  # only for annotations: delivery builds on audience, not the 
     from newsletter.audience.segments import Segment
     from newsletter.audience.store import Store
 
+# Noted on a stopped send when a resume is refused because the issue changed.
+CONTENT_CHANGED_NOTE = ("resume refused: the issue changed since this send started (re-run with "
+                        "--force to send the new version to the rest)")
+
+
+def resumable_by_scheduler(status: str, reason: str | None) -> bool:
+    """A scheduled send that started and stopped without finishing, which the scheduler resumes
+    once no run holds it: its run died (`running`), or the mail server failed (`interrupted`).
+    Not `paused` (a policy streak: for the editor to look at), nor refused for a changed issue."""
+    return status == "running" or (
+        status == "interrupted" and not (reason or "").startswith(CONTENT_CHANGED_NOTE))
+
+
 # What was reported about a delivered message afterwards (`deliveries.feedback`, filled by the
 # feedback package's ledger).
 FEEDBACK_KINDS = ("hard", "soft", "complaint")
@@ -206,14 +219,16 @@ class JournalReader:
                                 .where(sends.c.status == "scheduled")).scalar()
 
     def orphaned_scheduled(self, now: datetime | None = None) -> list[SendInfo]:
-        """Scheduled sends that were started and are `running` with no live worker: the process
-        that ran them was killed (or the machine went away); the scheduler resumes them."""
+        """Scheduled sends that were started and did not finish, with no live worker: the
+        process that ran them was killed (or the machine went away), or the mail server failed
+        (`resumable_by_scheduler`); the scheduler resumes them."""
         now = now or utcnow()
         with self.store.read() as conn:
-            ids = conn.execute(sa.select(sends.c.id).where(
-                sends.c.status == "running", sends.c.issue_path.is_not(None))
-                .order_by(sends.c.scheduled_at, sends.c.id)).scalars().all()
-            orphans = [i for i in ids if live_worker(conn, i, now) is None]
+            rows = conn.execute(sa.select(sends.c.id, sends.c.status, sends.c.reason).where(
+                sends.c.status.in_(("running", "interrupted")), sends.c.issue_path.is_not(None))
+                .order_by(sends.c.scheduled_at, sends.c.id)).all()
+            orphans = [r.id for r in rows if resumable_by_scheduler(r.status, r.reason)
+                       and live_worker(conn, r.id, now) is None]
         return [info for info in map(self.get, orphans) if info is not None]
 
     def get(self, send_id: int) -> SendInfo | None:

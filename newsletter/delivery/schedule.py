@@ -4,7 +4,7 @@ starts them (in every `newsletter serve` process, or a `newsletter worker`).
 `schedule_send` records the send as `scheduled` (`Journal.schedule`: the time in UTC, the issue
 file relative to the project directory). `Scheduler.run_due` starts every send whose time has
 come: it reads the issue file again, plans the send, checks the approval again (with
-`[delivery] require_approval`) and runs it with `run_send(plan, scheduled=True)`. Any number of
+`[delivery] require_approval`) and runs it with `run_send(plan, scheduled=<its time>)`. Any number of
 schedulers may poll one database (serve workers, machines): `Journal.start` decides under the
 send's row lock whether the send is still `scheduled`, and every other process gets
 `AlreadyStarted` and does nothing — exactly once, without any retry on lock errors. A send
@@ -71,7 +71,10 @@ def parse_at(text: str, timezone: str, now: datetime | None = None) -> datetime:
         raise NewsletterError(f"--at: {exc}") from None
     zone = ZoneInfo(timezone)
     local = datetime.combine(day, at, tzinfo=zone)
-    due = local.astimezone(UTC)
+    try:
+        due = local.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 in a zone that pushes it past the calendar
+        raise NewsletterError(f"--at `{text}`: give a date in the coming years") from None
     if due.astimezone(zone).replace(tzinfo=None) != local.replace(tzinfo=None):
         raise NewsletterError(f"--at `{text}`: that time does not exist in {timezone} (the clocks "
                               "skip it when summer time begins); give another")
@@ -105,6 +108,10 @@ def schedule_send(plan: SendPlan, at: datetime) -> SendInfo:
     the project directory (the scheduler reads it there, on whichever machine)."""
     issue = plan.issue
     require(plan.store, plan.project, issue.loaded, issue.rendered)
+    if at <= utcnow():  # the editor took a while to confirm
+        zone = plan.project.settings.newsletter.timezone
+        raise NewsletterError(f"{local_time(at, zone)} has passed meanwhile; give a later time, "
+                              "or send at once without --at")
     try:
         path = issue.loaded.path.resolve().relative_to(plan.project.root.resolve()).as_posix()
     except ValueError:
@@ -219,11 +226,16 @@ class Scheduler:
         what = f"send #{info.id} ({info.issue_slug} to {info.audience})"
         assert info.issue_path is not None
         plan = None
+        # newsletter.toml (and .env) as they are now, not as when this process started: the
+        # approval rule, the imprint, the templates of the mail are those of the moment it goes.
+        from newsletter.project import open_project
+
+        project = open_project(self.project.root, exact=True)
         try:
-            plan = self.project.plan_send(self.project.root / info.issue_path, info.list_name,
-                                          segment=info.segment or None)
+            plan = project.plan_send(project.root / info.issue_path, info.list_name,
+                                     segment=info.segment or None)
             if not orphan:  # a resumed run was checked when it started; the journal checks the content
-                require(plan.store, self.project, plan.issue.loaded, plan.issue.rendered)
+                require(plan.store, project, plan.issue.loaded, plan.issue.rendered)
             return self._run(plan, info, what, orphan)
         except DatabaseError as exc:
             self._failed(info, what, exc.message)
@@ -237,6 +249,7 @@ class Scheduler:
         finally:
             if plan is not None:
                 plan.store.close()
+            project.close()
         return False
 
     def _run(self, plan: SendPlan, info: SendInfo, what: str, orphan: bool) -> bool:
@@ -266,12 +279,13 @@ class Scheduler:
 
         self.current = info
         try:
-            report = run_send(plan, scheduled=True, progress=announce)
+            assert info.scheduled_at is not None
+            report = run_send(plan, scheduled=info.scheduled_at, progress=announce)
         except (AlreadyStarted, SendBusy):  # another process was first: it is its send
             return False
         except DeliveryError as exc:
-            if said:  # it started and stopped: `interrupted`, resumed by `send --list`
-                log.error("%s: %s", what, exc.message)
+            if said:  # it started and stopped, `interrupted`: resumed here later, backing off
+                self._failed(info, what, exc.message.split("\n", 1)[0])
                 return True
             self._failed(info, what, exc.message)
             return False
@@ -306,7 +320,8 @@ class Scheduler:
         """`scheduled` → `cancelled` with the reason, if it is still scheduled (of several
         schedulers, one does it). True if this one did."""
         due = local_time(info.scheduled_at or utcnow(), self.project.settings.newsletter.timezone)
-        return Journal(self.store).call_off(info.id, f"not started at {due}: {reason}")
+        assert info.scheduled_at is not None
+        return Journal(self.store).call_off(info.id, info.scheduled_at, f"not started at {due}: {reason}")
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from datetime import datetime
 
 from newsletter.delivery.envelope import delivery_senders
 from newsletter.delivery.journal import ContentChanged, Journal
@@ -28,13 +29,13 @@ __all__ = ["ContentChanged", "DeliveryError", "SendBusy", "SendProgress", "SendR
 
 def run_send(plan: SendPlan, *, force: bool = False,
              progress: Callable[[SendProgress], None] | None = None,
-             lease: float | None = None, scheduled: bool = False) -> SendReport:
+             lease: float | None = None, scheduled: datetime | None = None) -> SendReport:
     """Send (or resume) the issue to the list; returns the report, raises DeliveryError on a
     connection/authentication failure after recording everything, and `SendBusy` (sending
     nothing) while another process runs the send. `lease`: seconds (default `lease_seconds()`).
     With `[bounces] address` each message goes out from its own VERP address (delivery/envelope).
-    `scheduled`: the scheduler starts a send recorded by `send --at` (`AlreadyStarted` if another
-    process did already; `Journal.start`)."""
+    `scheduled`: the scheduler starts a send recorded by `send --at`, found due at that time
+    (`AlreadyStarted` if another process did already, or it was moved; `Journal.start`)."""
     envelope = delivery_senders(plan.project)  # before anything is written
     variants = Variants(plan.project, plan.issue, plan.mailing_list.name, plan.mailing_list.title,
                         plan.topics)
