@@ -13,14 +13,17 @@ million rows never sits in memory. `read_csv` is the all-in-memory form for smal
 
 from __future__ import annotations
 
+import base64
 import codecs
 import csv
 import io
 import itertools
 import json
+import marshal
 import os
 import pickle
 import re
+import secrets
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,6 +37,8 @@ from newsletter.errors import NewsletterError, Problem
 
 # on_progress(phase, done, total): "read" counts physical lines, "write" database rows written.
 ProgressCallback = Callable[[str, int, int], None]
+# make(record, line, email, name, status): the row `CsvFile.chunks` / `staged_chunks` yield.
+_Make = Callable[[list[str], int, str, str | None, str | None], Any]
 
 EMAIL_HEADERS = {"email", "mail", "emailadresse", "emailaddress", "mailadresse", "mailaddress",
                  "emailadr", "mailadr"}
@@ -45,8 +50,9 @@ STATUS_HEADER = "status"
 DATE_HEADERS = {"createdat", "updatedat"}
 
 _BLOCK = 1 << 20  # bytes per read while finding the encoding
-# (line, email, email_key, name, attributes as JSON, status): a row as the importer stages it.
-StagedRow = tuple[int, str, str, str | None, str, str | None]
+# (line, email, email_key, name, attributes as JSON, token_id[, status]): a row as the importer
+# stages it; the status only from a file with a `status` column (one value less to bind).
+StagedRow = tuple[Any, ...]
 _quote = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 
@@ -211,43 +217,44 @@ class CsvFile:
         return lines
 
     def _read_header(self) -> tuple[list[str], _Roles]:
-        for record, line in self._records():
-            if not any(cell.strip() for cell in record):
-                continue
-            header = [cell.strip() for cell in record]
-            return header, _roles(header, self.file, line)
-        raise NewsletterError(problems=[Problem(self.file, None, None, "",
-                                                "the file is empty; expected a header row with an "
-                                                "`email` column")])
-
-    def _records(self) -> Iterator[tuple[list[str], int]]:
-        """(record, physical line where it starts)."""
+        """The first non-blank record, and what its columns are."""
         reader = self._reader
         try:
             for record in reader:
-                line = self._previous_end + 1
+                line = self._previous_end + 1  # the physical line where the record starts
                 self._previous_end = reader.line_num
-                yield record, line
+                if any(cell.strip() for cell in record):
+                    header = [cell.strip() for cell in record]
+                    return header, _roles(header, self.file, line)
         except csv.Error as exc:
             raise NewsletterError(problems=[Problem(self.file, self._previous_end + 1, None, "",
                                                     f"CSV syntax error: {exc}")]) from None
+        raise NewsletterError(problems=[Problem(self.file, None, None, "",
+                                                "the file is empty; expected a header row with an "
+                                                "`email` column")])
 
     def chunks(self, size: int, on_progress: ProgressCallback | None = None) -> Iterator[list[CsvRow]]:
         """The valid rows, `size` records at a time (a chunk may be shorter, or empty when all
         its records were refused), in file order; duplicates are left to the caller
         (`merge_duplicate`). Refused rows go to `problems`."""
-        return self._chunks(size, on_progress, _row, lambda row: row)
+        attributes = self._roles.attributes
+
+        def make(record: list[str], line: int, email: str, name: str | None, status: str | None) -> CsvRow:
+            return CsvRow(line, email, email.lower(), name,
+                          {key: value for i, key in attributes if (value := record[i].strip())}, status)
+
+        return self._chunks(size, on_progress, make)
 
     def staged_chunks(self, size: int,
                       on_progress: ProgressCallback | None = None) -> Iterator[list[StagedRow]]:
-        """`chunks` as the tuples the importer stages (the importer has a large file read by
-        `read_helper` in a process of its own)."""
-        return self._chunks(size, on_progress, _staged_row, _as_staged)
+        """`chunks` as the tuples the importer stages, each with a new token_id (the importer
+        has a large file read by `read_helper` in a process of its own)."""
+        return self._chunks(size, on_progress, _stager(self._roles))
 
-    def _chunks(self, size: int, on_progress: ProgressCallback | None,
-                fast: Callable[[list[str], _Roles, int], Any], convert: Callable[[CsvRow], Any],
-                ) -> Iterator[list[Any]]:
-        reader, roles, width, strip = self._reader, self._roles, len(self._header), str.strip
+    def _chunks(self, size: int, on_progress: ProgressCallback | None, make: _Make) -> Iterator[list[Any]]:
+        reader, width, strip = self._reader, len(self._header), str.strip
+        email_at, status_at, names = self._roles.email, self._roles.status, self._roles.names
+        name_at = names[0] if len(names) == 1 else None
         chunk: list[Any] = []
         read = 0
         try:
@@ -256,15 +263,29 @@ class CsvFile:
                 self._previous_end = end = reader.line_num
                 if on_progress and read % 2000 == 0:
                     on_progress("read", end, self.total_lines)
-                if not any(map(strip, record)):
-                    continue
-                read += 1
-                row = fast(record, roles, line) if len(record) == width and end == line else None
-                if row is None:  # anything unusual: the careful path, which says what is wrong
-                    checked = self._checked_row(record, line)
-                    row = None if checked is None else convert(checked)
-                if row is not None:
-                    chunk.append(row)
+                # The usual record (one line, as many fields as the header, an address) checked
+                # here, inline; anything else, or anything refused, takes the careful path, which
+                # says what is wrong.
+                careful = True
+                if len(record) == width and end == line and (raw := record[email_at].strip()):
+                    read += 1
+                    try:
+                        email = normalize_email(raw)
+                        name = clean_name(record[name_at] if name_at is not None
+                                          else " ".join(record[i] for i in names))
+                        status = None if status_at is None else record[status_at].strip().lower() or None
+                        if status is None or status in STATUSES:
+                            chunk.append(make(record, line, email, name, status))
+                            careful = False
+                    except (InvalidEmail, InvalidName):
+                        pass
+                elif any(map(strip, record)):
+                    read += 1
+                else:
+                    continue  # a blank record
+                if careful and (checked := self._checked_row(record, line)) is not None:
+                    record, email, name, status = checked
+                    chunk.append(make(record, line, email, name, status))
                 if read % size == 0:
                     self.records = read
                     yield chunk
@@ -278,8 +299,10 @@ class CsvFile:
         if on_progress:
             on_progress("read", self.total_lines, self.total_lines)
 
-    def _checked_row(self, record: list[str], line: int) -> CsvRow | None:
-        """The row of a record, or None with the reason added to `problems`."""
+    def _checked_row(self, record: list[str], line: int,
+                     ) -> tuple[list[str], str, str | None, str | None] | None:
+        """(record, email, name, status) of a record (padded to the header's width), or None
+        with the reason added to `problems`."""
         header, roles, end, delimiter = self._header, self._roles, self._previous_end, self.delimiter
 
         def problem(column: str, message: str) -> None:
@@ -307,10 +330,11 @@ class CsvFile:
             problem(email_column, "no e-mail address")
             return None
         try:
-            normalize_email(raw_email)
+            email = normalize_email(raw_email)
         except InvalidEmail as exc:
             problem(email_column, str(exc))
             return None
+        status = None
         if roles.status is not None:
             status = record[roles.status].strip().lower() or None
             if status is not None and status not in STATUSES:
@@ -319,13 +343,11 @@ class CsvFile:
                         f"{', '.join(STATUSES)} (or rename the column if it means something else)")
                 return None
         try:
-            clean_name(" ".join(record[i] for i in roles.names))
+            name = clean_name(" ".join(record[i] for i in roles.names))
         except InvalidName as exc:
             problem(" + ".join(header[i] or f"column {i + 1}" for i in roles.names), exc.message)
             return None
-        row = _row(record, roles, line)
-        assert row is not None  # every reason to refuse it was checked above
-        return row
+        return record, email, name, status
 
 
 def open_csv(path: Path) -> CsvFile:
@@ -417,60 +439,40 @@ def _roles(header: list[str], file: str, line: int) -> _Roles:
     return roles
 
 
-def _fields(record: list[str], roles: _Roles) -> tuple[str, str | None, str | None] | None:
-    """(email, name, status) of a record that has as many fields as the header, or None if
-    anything about it needs a closer look (`CsvFile._checked_row` says what)."""
-    raw_email = record[roles.email].strip()
-    if not raw_email:
-        return None
-    try:
-        email = normalize_email(raw_email)
-    except InvalidEmail:
-        return None
-    status: str | None = None
-    if roles.status is not None:
-        status = record[roles.status].strip().lower() or None
-        if status is not None and status not in STATUSES:
-            return None
-    names = roles.names
-    try:
-        name = clean_name(record[names[0]] if len(names) == 1 else " ".join(record[i] for i in names))
-    except InvalidName:
-        return None
-    return email, name, status
+def token_ids(count: int) -> list[str]:
+    """`count` times `tables.new_token_id()` (`secrets.token_urlsafe(12)`: 12 random bytes as
+    16 URL-safe characters) from one read of the system's randomness: 12 bytes are exactly 16
+    base64 characters, so each token is its own slice."""
+    text = base64.urlsafe_b64encode(secrets.token_bytes(12 * count)).decode("ascii")
+    return [text[i:i + 16] for i in range(0, 16 * count, 16)]
 
 
-def _row(record: list[str], roles: _Roles, line: int) -> CsvRow | None:
-    fields = _fields(record, roles)
-    if fields is None:
-        return None
-    email, name, status = fields
-    attributes = {key: value for i, key in roles.attributes if (value := record[i].strip())}
-    return CsvRow(line, email, email.lower(), name, attributes, status)
+def _stager(roles: _Roles) -> _Make:
+    """The `make` of `staged_chunks`: the attributes' JSON written straight from the record (no
+    dict in between; `_Roles.json_keys` is None when two attribute names clash)."""
+    attributes, keys, with_status = roles.attributes, roles.json_keys, roles.status is not None
+    token = itertools.chain.from_iterable(map(token_ids, itertools.repeat(4096))).__next__
+    at, one_key = keys[0] if keys is not None and len(keys) == 1 else (None, "")
 
+    def make(record: list[str], line: int, email: str, name: str | None, status: str | None) -> StagedRow:
+        if at is not None:  # one attribute column: no list in between
+            text = "{" + one_key + _quote(value) + "}" if (value := record[at].strip()) else "{}"
+        elif keys is None:
+            text = attributes_json({key: value for i, key in attributes if (value := record[i].strip())})
+        else:
+            parts = [key + _quote(value) for i, key in keys if (value := record[i].strip())]
+            text = "{" + ", ".join(parts) + "}" if parts else "{}"
+        if with_status:
+            return line, email, email.lower(), name, text, token(), status  # lower: `email_key`
+        return line, email, email.lower(), name, text, token()
 
-def _staged_row(record: list[str], roles: _Roles, line: int) -> StagedRow | None:
-    """`_row` as the importer stages it, the attributes' JSON written straight from the record
-    (no dict in between; `_Roles.json_keys` is None when two attribute names clash)."""
-    fields = _fields(record, roles)
-    if fields is None:
-        return None
-    email, name, status = fields
-    if roles.json_keys is None:
-        text = attributes_json({key: value for i, key in roles.attributes if (value := record[i].strip())})
-    else:
-        parts = [key + _quote(value) for i, key in roles.json_keys if (value := record[i].strip())]
-        text = "{" + ", ".join(parts) + "}" if parts else "{}"
-    return line, email, email.lower(), name, text, status  # email.lower(): `email_key`
-
-
-def _as_staged(row: CsvRow) -> StagedRow:
-    return row.line, row.email, row.key, row.name, attributes_json(row.attributes), row.status
+    return make
 
 
 def read_helper() -> None:
-    """The helper process of `import_stage.read_in_helper`: (path, encoding found, chunk size) on
-    stdin; each chunk pickled to stdout with the problems found since the one before."""
+    """The helper process of `import_stage.read_in_helper`: (path, encoding found, chunk size)
+    on stdin; each chunk to stdout (its header pickled, with the problems found since
+    the one before, then its rows `marshal`led)."""
     out = sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing but the chunks on the pipe
     path, found, size = pickle.load(sys.stdin.buffer)
@@ -478,13 +480,15 @@ def read_helper() -> None:
         with CsvFile(Path(path), found) as csv_file:
             reported = 0
             for chunk in csv_file.staged_chunks(size):
-                pickle.dump(("rows", chunk, csv_file.problems[reported:], csv_file.records,
+                data = marshal.dumps(chunk)
+                pickle.dump(("rows", len(data), csv_file.problems[reported:], csv_file.records,
                              csv_file.last_line), out, pickle.HIGHEST_PROTOCOL)
+                out.write(data)
                 reported = len(csv_file.problems)
-            pickle.dump(("end", [], csv_file.problems[reported:], csv_file.records, 0), out)
+            pickle.dump(("end", 0, csv_file.problems[reported:], csv_file.records, 0), out)
         out.flush()
     except NewsletterError as exc:
-        pickle.dump(("error", [], exc.problems, 0, 0), out)
+        pickle.dump(("error", 0, exc.problems, 0, 0), out)
         out.flush()
     except BrokenPipeError:  # the importing process is gone
         os._exit(1)

@@ -7,6 +7,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
 from newsletter.audience.csvfile import (
     Duplicate,
 )
@@ -22,6 +25,8 @@ REFUSED = "refused"      # opted out; the file would re-activate: skipped
 SUPPRESSED = "suppressed"  # on the suppression list: skipped
 FILLABLE = (JOIN, CHANGE, UNCHANGED)  # a missing name / attributes are filled in
 WRITES = (ADD, JOIN, CHANGE)          # a membership row and a consent-log entry
+# The plans of people who were there before the import (re-checked by its final transaction).
+EXISTING = (JOIN, CHANGE, UNCHANGED, LEFT, REFUSED)
 
 
 @dataclass
@@ -78,6 +83,32 @@ def decide(file_status: str | None, confirmed: bool, exists: bool, current: str 
     if current in OPTED_OUT:  # left (and the file agrees): their details stay untouched too
         return LEFT, target
     return {"join": JOIN, "change": CHANGE}.get(change, UNCHANGED), target
+
+
+def count_plan(conn: Connection, staged: sa.Table) -> dict[str, int]:
+    """What the staged plan (`import_stage.staging_tables`) does, counted in one pass: the
+    report's numbers, and which of the final transaction's statements have rows to change."""
+    action, target = staged.c.action, staged.c.target
+    conditions = {
+        ADD: action == ADD,
+        JOIN: action == JOIN,
+        "opted_out": (action == CHANGE) & target.in_(sorted(OPTED_OUT)),
+        "confirmed_pending": (action == CHANGE) & target.not_in(sorted(OPTED_OUT)),
+        UNCHANGED: action.in_((UNCHANGED, LEFT)),
+        "fill": staged.c.fill & action.in_(FILLABLE),
+        "existing": action.in_(EXISTING),
+        "skipped": action.in_((REFUSED, SUPPRESSED)),
+    }
+    row = conn.execute(sa.select(*(
+        sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0).label(name)
+        for name, condition in conditions.items()))).one()
+    return dict(row._mapping)
+
+
+def all_new(rows: int) -> dict[str, int]:
+    """`count_plan` of a plan that adds all of its `rows`, none of them there before."""
+    return {ADD: rows, JOIN: 0, "opted_out": 0, "confirmed_pending": 0, UNCHANGED: 0, "fill": 0,
+            "existing": 0, "skipped": 0}
 
 
 def fill_details(name: str | None, attributes: dict[str, Any] | None, row_name: str | None,

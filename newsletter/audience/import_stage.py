@@ -1,18 +1,17 @@
-"""An import's first phase: read the CSV in chunks into the import's TEMPORARY staging table,
-merge duplicates and plan every row, without taking the database's write lock
+"""An import's first phase: read the CSV in chunks into the import's TEMPORARY staging tables,
+sort, merge duplicates and plan every row, without taking the database's write lock
 (docs/data-model.md, "CSV import"). `importer._Import` adds the writing phases."""
 
 from __future__ import annotations
 
-import base64
 import contextlib
+import marshal
 import os
 import pickle
-import secrets
 import socket
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
@@ -29,11 +28,13 @@ from newsletter.audience.csvfile import (
     StagedRow,
     merge_duplicate,
 )
-from newsletter.audience.csvfile import attributes_json as _json  # noqa: F401  (tests use the name)
+from newsletter.audience.csvfile import attributes_json as _json  # noqa: F401  (tests use the names)
+from newsletter.audience.csvfile import token_ids as _token_ids  # noqa: F401
 from newsletter.audience.import_report import (
     FILLABLE,
     SUPPRESSED,
     ImportReport,
+    all_new,
     decide,
     fill_details,
 )
@@ -44,11 +45,10 @@ from newsletter.audience.tables import (
     import_subscribers,
     imports,
     memberships,
-    staged_rows_table,
     subscribers,
     suppressions,
 )
-from newsletter.db.schema import chunked, utcnow
+from newsletter.db.schema import CHUNK, chunked, utcnow
 from newsletter.errors import NewsletterError
 
 WRITE_BATCH = 5000
@@ -67,26 +67,45 @@ _SUPPRESSIONS_IN_MEMORY = 100_000
 # A file of more lines is parsed and checked by a helper process while this one stages the rows
 # (`read_in_helper`): two cores at work; for fewer the helper's start costs more than it saves.
 PARALLEL_LINES = 50_000
+# … in chunks of at least this many rows (each a message through the pipe and a transaction).
+HELPER_CHUNK = 10_000
 # SQLite page cache of the import's connection (KiB): the indexes of a million subscribers.
 CACHE_KIB = 64 * 1024
 # … and of its staging table: a batch of staged rows, read three times by its transaction.
 TEMP_CACHE_KIB = 32 * 1024
 
-# What the plan does to a row (`import_rows.action`).
-
-# --- the import -------------------------------------------------------------------------------
-
-# Staged as a new subscriber to add (the defaults); `_plan_existing` plans the others.
-_STAGED_COLUMNS = ("line", "email", "email_key", "name", "attributes", "file_status", "token_id",
-                   "target")
+# A row as read (`csvfile.StagedRow`; `file_status` only from a file with a `status` column).
+_READ_COLUMNS = ("line", "email", "email_key", "name", "attributes", "token_id", "file_status")
 
 
-def _token_ids(count: int) -> list[str]:
-    """`count` times `tables.new_token_id()` (`secrets.token_urlsafe(12)`: 12 random bytes as
-    16 URL-safe characters) from one read of the system's randomness: 12 bytes are exactly 16
-    base64 characters, so each token is its own slice."""
-    text = base64.urlsafe_b64encode(secrets.token_bytes(12 * count)).decode("ascii")
-    return [text[i:i + 16] for i in range(0, 16 * count, 16)]
+def staging_tables(md: sa.MetaData) -> tuple[sa.Table, sa.Table]:
+    """The import's TEMPORARY tables (per connection: not in the database file, gone with it),
+    so reading and planning a large file locks nobody out: `import_rows_read`, the valid rows
+    appended in file order (cheap, whatever the order of the file); `import_rows`, the same
+    sorted by address (`seq` in that order; the rowid on SQLite), then, duplicates merged, one
+    row per person with what the import does to them. New subscribers get ids in `seq` order."""
+    def file_columns() -> list[sa.Column[Any]]:
+        return [sa.Column("line", sa.Integer, nullable=False),
+                sa.Column("email", sa.String(320), nullable=False),
+                sa.Column("email_key", sa.String(320), nullable=False), sa.Column("name", sa.String(300)),
+                sa.Column("attributes", sa.JSON, nullable=False),
+                # A new subscriber's: the one this import creates is the subscriber with this token_id.
+                sa.Column("token_id", sa.String(32)), sa.Column("file_status", sa.String(16))]
+
+    read = sa.Table("import_rows_read", md, *file_columns(), prefixes=["TEMPORARY"])
+    staged = sa.Table(
+        "import_rows", md, sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+        *file_columns(),
+        # The plan (`import_report.decide`): add | join | change | unchanged | left | refused |
+        # suppressed; the status to set; the subscriber; the membership status it was made on;
+        # whether a name or attributes are to be filled in. Staged as a new subscriber to add:
+        # `_plan_existing` and `_plan_suppressed` plan the others.
+        sa.Column("action", sa.String(16), nullable=False, server_default="add"),
+        sa.Column("target", sa.String(16)), sa.Column("subscriber_id", sa.Integer),
+        sa.Column("seen_status", sa.String(16)),
+        sa.Column("fill", sa.Boolean, nullable=False, server_default=sa.false()),
+        prefixes=["TEMPORARY"])
+    return read, staged
 
 
 def read_in_helper(csv_file: CsvFile, size: int,
@@ -94,7 +113,8 @@ def read_in_helper(csv_file: CsvFile, size: int,
     """`csv_file.staged_chunks`, parsed and checked by a helper process (`csvfile.read_helper`)
     while the caller stages the chunks before. They come through a pipe, which holds a few at
     most (the helper waits when it is full: memory stays flat). A helper whose reader is gone
-    (this process killed) fails on its next write and ends."""
+    (this process killed) fails on its next write and ends. Each chunk is a pickled header, then
+    the rows `marshal`led (a third of pickle's cost for tuples of strings and numbers)."""
     helper = subprocess.Popen(
         [sys.executable, "-c", "from newsletter.audience.csvfile import read_helper; read_helper()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -104,7 +124,10 @@ def read_in_helper(csv_file: CsvFile, size: int,
         helper.stdin.close()
         while True:
             try:
-                kind, rows, problems, records, end = pickle.load(helper.stdout)
+                kind, length, problems, records, end = pickle.load(helper.stdout)
+                data = helper.stdout.read(length)
+                if len(data) < length:
+                    raise EOFError
             except EOFError:
                 raise NewsletterError(f"{csv_file.file}: the process reading the file ended "
                                       f"unexpectedly (exit status {helper.wait()})") from None
@@ -116,7 +139,7 @@ def read_in_helper(csv_file: CsvFile, size: int,
                 break
             if on_progress:
                 on_progress("read", end, csv_file.total_lines)
-            yield rows
+            yield marshal.loads(data)
     finally:
         if helper.poll() is None:
             helper.kill()
@@ -134,10 +157,7 @@ class Staging:
         self.store, self.csv_file, self.list_id, self.file_name = store, csv_file, list_id, file_name
         self.report, self.batch, self.on_progress = report, batch, on_progress
         self.confirmed, self.dry_run = report.confirmed, report.dry_run
-        self.staged = staged_rows_table(sa.MetaData())
-        # Built after the rows are in (one sorted build, not a million random inserts).
-        self.by_key = sa.Index("import_rows_by_key", self.staged.c.email_key, self.staged.c.line)
-        self.staged.indexes.discard(self.by_key)  # not with the table
+        self.read_rows, self.staged = staging_tables(sa.MetaData())
         self.targets = {status: editor_target(status, report.confirmed) for status in (None, *STATUSES)}
         self.import_id: int | None = None
         self.watchdog: Watchdog | None = None
@@ -189,125 +209,145 @@ class Staging:
         if self.on_progress:
             self.on_progress("write", done, self.to_write)
 
-    # 1. read: stage, merge duplicates, plan ---------------------------------------------------
+    # 1. read: stage, sort, merge duplicates, plan -----------------------------------------------
 
     def _read(self) -> None:
-        """Stage every valid row (appended: cheap whatever the order of the file), then index
-        the staging table by address (one sorted build), merge duplicates and plan."""
+        """Stage every valid row (appended: cheap whatever the order of the file), sort them by
+        address into `import_rows` (one sort, not a million random inserts), merge duplicates
+        and plan."""
         csv_file = self.csv_file
-        chunks = (read_in_helper(csv_file, self.batch, self.on_progress)
+        chunks = (read_in_helper(csv_file, max(self.batch, HELPER_CHUNK), self.on_progress)
                   if csv_file.total_lines > PARALLEL_LINES
                   else csv_file.staged_chunks(self.batch, self.on_progress))
+        staged = 0
         for chunk in chunks:
             if chunk:
                 self._stage(chunk)
+                staged += len(chunk)
         self.report.records = self.csv_file.records
-        with self.transaction() as conn:
-            self.by_key.create(conn)
+        self._sort()
         self._merge_duplicates()
-        if self.anyone:
-            self._plan_existing()
-        if self.check_suppressions:
-            self._plan_suppressed()
+        planned = self._plan_existing() if self.anyone else 0
+        planned += self._plan_suppressed() if self.check_suppressions else 0
+        if not planned:  # everyone is new: the plan is counted without a pass over the rows
+            self.tally = all_new(staged - len(self.report.duplicates))
 
     def _stage(self, chunk: list[StagedRow]) -> None:
-        """Append a chunk's rows, each planned as a new subscriber to add (`_plan_existing` and
-        `_plan_suppressed` plan the others)."""
-        targets = self.targets
-        staged = [(*row, token_id, targets[row[5]])
-                  for row, token_id in zip(chunk, _token_ids(len(chunk)), strict=True)]
+        """Append a chunk's rows as read."""
+        columns = _READ_COLUMNS[:len(chunk[0])]
         with self.transaction() as conn:
             if conn.dialect.name == "postgresql":  # COPY: the server's bulk path
                 with conn.connection.driver_connection.cursor() as cursor, cursor.copy(
-                        f"COPY {self.staged.name} ({', '.join(_STAGED_COLUMNS)}) FROM STDIN") as copy:
-                    for row in staged:
+                        f"COPY {self.read_rows.name} ({', '.join(columns)}) FROM STDIN") as copy:
+                    for row in chunk:
                         copy.write_row(row)
             else:
-                insert = self.staged.insert().values({c: sa.bindparam(c) for c in _STAGED_COLUMNS})
-                _executemany(conn, insert, _STAGED_COLUMNS, staged)
+                insert = self.read_rows.insert().values({c: sa.bindparam(c) for c in columns})
+                _executemany(conn, insert, columns, chunk)
+
+    def _sort(self) -> None:
+        """`import_rows` from `import_rows_read`, in the order of (address, line), each row with
+        the status it gets as a new subscriber: SQLite numbers the rows in the order they come
+        (`seq` is the rowid), PostgreSQL is told the numbers."""
+        r, s = self.read_rows, self.staged
+        target = sa.case(*((r.c.file_status == status, self.targets[status]) for status in STATUSES),
+                         else_=self.targets[None])
+        columns = [*(r.c[name] for name in _READ_COLUMNS), target]
+        names = [*_READ_COLUMNS, "target"]
+        with self.transaction() as conn:
+            if conn.dialect.name == "postgresql":
+                seq = sa.func.row_number().over(order_by=(r.c.email_key, r.c.line))
+                conn.execute(s.insert().from_select(["seq", *names], sa.select(seq, *columns)))
+                conn.exec_driver_sql(f"ANALYZE {s.name}")  # temporary tables get no autovacuum
+            else:
+                conn.execute(s.insert().from_select(
+                    names, sa.select(*columns).order_by(r.c.email_key, r.c.line)))
 
     def _merge_duplicates(self) -> None:
         """One row per person: later rows of an address fill in what its first row lacks
-        (`merge_duplicate`) and go; each is reported as a duplicate of the first."""
-        s = self.staged
+        (`merge_duplicate`) and go; each is reported as a duplicate of the first. Sorted by
+        address, a person's rows are neighbours: the first has the lowest line."""
+        s, a = self.staged, self.staged.alias("before")
         with self.transaction() as conn:
-            keys = conn.execute(sa.select(s.c.email_key).group_by(s.c.email_key)
-                                .having(sa.func.count() > 1)).scalars().all()
+            later = conn.execute(sa.select(s.c.seq).select_from(a.join(s, s.c.seq == a.c.seq + 1))
+                                 .where(s.c.email_key == a.c.email_key).order_by(s.c.seq)).scalars().all()
+        groups: list[list[int]] = []  # [first seq, last seq] of the rows of one address
+        for seq in later:
+            if groups and groups[-1][1] == seq - 1:
+                groups[-1][1] = seq
+            else:
+                groups.append([seq - 1, seq])
         duplicates: list[Duplicate] = []
-        for part in chunked(keys):
+        for part in chunked(groups, CHUNK // 2):
             with self.transaction() as conn:
-                rows = conn.execute(
-                    sa.select(s.c.line, s.c.email, s.c.email_key, s.c.name, s.c.attributes)
-                    .where(s.c.email_key.in_(part)).order_by(s.c.email_key, s.c.line)).all()
-                first: CsvRow | None = None
-                later: list[int] = []
-                for row in [*rows, None]:
-                    if first is not None and (row is None or row.email_key != first.key):
-                        conn.execute(s.update().where(s.c.line == first.line)
-                                     .values(name=first.name, attributes=first.attributes))
-                        first = None
-                    if row is None:
-                        break
-                    current = CsvRow(row.line, row.email, row.email_key, row.name,
-                                     dict(row.attributes), None)
-                    if first is None:
-                        first = current
-                    else:
+                rows = {row.seq: row for row in conn.execute(
+                    sa.select(s.c.seq, s.c.line, s.c.email, s.c.name, s.c.attributes)
+                    .where(sa.or_(*(s.c.seq.between(lo, hi) for lo, hi in part))))}
+                for lo, hi in part:
+                    head = rows[lo]
+                    first = CsvRow(head.line, head.email, "", head.name, dict(head.attributes), None)
+                    for row in (rows[seq] for seq in range(lo + 1, hi + 1)):
                         duplicates.append(Duplicate(row.line, first.line, row.email))
-                        merge_duplicate(first, current)
-                        later.append(row.line)
-                for lines in chunked(later):
-                    conn.execute(s.delete().where(s.c.line.in_(lines)))
+                        merge_duplicate(first, CsvRow(row.line, row.email, "", row.name,
+                                                      dict(row.attributes), None))
+                    conn.execute(s.update().where(s.c.seq == lo)
+                                 .values(name=first.name, attributes=first.attributes))
+                conn.execute(s.delete().where(sa.or_(*(s.c.seq.between(lo + 1, hi) for lo, hi in part))))
         self.report.duplicates.extend(sorted(duplicates, key=lambda d: d.line))
 
     def _pages(self, query: sa.Select[Any]) -> Iterator[list[Any]]:
-        """`query` (ordered by line; its first column is the line) a page of `batch` rows at a
+        """`query` (ordered by seq; its first column is the seq) a page of `batch` rows at a
         time, each page read in a transaction of its own."""
         after = 0
         while True:
             with self.transaction() as conn:
-                page = conn.execute(query.where(self.staged.c.line > after).limit(self.batch)).all()
+                page = conn.execute(query.where(self.staged.c.seq > after).limit(self.batch)).all()
             if not page:
                 return
             yield page
             after = page[-1][0]
 
-    def _plan_existing(self) -> None:
-        """Plan the rows of people who are subscribers already."""
+    def _plan_existing(self) -> int:
+        """Plan the rows of people who are subscribers already; how many."""
         s, m = self.staged, memberships
         query = (
-            sa.select(s.c.line, s.c.file_status, s.c.name, s.c.attributes, m.c.status,
+            sa.select(s.c.seq, s.c.file_status, s.c.name, s.c.attributes, m.c.status,
                       subscribers.c.id, subscribers.c.name.label("current_name"),
                       subscribers.c.attributes.label("current_attributes"))
             .select_from(s.join(subscribers, subscribers.c.email_key == s.c.email_key)
                          .outerjoin(m, sa.and_(m.c.subscriber_id == subscribers.c.id,
                                                m.c.list_id == self.list_id)))
-            .order_by(s.c.line))
+            .order_by(s.c.seq))
+        planned = 0
         for page in self._pages(query):
             plans = []
             for row in page:
                 action, target = decide(row.file_status, self.confirmed, True, row.status, False)
                 fill = action in FILLABLE and fill_details(row.current_name, row.current_attributes,
                                                      row.name, row.attributes) is not None
-                plans.append((action, target, row.status, fill, row.id, row.line))
+                plans.append((action, target, row.status, fill, row.id, row.seq))
             with self.transaction() as conn:
                 _executemany(conn, _PLAN.compile(dialect=conn.dialect), _PLAN_COLUMNS, plans)
+            planned += len(plans)
+        return planned
 
-    def _plan_suppressed(self) -> None:
-        """Mark the rows whose address is on the suppression list."""
-        s = self.staged
-        for page in self._pages(sa.select(s.c.line, s.c.email_key).order_by(s.c.line)):
-            hashes = {key_hash(key): line for line, key in page}
+    def _plan_suppressed(self) -> int:
+        """Mark the rows whose address is on the suppression list; how many."""
+        s, marked = self.staged, 0
+        for page in self._pages(sa.select(s.c.seq, s.c.email_key).order_by(s.c.seq)):
+            hashes = {key_hash(key): seq for seq, key in page}
             if self.suppression_hashes is not None:
-                hits = [line for digest, line in hashes.items() if digest in self.suppression_hashes]
+                hits = [seq for digest, seq in hashes.items() if digest in self.suppression_hashes]
             else:
                 with self.transaction() as conn:
                     hits = [hashes[digest] for part in chunked(list(hashes))
                             for digest in conn.execute(_SUPPRESSED, {"hashes": part}).scalars()]
             if hits:
                 with self.transaction() as conn:
-                    conn.execute(s.update().where(s.c.line.in_(hits)).values(
+                    conn.execute(s.update().where(s.c.seq.in_(hits)).values(
                         action=SUPPRESSED, target=None, fill=False, subscriber_id=None))
+                marked += len(hits)
+        return marked
 
     def _look_up(self, conn: Connection, keys: list[str]) -> tuple[dict[str, Any], dict[int, str], set[str]]:
         """The subscribers with these keys, their membership statuses on the list, and the keys
@@ -406,17 +446,6 @@ def _executemany(conn: Connection, statement: sa.Executable | sa.engine.Compiled
     return conn.exec_driver_sql(f"{compiled}{suffix}", params).rowcount
 
 
-def runs(ids: Iterable[int]) -> list[tuple[int, int]]:
-    """Consecutive runs of ids as (first, last)."""
-    result: list[tuple[int, int]] = []
-    for i in sorted(ids):
-        if result and result[-1][1] == i - 1:
-            result[-1] = (result[-1][0], i)
-        else:
-            result.append((i, i))
-    return result
-
-
 _SUBSCRIBERS_BY_KEY = sa.select(
     subscribers.c.id, subscribers.c.email_key, subscribers.c.name, subscribers.c.attributes,
     subscribers.c.token_id,
@@ -426,9 +455,9 @@ _STATUSES = sa.select(memberships.c.subscriber_id, memberships.c.status).where(
     memberships.c.subscriber_id.in_(sa.bindparam("ids", expanding=True)))
 _SUPPRESSED = sa.select(suppressions.c.email_hash).where(
     suppressions.c.email_hash.in_(sa.bindparam("hashes", expanding=True)))
-_STAGED = staged_rows_table(sa.MetaData())
-_PLAN_COLUMNS = ("action", "target", "seen_status", "fill", "subscriber_id", "line")
-_PLAN = _STAGED.update().where(_STAGED.c.line == sa.bindparam("line")).values(
+_STAGED = staging_tables(sa.MetaData())[1]
+_PLAN_COLUMNS = ("action", "target", "seen_status", "fill", "subscriber_id", "seq")
+_PLAN = _STAGED.update().where(_STAGED.c.seq == sa.bindparam("seq")).values(
     action=sa.bindparam("action"), target=sa.bindparam("target"),
     seen_status=sa.bindparam("seen_status"), fill=sa.bindparam("fill"),
     subscriber_id=sa.bindparam("subscriber_id"))

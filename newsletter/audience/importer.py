@@ -9,9 +9,10 @@ A large import must not lock other writers out (serve's unsubscribes, a send's j
 never be left half done. It runs in three steps (docs/data-model.md, "CSV import"):
 
 1. read — the file is streamed `batch` records at a time into a TEMPORARY staging table of the
-   import's own connection (appended in file order), which is then indexed by address, its
-   duplicates merged into the first row, and planned (`decide`: subscriber, membership and
-   suppression looked up). Only reads of the database: nobody waits for this step.
+   import's own connection (appended in file order), which is then copied sorted by address
+   into a second one, its duplicates merged into the first row, and planned (`decide`:
+   subscriber, membership and suppression looked up). Only reads of the database: nobody waits
+   for this step.
 2. publish the new subscribers — in key order, a write transaction per batch (`batch` rows;
    more for a very large file, about CREATE_TRANSACTIONS, at most MAX_BATCH rows: what another
    writer may wait): each batch re-checks its rows, then creates the subscribers, their
@@ -46,14 +47,15 @@ from newsletter.audience.csvfile import (
 from newsletter.audience.import_report import (
     ADD,
     CHANGE,
+    EXISTING,
     FILLABLE,
     JOIN,
-    LEFT,
     REFUSED,
     SUPPRESSED,
     UNCHANGED,
     ImportReport,
     Skipped,
+    count_plan,
     decide,
     fill_details,
 )
@@ -81,9 +83,6 @@ from newsletter.audience.tables import (
     suppressions,
 )
 from newsletter.db.schema import NOW, chunked, utcnow
-
-# The plans of people who were there before the import (re-checked by its final transaction).
-EXISTING = (JOIN, CHANGE, UNCHANGED, LEFT, REFUSED)
 
 
 def import_csv(store: Store, path: Path, mailing_list: MailingList, *, confirmed: bool = False,
@@ -113,8 +112,9 @@ class _Import(Staging):
             try:
                 self._sqlite_settings()
                 with self.transaction():
-                    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {self.staged.name}")
-                    self.staged.create(conn)
+                    for table in (self.read_rows, self.staged):
+                        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table.name}")
+                        table.create(conn)
                     self._load_suppressions(conn)
                     # Without subscribers at the start every row is new (anyone created meanwhile
                     # is found when the import publishes).
@@ -136,8 +136,10 @@ class _Import(Staging):
                 conn.invalidate()
 
     def _write(self) -> None:
-        with self.transaction() as conn:
-            tally = self.tally = self._tally(conn)
+        if self.tally is None:
+            with self.transaction() as conn:
+                self.tally = count_plan(conn, self.staged)
+        tally = self.tally
         new = tally[ADD]
         self.to_write = new + tally[JOIN] + tally["opted_out"] + tally["confirmed_pending"] \
             + tally["fill"]
@@ -149,7 +151,7 @@ class _Import(Staging):
         # never more than MAX_BATCH rows in one, which bounds how long others wait for the lock.
         self.create_batch = min(max(self.batch, -(-new // CREATE_TRANSACTIONS)),
                                 max(self.batch, MAX_BATCH))
-        after, remaining = "", new  # every key is > "": the new subscribers in key order
+        after, remaining = 0, new  # the new subscribers in key order: `seq` order
         with self.transaction() as conn:
             last, size = self._next_batch(conn, after, remaining)
         if last is not None:
@@ -165,8 +167,8 @@ class _Import(Staging):
             self._progress(new - remaining)
         self._publish(after)
 
-    def _next_batch(self, conn: Connection, after: str, remaining: int) -> tuple[str | None, int]:
-        """(last key, size) of the next batch of new subscribers after `after`, of up to
+    def _next_batch(self, conn: Connection, after: int, remaining: int) -> tuple[int | None, int]:
+        """(last seq, size) of the next batch of new subscribers after `after`, of up to
         `create_batch` rows; (None, 0) when no more than `batch` remain (the final transaction
         publishes those)."""
         if remaining <= self.batch:
@@ -174,8 +176,8 @@ class _Import(Staging):
         size = min(self.create_batch, remaining - self.batch)
         s = self.staged
         last = conn.execute(
-            sa.select(s.c.email_key).where(s.c.action == ADD, s.c.email_key > after)
-            .order_by(s.c.email_key).offset(size - 1).limit(1)).scalar()
+            sa.select(s.c.seq).where(s.c.action == ADD, s.c.seq > after)
+            .order_by(s.c.seq).offset(size - 1).limit(1)).scalar()
         return last, size
 
     def _start_record(self) -> None:
@@ -193,29 +195,32 @@ class _Import(Staging):
         conn.execute(imports.update().where(imports.c.id == self.import_id)
                      .values(heartbeat_at=utcnow()))
 
-    def _publish_new(self, conn: Connection, after: str, last: str | None) -> None:
-        """Inside a write transaction: the staged new subscribers with keys in (after, last]
+    def _publish_new(self, conn: Connection, after: int, last: int | None) -> None:
+        """Inside a write transaction: the staged new subscribers with seqs in (after, last]
         (None: to the end) re-checked against the database as it is now, created, put on the
         list and logged. Their ids are recorded with the import (undone if it dies)."""
         s = self.staged
-        where = [s.c.action == ADD, s.c.subscriber_id.is_(None), s.c.email_key > after]
+        where = [s.c.action == ADD, s.c.subscriber_id.is_(None), s.c.seq > after]
         if last is not None:
-            where.append(s.c.email_key <= last)
+            where.append(s.c.seq <= last)
         changed = self._drifted_new(conn, where)
         if changed:
             self._replan(conn, changed)
         # Ids given here, in key order (base + row number), so the memberships and consent-log
         # entries need no look-up of what was created: the same numbering, three statements.
+        # When the rows are consecutive in `seq` (the usual batch: all new) the number is the
+        # seq moved by a constant, without a window function over the rows.
+        created, first, final = conn.execute(sa.select(
+            sa.func.count(), sa.func.min(s.c.seq), sa.func.max(s.c.seq)).where(*where)).one()
+        if not created:
+            return
         base = self._id_base(conn)
-        number = base + sa.func.row_number().over(order_by=s.c.email_key)
+        number = ((base + 1 - first) + s.c.seq if final - first + 1 == created
+                  else base + sa.func.row_number().over(order_by=s.c.seq))
         conn.execute(subscribers.insert().from_select(
             ["id", "email", "email_key", "name", "attributes", "token_id"],
             sa.select(number, s.c.email, s.c.email_key, s.c.name, s.c.attributes, s.c.token_id)
             .where(*where)))
-        # (not `rowcount`: psycopg does not report it for INSERT … SELECT)
-        created = (conn.execute(sa.select(sa.func.max(subscribers.c.id))).scalar() or 0) - base
-        if created <= 0:
-            return
         if conn.dialect.name == "postgresql":  # the sequence goes past the ids given here
             conn.execute(sa.text("SELECT setval(pg_get_serial_sequence('subscribers', 'id'), :last)"),
                          {"last": base + created})
@@ -251,57 +256,42 @@ class _Import(Staging):
         return sa.literal(self.file_name) + " line " + sa.cast(line, sa.String) + "; " + why
 
     def _drifted_new(self, conn: Connection, where: list[sa.ColumnElement[bool]]) -> set[int]:
-        """Lines of new subscribers about to be created whose address someone created or
+        """Seqs of new subscribers about to be created whose address someone created or
         suppressed since the import planned them."""
         s = self.staged
-        lines = set(conn.execute(sa.select(s.c.line).select_from(
+        seqs = set(conn.execute(sa.select(s.c.seq).select_from(
             s.join(subscribers, subscribers.c.email_key == s.c.email_key)).where(*where)).scalars())
         new_hashes = self._new_suppressions(conn)
         if new_hashes:
-            lines.update(line for line, key in conn.execute(
-                sa.select(s.c.line, s.c.email_key).where(*where)) if key_hash(key) in new_hashes)
-        return lines
+            seqs.update(seq for seq, key in conn.execute(
+                sa.select(s.c.seq, s.c.email_key).where(*where)) if key_hash(key) in new_hashes)
+        return seqs
 
     def _new_suppressions(self, conn: Connection) -> set[str]:
         return set(conn.execute(sa.select(suppressions.c.email_hash).where(
             suppressions.c.at >= self.started - SUPPRESSION_SLACK)).scalars())
 
-    def _publish(self, after: str) -> None:
+    def _publish(self, after: int) -> None:
         """The final transaction: the last new subscribers; every other planned row re-checked,
         then memberships, status changes, consent log and details, set-based; the import's
         record deleted. The batches before it published only new subscribers (undone by the
         watchdog or the next import if this one dies): everything that changes people who were
         there before goes in here, at once or not at all."""
-        s = self.staged
         if self.conn.dialect.name == "sqlite":  # the publish waits for the disk, as every write
             self.conn.connection.driver_connection.execute("PRAGMA synchronous = FULL")
         with self.transaction(write=True) as conn:
             _lock(conn)
-            changed = self._drifted(conn)
-            if changed:
-                self._replan(conn, changed)
+            # Each statement below is a pass over the staging table, under the write lock: left
+            # out when the plan (`tally`, None once anything was planned again) has no such rows.
+            if self.tally is None or self.tally["existing"]:
+                changed = self._drifted(conn)
+                if changed:
+                    self._replan(conn, changed)
             self._publish_new(conn, after, None)
-            self.report.updated = self._fill_in(conn)
-            # Existing subscribers joining, and new ones `_replan` created in here.
-            earlier = sa.or_(s.c.action.in_((JOIN, CHANGE)),
-                             sa.and_(s.c.action == ADD, s.c.subscriber_id.is_not(None)))
-            conn.execute(memberships.insert().from_select(
-                ["subscriber_id", "list_id", "status"],
-                sa.select(s.c.subscriber_id, sa.literal(self.list_id), s.c.target)
-                .where(s.c.action.in_((ADD, JOIN)), s.c.subscriber_id.is_not(None))
-                .order_by(s.c.subscriber_id)))
-            targets = conn.execute(sa.select(s.c.target).where(s.c.action == CHANGE).distinct()).scalars()
-            for target in list(targets):
-                conn.execute(memberships.update().where(
-                    memberships.c.list_id == self.list_id,
-                    memberships.c.subscriber_id.in_(
-                        sa.select(s.c.subscriber_id).where(s.c.action == CHANGE, s.c.target == target)),
-                ).values(status=target, updated_at=NOW, requested_name=None))
-            conn.execute(consent_log.insert().from_select(
-                ["subscriber_id", "list_id", "action", "source", "detail"],
-                sa.select(s.c.subscriber_id, sa.literal(self.list_id), s.c.target,
-                          sa.literal("import"), self._detail(s.c.line, s.c.target))
-                .where(earlier).order_by(s.c.subscriber_id)))
+            tally = self.tally
+            self.report.updated = self._fill_in(conn) if tally is None or tally["fill"] else 0
+            if tally is None or tally[JOIN] or tally["opted_out"] + tally["confirmed_pending"]:
+                self._join_and_change(conn)
             if self.import_id is not None:
                 conn.execute(import_subscribers.delete().where(
                     import_subscribers.c.import_id == self.import_id))
@@ -310,15 +300,40 @@ class _Import(Staging):
             self._progress(self.to_write)
         self.import_id = None
 
+    def _join_and_change(self, conn: Connection) -> None:
+        """Inside the final transaction: memberships, status changes and consent-log entries of
+        people who were there before (and of new ones `_replan` created), set-based."""
+        s = self.staged
+        # Existing subscribers joining, and new ones `_replan` created in here.
+        earlier = sa.or_(s.c.action.in_((JOIN, CHANGE)),
+                         sa.and_(s.c.action == ADD, s.c.subscriber_id.is_not(None)))
+        conn.execute(memberships.insert().from_select(
+            ["subscriber_id", "list_id", "status"],
+            sa.select(s.c.subscriber_id, sa.literal(self.list_id), s.c.target)
+            .where(s.c.action.in_((ADD, JOIN)), s.c.subscriber_id.is_not(None))
+            .order_by(s.c.subscriber_id)))
+        targets = conn.execute(sa.select(s.c.target).where(s.c.action == CHANGE).distinct()).scalars()
+        for target in list(targets):
+            conn.execute(memberships.update().where(
+                memberships.c.list_id == self.list_id,
+                memberships.c.subscriber_id.in_(
+                    sa.select(s.c.subscriber_id).where(s.c.action == CHANGE, s.c.target == target)),
+            ).values(status=target, updated_at=NOW, requested_name=None))
+        conn.execute(consent_log.insert().from_select(
+            ["subscriber_id", "list_id", "action", "source", "detail"],
+            sa.select(s.c.subscriber_id, sa.literal(self.list_id), s.c.target,
+                      sa.literal("import"), self._detail(s.c.line, s.c.target))
+            .where(earlier).order_by(s.c.subscriber_id)))
+
     def _drifted(self, conn: Connection) -> set[int]:
-        """Lines of people who were there before (not new: `_publish_new` checks those) whose
+        """Seqs of people who were there before (not new: `_publish_new` checks those) whose
         plan no longer fits the database: the membership's status is not the one planned on,
         the subscriber is gone or the id was given to someone else, or the address was
         suppressed since the import started."""
         s, m = self.staged, memberships
         existing = s.c.action.in_(EXISTING)
         query = (
-            sa.select(s.c.line)
+            sa.select(s.c.seq)
             .select_from(s.outerjoin(subscribers, subscribers.c.id == s.c.subscriber_id)
                          .outerjoin(m, sa.and_(m.c.subscriber_id == s.c.subscriber_id,
                                                m.c.list_id == self.list_id)))
@@ -326,19 +341,19 @@ class _Import(Staging):
                 subscribers.c.id.is_(None),  # erased
                 subscribers.c.email_key != s.c.email_key,  # … and the id given to someone else
                 m.c.status.is_distinct_from(s.c.seen_status))))
-        lines = set(conn.execute(query).scalars())
+        seqs = set(conn.execute(query).scalars())
         new_hashes = self._new_suppressions(conn)
         if new_hashes:
-            lines.update(line for line, key in conn.execute(
-                sa.select(s.c.line, s.c.email_key).where(existing)) if key_hash(key) in new_hashes)
-        return lines
+            seqs.update(seq for seq, key in conn.execute(
+                sa.select(s.c.seq, s.c.email_key).where(existing)) if key_hash(key) in new_hashes)
+        return seqs
 
-    def _replan(self, conn: Connection, lines: set[int]) -> None:
+    def _replan(self, conn: Connection, seqs: set[int]) -> None:
         """Plan these rows again on what the database holds now (inside the publish)."""
         s = self.staged
         self.tally = None  # the plan changed: `_count` counts again
-        for part in chunked(sorted(lines)):
-            rows = conn.execute(sa.select(s).where(s.c.line.in_(part))).all()
+        for part in chunked(sorted(seqs)):
+            rows = conn.execute(sa.select(s).where(s.c.seq.in_(part))).all()
             found, statuses, suppressed = self._look_up(conn, [r.email_key for r in rows])
             for row in rows:
                 person = found.get(row.email_key)
@@ -359,7 +374,7 @@ class _Import(Staging):
                     values["token_id"] = token_id
                 values["fill"] = action in FILLABLE and fill_details(
                     person.name, person.attributes, row.name, row.attributes) is not None
-                conn.execute(s.update().where(s.c.line == row.line).values(**values))
+                conn.execute(s.update().where(s.c.seq == row.seq).values(**values))
 
     def _fill_in(self, conn: Connection) -> int:
         """Fill in missing names and attributes of existing subscribers (re-read inside the
@@ -368,10 +383,10 @@ class _Import(Staging):
         changed = 0
         after = 0
         while page := conn.execute(
-            sa.select(s.c.line, s.c.subscriber_id, s.c.name, s.c.attributes)
-            .where(s.c.fill, s.c.action.in_(FILLABLE), s.c.line > after)
-            .order_by(s.c.line).limit(self.batch)).all():
-            after = page[-1].line
+            sa.select(s.c.seq, s.c.subscriber_id, s.c.name, s.c.attributes)
+            .where(s.c.fill, s.c.action.in_(FILLABLE), s.c.seq > after)
+            .order_by(s.c.seq).limit(self.batch)).all():
+            after = page[-1].seq
             current = {r.id: r for r in conn.execute(
                 sa.select(subscribers.c.id, subscribers.c.name, subscribers.c.attributes)
                 .where(subscribers.c.id.in_([row.subscriber_id for row in page])))}
@@ -391,33 +406,17 @@ class _Import(Staging):
 
     # the report ---------------------------------------------------------------------------------
 
-    def _tally(self, conn: Connection) -> dict[str, int]:
-        """What the staged plan does, counted in one pass over the staging table."""
-        s = self.staged
-        conditions = {
-            ADD: s.c.action == ADD,
-            JOIN: s.c.action == JOIN,
-            "opted_out": (s.c.action == CHANGE) & s.c.target.in_(sorted(OPTED_OUT)),
-            "confirmed_pending": (s.c.action == CHANGE) & s.c.target.not_in(sorted(OPTED_OUT)),
-            UNCHANGED: s.c.action.in_((UNCHANGED, LEFT)),
-            "fill": s.c.fill & s.c.action.in_(FILLABLE),
-        }
-        row = conn.execute(sa.select(*(
-            sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0).label(name)
-            for name, condition in conditions.items()))).one()
-        return dict(row._mapping)
-
     def _count(self) -> None:
         s, report = self.staged, self.report
         with self.transaction() as conn:
             # A full pass over the staging table: not again if the plan `_write` counted stands.
-            tally = self.tally if self.tally is not None else self._tally(conn)
+            tally = self.tally if self.tally is not None else count_plan(conn, self.staged)
             report.added, report.joined = tally[ADD], tally[JOIN]
             report.opted_out, report.confirmed_pending = tally["opted_out"], tally["confirmed_pending"]
             report.unchanged = tally[UNCHANGED]
             if self.dry_run:
                 report.updated = tally["fill"]
-            for line, email, action, seen in conn.execute(
+            for line, email, action, seen in () if not tally["skipped"] else conn.execute(
                 sa.select(s.c.line, s.c.email, s.c.action, s.c.seen_status)
                 .where(s.c.action.in_((REFUSED, SUPPRESSED))).order_by(s.c.line)
             ):

@@ -145,30 +145,3 @@ import_subscribers = sa.Table(
     sa.Column("last_id", sa.Integer, nullable=False),
 )
 
-
-def staged_rows_table(md: sa.MetaData) -> sa.Table:
-    """The rows of one import while it runs: a TEMPORARY table of the import's own connection
-    (never in the database file, gone with the connection), so reading and planning a large file
-    locks nobody out. Every valid row of the file, then — duplicates merged into the first —
-    one row per person, with what the import will do to them. Indexed by `email_key` once
-    filled (`importer`)."""
-    return sa.Table(
-        "import_rows", md,
-        sa.Column("line", sa.Integer, primary_key=True, autoincrement=False),
-        sa.Column("email", sa.String(320), nullable=False),
-        sa.Column("email_key", sa.String(320), nullable=False),  # one row per person, once merged
-        sa.Column("name", sa.String(300), nullable=True),
-        sa.Column("attributes", sa.JSON, nullable=False),
-        sa.Column("file_status", sa.String(16), nullable=True),
-        # A new subscriber's: the one this import creates is the subscriber with this token_id.
-        sa.Column("token_id", sa.String(32), nullable=True),
-        # The plan (`importer._decide`): add | join | change | unchanged | left | refused |
-        # suppressed; the membership status it was made on; the status to set; whether a name or
-        # attributes are to be filled in.
-        sa.Column("action", sa.String(16), nullable=False, server_default="add"),
-        sa.Column("subscriber_id", sa.Integer, nullable=True),
-        sa.Column("seen_status", sa.String(16), nullable=True),
-        sa.Column("target", sa.String(16), nullable=True),
-        sa.Column("fill", sa.Boolean, nullable=False, server_default=sa.false()),
-        prefixes=["TEMPORARY"],
-    )
