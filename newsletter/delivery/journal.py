@@ -65,9 +65,11 @@ from newsletter.delivery.records import (
     SendInfo,
     jobs_in,
     resumable_by_scheduler,
+    scheduled_refusal,
+    sent_by_another,
     without_row,
 )
-from newsletter.delivery.tables import WHOLE_LIST, deliveries, send_workers, sends
+from newsletter.delivery.tables import WHOLE_LIST, audience_text, deliveries, send_workers, sends
 from newsletter.errors import NewsletterError
 
 if TYPE_CHECKING:
@@ -128,13 +130,9 @@ def _skip_sent_elsewhere(conn: sa.Connection, send_id: int, issue_slug: str, lis
                          now: datetime) -> None:
     """Mark `skipped` the send's pending rows of members whom another send of the same issue to
     the same list has sent it (or has it in flight): nobody gets an issue twice from one list."""
-    other, theirs = sends.alias("other"), deliveries.alias("theirs")
-    got_it = sa.select(theirs.c.subscriber_id).join(other, other.c.id == theirs.c.send_id).where(
-        other.c.issue_slug == issue_slug, other.c.list_id == list_id, other.c.id != send_id,
-        theirs.c.status.in_(("sent", "sending")),
-        theirs.c.subscriber_id == deliveries.c.subscriber_id)
     conn.execute(deliveries.update().where(
-        deliveries.c.send_id == send_id, deliveries.c.status == "pending", sa.exists(got_it),
+        deliveries.c.send_id == send_id, deliveries.c.status == "pending",
+        sent_by_another(issue_slug, list_id, send_id, deliveries.c.subscriber_id),
     ).values(status="skipped", smtp_reply=SENT_ELSEWHERE, updated_at=now))
 
 
@@ -186,10 +184,8 @@ class Journal(JournalReader):
             if scheduled is not None:
                 self._check_due(conn, row, scheduled, now)
             elif row is not None and row.status == "scheduled":
-                raise NewsletterError(
-                    f"send #{row.id} of `{issue_slug}` to {self._audience(conn, list_id, key)} is "
-                    f"scheduled for {row.scheduled_at:%Y-%m-%d %H:%M} UTC; to send it now, cancel "
-                    f"it first: `newsletter sends cancel {row.id}`")
+                raise scheduled_refusal(row.id, issue_slug, self._audience(conn, list_id, key),
+                                        f"{row.scheduled_at:%Y-%m-%d %H:%M} UTC")
             resumed = row is not None and row.status not in ("scheduled", "cancelled")
             joined: list[WorkerInfo] = []
             if row is None:
@@ -269,10 +265,10 @@ class Journal(JournalReader):
 
     @staticmethod
     def _audience(conn: sa.Connection, list_id: int, segment: str) -> str:
-        """`the list `news``, or `the segment `jena` of the list `news``, for messages."""
+        """`audience_text` of the list with this id."""
         names = list_names()
         name = conn.execute(sa.select(names.c.name).where(names.c.list_id == list_id)).scalar_one()
-        return f"the segment `{segment}` of the list `{name}`" if segment else f"the list `{name}`"
+        return audience_text(name, segment)
 
     @staticmethod
     def _check_due(conn: sa.Connection, row: Any, due: datetime, now: datetime) -> None:

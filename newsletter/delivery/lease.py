@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from newsletter.audience.queries import list_names
 from newsletter.db.schema import chunked, utcnow
-from newsletter.delivery.tables import deliveries, send_workers, sends
+from newsletter.delivery.tables import audience_text, deliveries, send_workers, sends
 from newsletter.errors import NewsletterError
 
 LEASE_SECONDS = 60.0
@@ -178,8 +178,7 @@ def busy_error(conn: sa.Connection, send_id: int, holder: WorkerInfo, now: datet
     row = conn.execute(sa.select(sends.c.issue_slug, sends.c.segment, names.c.name)
                        .join(names, names.c.list_id == sends.c.list_id)
                        .where(sends.c.id == send_id)).one()
-    audience = (f"the segment `{row.segment}` of the list `{row.name}`" if row.segment
-                else f"the list `{row.name}`")
+    audience = audience_text(row.name, row.segment)
     # Rounded up: re-running at the second shown finds the lease expired.
     expires = holder.lease_expires_at.replace(microsecond=0) + timedelta(
         seconds=1 if holder.lease_expires_at.microsecond else 0)

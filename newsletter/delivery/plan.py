@@ -21,9 +21,9 @@ from newsletter.content.validate import LoadedIssue, load_issue
 from newsletter.db.schema import utcnow
 from newsletter.delivery.approval import local_time
 from newsletter.delivery.message import PreparedMessage, content_hash, prepare
-from newsletter.delivery.records import JournalReader, SendInfo
+from newsletter.delivery.records import JournalReader, SendInfo, scheduled_refusal
 from newsletter.delivery.reputation import warning
-from newsletter.delivery.tables import WHOLE_LIST
+from newsletter.delivery.tables import WHOLE_LIST, audience_text
 from newsletter.delivery.transport import Transport, transport_for
 from newsletter.errors import IssueInvalid, NewsletterError, Problem
 from newsletter.project import Project
@@ -111,9 +111,8 @@ class SendPlan:
 
     @property
     def audience(self) -> str:
-        """`the list `news``, or `the segment `jena` of the list `news``, for messages."""
-        name = f"the list `{self.mailing_list.name}`"
-        return f"the segment `{self.segment.name}` of {name}" if self.segment else name
+        """What the send goes to, for messages (`audience_text`)."""
+        return audience_text(self.mailing_list.name, self.segment_key)
 
     @property
     def nothing_to_do(self) -> bool:
@@ -129,9 +128,7 @@ class SendPlan:
         if existing is not None and existing.status == "scheduled":
             assert existing.scheduled_at is not None
             when = local_time(existing.scheduled_at, self.project.settings.newsletter.timezone)
-            raise NewsletterError(
-                f"send #{existing.id} of `{self.issue.slug}` to {self.audience} is scheduled for "
-                f"{when}; to send it now, cancel it first: `newsletter sends cancel {existing.id}`")
+            raise scheduled_refusal(existing.id, self.issue.slug, self.audience, when)
 
     def refuse_if_busy(self) -> None:
         """Raise `SendBusy` (the one line saying who sends it, since when, until when its lease
@@ -229,8 +226,7 @@ def plan_send(project: Project, issue_path: Path, list_name: str, *, segment: st
         if (existing is None or existing.status == "scheduled") and recipients == 0:
             waiting = f" ({counts['pending']} pending: they have not confirmed yet)" if counts.get(
                 "pending") and not chosen else ""
-            where = (f"the segment `{chosen.name}` of the list `{mailing_list.name}`" if chosen
-                     else f"the list `{mailing_list.name}`")
+            where = audience_text(mailing_list.name, chosen.name if chosen else WHOLE_LIST)
             raise NewsletterError(f"{where} has no subscribed members{waiting}; nothing to send")
     except BaseException:
         store.close()

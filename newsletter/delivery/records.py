@@ -29,6 +29,7 @@ from newsletter.delivery.lease import (
     workers_of,
 )
 from newsletter.delivery.tables import DELIVERY_STATUSES, WHOLE_LIST, deliveries, sends
+from newsletter.errors import NewsletterError
 
 if TYPE_CHECKING:  # only for annotations: delivery builds on audience, not the reverse
     from newsletter.audience.segments import Segment
@@ -37,6 +38,12 @@ if TYPE_CHECKING:  # only for annotations: delivery builds on audience, not the 
 # Noted on a stopped send when a resume is refused because the issue changed.
 CONTENT_CHANGED_NOTE = ("resume refused: the issue changed since this send started (re-run with "
                         "--force to send the new version to the rest)")
+
+
+def scheduled_refusal(send_id: int, issue_slug: str, audience: str, when: str) -> NewsletterError:
+    """Why a send to start now is refused: the issue is scheduled for this list and segment."""
+    return NewsletterError(f"send #{send_id} of `{issue_slug}` to {audience} is scheduled for "
+                           f"{when}; to send it now, cancel it first: `newsletter sends cancel {send_id}`")
 
 
 def resumable_by_scheduler(status: str, reason: str | None) -> bool:
@@ -302,17 +309,11 @@ class JournalReader:
                        send_id: int | None = None) -> int:
         """Subscribed members (of the segment) without a row in the send `send_id` (None: a new
         send) whom another send of the issue to the list has sent it: the send skips them."""
-        members = subscribed_members(list_id, segment)
-        other, theirs = sends.alias("other"), deliveries.alias("theirs")
-        got_it = sa.select(theirs.c.subscriber_id).join(other, other.c.id == theirs.c.send_id).where(
-            other.c.issue_slug == issue_slug, other.c.list_id == list_id,
-            other.c.id != (send_id or 0), theirs.c.status.in_(("sent", "sending")),
-            theirs.c.subscriber_id == members.c.subscriber_id)
-        has_row = sa.select(deliveries.c.subscriber_id).where(
-            deliveries.c.send_id == (send_id or 0), deliveries.c.subscriber_id == members.c.subscriber_id)
+        members, done = without_row(send_id or 0, list_id, segment)  # no send has id 0
+        got_it = sent_by_another(issue_slug, list_id, send_id or 0, members.c.subscriber_id)
         with self.store.read() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(members).where(
-                sa.exists(got_it), ~sa.exists(has_row))).scalar_one())
+                got_it, ~sa.exists(done))).scalar_one())
 
     def joined_since(self, send_id: int, list_id: int, segment: Segment | None = None) -> int:
         """Subscribed members (of the segment) without a row in the send: those who joined
@@ -349,6 +350,18 @@ def _topics(value: Any) -> frozenset[str] | None:
     if not isinstance(value, list):
         return None
     return frozenset(key for key in value if isinstance(key, str))
+
+
+def sent_by_another(issue_slug: str, list_id: int, send_id: int,
+                    subscriber_id: sa.ColumnElement[int]) -> sa.Exists:
+    """EXISTS: a send of the issue to the list other than `send_id` has sent it to the subscriber
+    `subscriber_id` (a correlated column), or has it in flight. Nobody gets an issue twice from
+    one list (`journal._skip_sent_elsewhere`, the count `send` shows)."""
+    other, theirs = sends.alias("other"), deliveries.alias("theirs")
+    return sa.exists(sa.select(theirs.c.subscriber_id).join(other, other.c.id == theirs.c.send_id)
+                     .where(other.c.issue_slug == issue_slug, other.c.list_id == list_id,
+                            other.c.id != send_id, theirs.c.status.in_(("sent", "sending")),
+                            theirs.c.subscriber_id == subscriber_id))
 
 
 def without_row(send_id: int, list_id: int,

@@ -18,6 +18,13 @@ from newsletter.db.schema import NOW, UtcDateTime, erases_subscriber, metadata, 
 SEND_STATUSES = ("scheduled", "running", "paused", "finished", "interrupted", "cancelled")
 _V2_SEND_STATUSES = ("running", "paused", "finished", "interrupted")
 WHOLE_LIST = ""  # `sends.segment` of a send to every member of the list
+
+
+def audience_text(list_name: str, segment: str = WHOLE_LIST) -> str:
+    """What a send goes to, for messages: the list `news`, or the segment `jena` of the list
+    `news`."""
+    name = f"the list `{list_name}`"
+    return f"the segment `{segment}` of {name}" if segment else name
 DELIVERY_STATUSES = ("pending", "sending", "sent", "failed_temporary", "failed_permanent", "skipped")
 
 

@@ -27,6 +27,14 @@ from newsletter.render.html import render_issue
 EMPTY_REASON = "not sent: no section for the chosen topics"
 
 
+def choice(topics: Iterable[str] | None, declared: Collection[str]) -> frozenset[str] | None:
+    """A member's stored topics as a choice: the keys the list declares; none of them: None (no
+    choice, every section)."""
+    if topics is None:
+        return None
+    return frozenset(key for key in topics if isinstance(key, str) and key in declared) or None
+
+
 class Variants:
     """The prepared messages of one send, per selection of sections (built lazily, kept)."""
 
@@ -44,10 +52,8 @@ class Variants:
         self.rendered = 0  # variants rendered (the full issue, rendered by the plan, not counted)
 
     def choice(self, topics: Iterable[str] | None) -> frozenset[str] | None:
-        """A member's stored topics as a choice: the keys the list declares; none: None."""
-        if topics is None:
-            return None
-        return frozenset(key for key in topics if isinstance(key, str) and key in self.declared) or None
+        """A member's stored topics as a choice (`choice`)."""
+        return choice(topics, self.declared)
 
     def selection(self, topics: Iterable[str] | None) -> Selection:
         """The indexes of the sections a member with these stored topics gets."""

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 
 from newsletter.content.topics import selection, used_topics
 from newsletter.delivery import message
+from newsletter.delivery.variants import choice
 from newsletter.errors import NewsletterError, Problem
 from newsletter.project import IssuePipeline, Project, open_project
 from newsletter.render.html import render_issue
@@ -88,8 +89,8 @@ def _chosen_topics(project: Project, subscriber_id: int) -> frozenset[str] | Non
                             .where(chosen.c.subscriber_id == subscriber_id)
                             .order_by(names.c.name)).all()
     for list_name, topics in rows:
-        declared = project.settings.topics.get(list_name, {})
-        keys = frozenset(k for k in topics or () if isinstance(k, str) and k in declared)
+        keys = choice(topics if isinstance(topics, list) else None,
+                      project.settings.topics.get(list_name, {}))
         if keys:
             return keys
     return None
