@@ -102,6 +102,22 @@ def test_a_send_waits_for_the_approval_of_exactly_what_goes_out(strict: Project)
     assert outbox(strict) == 3
 
 
+def test_a_changed_local_image_asks_for_approval_again(strict: Project) -> None:
+    from PIL import Image
+
+    issue = strict.root / ISSUE
+    photo = strict.root / "issues" / "bilder" / "turm.png"
+    photo.parent.mkdir()
+    Image.new("RGB", (40, 30), (0, 90, 160)).save(photo)
+    edit(issue, "url: https://example.org/bilder/fernsehturm-zeituhr.jpg", "url: bilder/turm.png")
+    assert run(strict, "approve", str(issue), "--by", "Anna").exit_code == 0
+    Image.new("RGB", (40, 30), (0, 90, 161)).save(photo)  # one colour value in every pixel
+    refused = send(strict)
+    assert refused.exit_code == 1
+    assert "the image bilder/turm.png" in " ".join(refused.output.split())
+    assert outbox(strict) == 0
+
+
 def test_several_changes_are_all_named(strict: Project) -> None:
     issue = strict.root / ISSUE
     assert run(strict, "approve", str(issue), "--by", "Anna").exit_code == 0

@@ -35,7 +35,6 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
-from newsletter.content.images import is_local, located_images, resolve
 from newsletter.content.validate import LoadedIssue
 from newsletter.db.schema import utcnow
 from newsletter.delivery.message import content_hash
@@ -126,11 +125,8 @@ class Verdict:
 def fingerprint(project: Project, loaded: LoadedIssue, rendered: RenderedIssue) -> Fingerprint:
     """The fingerprint of the issue as it renders now in `project`."""
     issue = {ISSUE_KEY: _sha(loaded.issue.model_dump_json().encode())}
-    for _loc, image in located_images(loaded.issue):
-        url = str(image.url)
-        target = resolve(url, loaded.path) if is_local(url) else None
-        if target is not None and target.is_file():
-            issue[IMAGE_PREFIX + url.strip()] = _sha(target.read_bytes())
+    # The local images' SHA-256, taken when the issue was rendered (`render.images`).
+    issue.update((IMAGE_PREFIX + image.path.strip(), image.digest) for image in rendered.images)
     templates = {f"templates/{name}": digest for name, digest in _tree(project.templates_dir)}
     from newsletter import __version__
 

@@ -1,7 +1,7 @@
 """`newsletter status FILE`: where an issue stands, draft → approved → scheduled → sending → sent.
 
 The approval part is `approval.verdict` (the latest approval, and what changed since); the sends
-are the journal's (`JournalReader.all()`), those of the issue's slug, every list and segment.
+are the journal's (`JournalReader.all(slug)`): those of the issue's slug, every list and segment.
 """
 
 from __future__ import annotations
@@ -58,5 +58,5 @@ def issue_status(project: Project, path: str | Path) -> IssueStatus:
     rendered = pipeline.rendered
     with open_store(project) as store:
         found = verdict(store, project, pipeline.loaded, rendered)
-        sends = [s for s in JournalReader(store).all() if s.issue_slug == rendered.slug]
+        sends = JournalReader(store).all(rendered.slug)
     return IssueStatus(rendered.slug, rendered.subject, pipeline.path, found, sends)

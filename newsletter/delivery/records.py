@@ -252,12 +252,15 @@ class JournalReader:
             feedback = _feedback(conn, [send_id]).get(send_id, {})
         return _info(row, counts, duplicated, workers, feedback)
 
-    def all(self) -> list[SendInfo]:
+    def all(self, issue_slug: str | None = None) -> list[SendInfo]:
+        """Every send, oldest first; with `issue_slug`, the sends of that issue only."""
         names = list_names()
+        query = (sa.select(sends, names.c.name.label("list_name"))
+                 .join(names, names.c.list_id == sends.c.list_id).order_by(sends.c.id))
+        if issue_slug is not None:
+            query = query.where(sends.c.issue_slug == issue_slug)
         with self.store.read() as conn:
-            rows = conn.execute(
-                sa.select(sends, names.c.name.label("list_name"))
-                .join(names, names.c.list_id == sends.c.list_id).order_by(sends.c.id)).all()
+            rows = conn.execute(query).all()
             ids = [r.id for r in rows]
             counts = _counts(conn, ids)
             duplicated = _duplicated(conn, ids)

@@ -28,7 +28,6 @@ from newsletter.delivery.variants import choice
 from newsletter.errors import NewsletterError, Problem
 from newsletter.project import IssuePipeline, Project, open_project
 from newsletter.render.html import render_issue
-from newsletter.render.images import write_images
 from newsletter.tokens import Tokens
 
 log = logging.getLogger("newsletter.web.preview")
@@ -137,8 +136,8 @@ def run_pipeline(root: Path, issue_path: Path, sample: str | None = None) -> Sna
                                   "the send skips them")
         issue = dataclasses.replace(issue, _rendered=render_issue(issue.loaded, project, topics=topics))
     rendered = issue.rendered
-    # Local images, from the build folder (the files `build` writes; docs/images.md).
-    write_images(rendered.images, project.dist_dir / rendered.slug)
+    # Preparing writes the local images into the build folder, where the page shows them from
+    # (`delivery.plan.prepare_issue`; docs/images.md).
     prepared = issue.prepared(list_name=SAMPLE_LIST_NAME, sign=False).prepared
     # The reader's copy as the send builds it (the same holes, filled by the same code): the
     # page shows its parts and its headers.
