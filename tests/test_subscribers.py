@@ -409,10 +409,10 @@ def test_bulk_helpers_write_what_the_one_at_a_time_functions_write() -> None:
     import json
     import re
 
-    from newsletter.audience.import_stage import _json, _token_ids
-    from newsletter.audience.tables import new_token_id
+    from newsletter.audience.csvfile import attributes_json as _json
+    from newsletter.audience.token_ids import new_token_id, new_token_ids
 
-    tokens = _token_ids(2000)
+    tokens = new_token_ids(2000)
     shape = re.compile(rf"[A-Za-z0-9_-]{{{len(new_token_id())}}}\Z")
     assert len(set(tokens)) == 2000 and all(shape.match(t) for t in tokens)
     for attributes in ({}, {"Ort": "Kiel"}, {'Firma "X"': "Müller & Söhne\n", "Notiz": "=SUMME(A1)"}):

@@ -13,7 +13,6 @@ million rows never sits in memory. `read_csv` is the all-in-memory form for smal
 
 from __future__ import annotations
 
-import base64
 import codecs
 import csv
 import io
@@ -23,7 +22,6 @@ import marshal
 import os
 import pickle
 import re
-import secrets
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ from typing import Any, BinaryIO
 from newsletter.audience.addresses import InvalidEmail, normalize_email
 from newsletter.audience.names import InvalidName, clean_name
 from newsletter.audience.statuses import STATUSES
+from newsletter.audience.token_ids import new_token_ids
 from newsletter.errors import NewsletterError, Problem
 
 # on_progress(phase, done, total): "read" counts physical lines, "write" database rows written.
@@ -439,19 +438,11 @@ def _roles(header: list[str], file: str, line: int) -> _Roles:
     return roles
 
 
-def token_ids(count: int) -> list[str]:
-    """`count` times `tables.new_token_id()` (`secrets.token_urlsafe(12)`: 12 random bytes as
-    16 URL-safe characters) from one read of the system's randomness: 12 bytes are exactly 16
-    base64 characters, so each token is its own slice."""
-    text = base64.urlsafe_b64encode(secrets.token_bytes(12 * count)).decode("ascii")
-    return [text[i:i + 16] for i in range(0, 16 * count, 16)]
-
-
 def _stager(roles: _Roles) -> _Make:
     """The `make` of `staged_chunks`: the attributes' JSON written straight from the record (no
     dict in between; `_Roles.json_keys` is None when two attribute names clash)."""
     attributes, keys, with_status = roles.attributes, roles.json_keys, roles.status is not None
-    token = itertools.chain.from_iterable(map(token_ids, itertools.repeat(4096))).__next__
+    token = itertools.chain.from_iterable(map(new_token_ids, itertools.repeat(4096))).__next__
     at, one_key = keys[0] if keys is not None and len(keys) == 1 else (None, "")
 
     def make(record: list[str], line: int, email: str, name: str | None, status: str | None) -> StagedRow:

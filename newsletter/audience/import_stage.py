@@ -28,8 +28,6 @@ from newsletter.audience.csvfile import (
     StagedRow,
     merge_duplicate,
 )
-from newsletter.audience.csvfile import attributes_json as _json  # noqa: F401  (tests use the names)
-from newsletter.audience.csvfile import token_ids as _token_ids  # noqa: F401
 from newsletter.audience.import_report import (
     FILLABLE,
     SUPPRESSED,

@@ -6,17 +6,11 @@ pieces in `audience/queries.py`. Columns and history: docs/data-model.md.
 
 from __future__ import annotations
 
-import secrets
-
 import sqlalchemy as sa
 
 from newsletter.audience.statuses import STATUSES
+from newsletter.audience.token_ids import new_token_id
 from newsletter.db.schema import NOW, UtcDateTime, metadata, one_of
-
-
-def new_token_id() -> str:
-    """A subscriber's random, public handle for links (16 URL-safe characters, 96 bits)."""
-    return secrets.token_urlsafe(12)
 
 
 def subscribers_table(md: sa.MetaData, version: int) -> sa.Table:
